@@ -1,0 +1,52 @@
+"""The backend protocol shared by the real launcher and the simulator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What stays fixed across the trials of one study."""
+
+    model: str  # preset name or a local model directory
+    max_num_seqs: int
+    tp: int = 4
+    ep: int = 1
+    hardware: str = "910B2"  # simulator only: hardware preset or TOML file
+    flashcomm1: bool = True  # passed as enable_flashcomm1 in the additional-config
+    graph_mode: bool = False  # False: --enforce-eager
+    input_len: int = 1024
+    output_len: int = 512
+    max_num_batched_tokens: int = 16384
+    profile_steps: int = 8
+
+
+@dataclass
+class TrialResult:
+    """What one trial produced on disk and in numbers."""
+
+    benches: list[dict[str, Any]]  # one `vllm bench serve --save-result` JSON per repeat
+    bench_paths: list[Path]
+    profile_dir: Path | None  # directory holding the *_ascend_pt folder(s); None when not profiled
+    simulated: bool
+    logs: list[Path] = field(default_factory=list)
+
+
+class Backend(Protocol):
+    """A way to run trials: the real vllm-ascend launcher or the simulator."""
+
+    name: str
+    simulated: bool
+
+    def check(self) -> None:
+        """Raise AutotuneError (one line) when this backend cannot run on this machine."""
+        ...
+
+    def run(
+        self, config: dict[str, Any], out_dir: Path, *, repeats: int, profile: bool
+    ) -> TrialResult:
+        """Run one trial with `config` (the exact --additional-config JSON), writing into out_dir."""
+        ...

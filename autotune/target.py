@@ -1,13 +1,35 @@
-"""vllm-ascend 0.23 weight-prefetch semantics: sites, quirks, config compile/validate, version check.
+"""vllm-ascend 0.23 weight-prefetch semantics: sites, quirks, config compile/validate, versions.
 
-Facts follow vllm-ascend 0.23.0's code, not its docs' intent (see README "What vllm-ascend 0.23 really does").
+Facts follow vllm-ascend 0.23.0's code, not its docs' intent
+(see README "What vllm-ascend 0.23 really does").
+
+How 0.23 turns a config into CMO prefetches, per decoder layer:
+
+- `weight_prefetch_config.enabled` (spelled exactly so; default off) switches everything.
+- `prefetch_ratio` has three modules, `attn` {qkv, o}, `mlp` {gate_up, down}, `moe` {gate_up}. A
+  module that is missing or `{}` falls back to its defaults. A ratio outside [0, 1] is dropped, and
+  a dropped or missing ratio reads as 0. A module is on only when one of its ratios is non-zero.
+- One prefetch moves `int(weight_bytes * ratio)` bytes; the mlp sites clip that at 18 MiB first.
+  A result of 0 bytes (ratio 0) means the WHOLE weight, and the mlp clip does not apply to it.
+- Gates: attn hooks exist only in static-W8A8 linears, and the "o" hook fires in every row-parallel
+  linear — o_proj and, in dense models, down_proj. mlp only on dense models, only for forwards of
+  fewer than 500 tokens (frozen at trace time in graph mode, where the trace runs with
+  max_num_batched_tokens tokens); mlp.gate_up only when o_proj runs flashcomm1's row-parallel op.
+  moe.gate_up never fires in 0.23 (its layer index never advances on MoE models).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
+
+from autotune.errors import AutotuneError
+from autotune.models import STATIC_W8A8, ModelSpec, load_model, weight_bytes
 
 # The prefetch sites of a decoder layer; exactly the vllm-ascend config keys "<module>.<key>".
 SITES: tuple[str, ...] = ("attn.qkv", "attn.o", "mlp.gate_up", "mlp.down", "moe.gate_up")
@@ -22,12 +44,39 @@ VENDOR_DEFAULT_RATIOS: dict[str, dict[str, float]] = {
     "mlp": {"gate_up": 1.0, "down": 1.0},
 }
 
+MODULE_KEYS: dict[str, tuple[str, ...]] = {
+    module: tuple(keys) for module, keys in VENDOR_DEFAULT_RATIOS.items()
+}
+
+# The dense-MLP prefetch runs only for forwards with fewer tokens than this.
+MLP_TOKEN_LIMIT = 500
+# The MoE prefetch would need at least this many tokens (moot in 0.23: it never fires).
+MOE_TOKEN_THRESHOLD = 96
+
+# Ratio written for "as good as off" on one site of a module that stays on. It cannot be 0: 0.23
+# reads 0 as the whole weight. 0.1 % of a weight is a few KiB to ~100 KiB: one short CMO.
+NEAR_OFF_RATIO = 0.001
+# Ratios are written with at most this many decimals.
+RATIO_DECIMALS = 6
+_RATIO_SCALE = 10**RATIO_DECIMALS
+
+# The weight (per-device tensor) each site's ratio multiplies.
+SITE_WEIGHT: dict[str, str] = {
+    "attn.qkv": "qkv_proj",
+    "attn.o": "o_proj",
+    "mlp.gate_up": "gate_up_proj",
+    "mlp.down": "down_proj",
+    "moe.gate_up": "w13",
+}
+
+_VERSION_RE = re.compile(r"^\s*v?(\d+)\.(\d+)(?:\.(\d+))?")
+
 
 @dataclass(frozen=True)
 class Setup:
     """What the runtime gates depend on, for one deployment."""
 
-    model: str  # preset name or local model directory
+    model: str | ModelSpec  # preset name, local model directory, or a ready spec
     tp: int
     ep: int
     max_num_seqs: int
@@ -36,33 +85,489 @@ class Setup:
     max_num_batched_tokens: int = 16384
 
 
+@dataclass(frozen=True)
+class ResolvedPrefetch:
+    """One CMO prefetch that 0.23 issues in every layer of a forward."""
+
+    site: str  # config key that sets its size, e.g. "attn.o"
+    weight: str  # qkv_proj | o_proj | gate_up_proj | down_proj | w13
+    bytes: int  # what the CMO really moves (after ratio, cap and the 0-means-whole rule)
+    weight_bytes: int  # the whole per-device weight
+
+
+@lru_cache(maxsize=64)
+def _load_cached(name: str) -> ModelSpec:
+    return load_model(name)
+
+
+def spec_of(setup: Setup) -> ModelSpec:
+    """The model spec behind `setup.model`."""
+    return setup.model if isinstance(setup.model, ModelSpec) else _load_cached(setup.model)
+
+
+def _weights(setup: Setup) -> tuple[ModelSpec, dict[str, int]]:
+    spec = spec_of(setup)
+    return spec, weight_bytes(spec, setup.tp, setup.ep)
+
+
+def _attn_o_weight(spec: ModelSpec) -> str:
+    """The weight attn.o is tuned for: o_proj, or down_proj when only that one has the hook."""
+    if spec.o_quant != STATIC_W8A8 and not spec.is_moe and spec.mlp_quant == STATIC_W8A8:
+        return "down_proj"
+    return "o_proj"
+
+
+def _cap(site: str) -> int | None:
+    return MLP_CAP_BYTES if site.startswith("mlp.") else None
+
+
+def _sized(whole: int, ratio: float, cap: int | None) -> int:
+    # Same arithmetic as 0.23: bytes x ratio in floating point, clipped, then truncated.
+    size = whole * ratio
+    if cap is not None and size > cap:
+        size = cap
+    return int(size)
+
+
+def cmo_bytes(whole: int, ratio: float, cap: int | None) -> int:
+    """Bytes one CMO moves for `ratio` of a `whole`-byte weight, as 0.23 computes it."""
+    n = _sized(whole, ratio, cap)
+    # The prefetch op treats a size of 0 (or above the tensor) as the whole tensor.
+    if n <= 0 or n > whole:
+        return whole
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a config the way 0.23 does
+
+
+@dataclass(frozen=True)
+class _Read:
+    enabled: bool
+    ratios: dict[str, dict[str, float]]  # after dropping bad values and falling back to defaults
+    on: dict[str, bool]  # module enable flags (before the per-model and per-forward gates)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _read(config: Mapping[str, Any]) -> _Read:
+    wpc = config.get("weight_prefetch_config") if isinstance(config, Mapping) else None
+    if not isinstance(wpc, Mapping):
+        wpc = {}
+    # Only "enabled" is read; "enable" (a common misspelling) is ignored by 0.23.
+    enabled = bool(wpc.get("enabled", False))
+    table = wpc.get("prefetch_ratio")
+    if not isinstance(table, Mapping):
+        table = {}
+    ratios: dict[str, dict[str, float]] = {}
+    on: dict[str, bool] = {}
+    for module, defaults in VENDOR_DEFAULT_RATIOS.items():
+        given = table.get(module)
+        # 0.23 uses `given or defaults`: a missing or empty module gets the defaults.
+        raw: Mapping[str, Any] = given if isinstance(given, Mapping) and given else defaults
+        kept = {
+            key: float(value)
+            for key, value in raw.items()
+            if _is_number(value) and 0.0 <= value <= 1.0
+        }
+        ratios[module] = kept
+        on[module] = enabled and any(v > 0 for v in kept.values())
+    return _Read(enabled=enabled, ratios=ratios, on=on)
+
+
+def _mlp_gate_open(setup: Setup, num_tokens: int) -> bool:
+    # In graph mode the branch is decided once, while tracing the profile run with
+    # max_num_batched_tokens tokens; vLLM drops the guards, so later shapes reuse that trace.
+    if setup.graph_mode and setup.max_num_batched_tokens >= MLP_TOKEN_LIMIT:
+        return False
+    return num_tokens < MLP_TOKEN_LIMIT
+
+
+def resolve_prefetches(
+    config: Mapping[str, Any],
+    setup: Setup,
+    num_tokens: int,
+    *,
+    moe_fixed: bool = False,
+) -> list[ResolvedPrefetch]:
+    """The CMO prefetches one layer issues in a forward of `num_tokens` tokens, in issue order.
+
+    Dense: attn.qkv(qkv_proj), attn.o(o_proj), mlp.gate_up, mlp.down, attn.o(down_proj).
+    MoE: attn.qkv, attn.o(o_proj), and moe.gate_up(w13) only with `moe_fixed=True` — a what-if for
+    a runtime whose MoE prefetch works; 0.23 never issues it.
+    """
+    spec, wb = _weights(setup)
+    read = _read(config)
+    out: list[ResolvedPrefetch] = []
+
+    def add(site: str, weight: str, ratio: float, cap: int | None) -> None:
+        whole = wb[weight]
+        out.append(ResolvedPrefetch(site, weight, cmo_bytes(whole, ratio, cap), whole))
+
+    attn = read.ratios["attn"]
+    if read.on["attn"]:
+        if spec.attn_quant == STATIC_W8A8:
+            add("attn.qkv", "qkv_proj", attn.get("qkv", 0.0), None)
+        if spec.o_quant == STATIC_W8A8:
+            add("attn.o", "o_proj", attn.get("o", 0.0), None)
+    if not spec.is_moe:
+        mlp = read.ratios["mlp"]
+        if read.on["mlp"] and _mlp_gate_open(setup, num_tokens):
+            # gate_up starts from o_proj's custom row-parallel op, which only flashcomm1 installs.
+            if setup.flashcomm1:
+                add("mlp.gate_up", "gate_up_proj", mlp.get("gate_up", 0.0), MLP_CAP_BYTES)
+            add("mlp.down", "down_proj", mlp.get("down", 0.0), MLP_CAP_BYTES)
+        # down_proj is the same row-parallel class as o_proj, so the "o" hook fires there too,
+        # with the attn.o ratio, uncapped, and at any token count.
+        if read.on["attn"] and spec.mlp_quant == STATIC_W8A8:
+            add("attn.o", "down_proj", attn.get("o", 0.0), None)
+    elif moe_fixed and read.on["moe"] and num_tokens >= MOE_TOKEN_THRESHOLD:
+        add("moe.gate_up", "w13", read.ratios["moe"].get("gate_up", 0.0), None)
+    return out
+
+
 def site_weight_bytes(setup: Setup) -> dict[str, int]:
-    """Per-device int8 bytes of the weight each site's ratio multiplies (attn.o: o_proj)."""
-    raise NotImplementedError
+    """Per-device bytes of the weight each site's ratio multiplies (attn.o: o_proj); 0 = none."""
+    spec, wb = _weights(setup)
+    out = {site: wb.get(weight, 0) for site, weight in SITE_WEIGHT.items()}
+    out["attn.o"] = wb[_attn_o_weight(spec)]
+    return out
 
 
 def effective_bytes(config: Mapping[str, Any], setup: Setup) -> dict[str, int]:
-    """Bytes the 0.23 runtime really prefetches per site per layer for this config (0 = none)."""
-    raise NotImplementedError
+    """Bytes the 0.23 runtime really prefetches per site per layer for this config (0 = none).
+
+    Taken at decode (a forward of max_num_seqs tokens). attn.o counts the prefetch of the weight it
+    is tuned for (o_proj), not its second firing on down_proj; see `resolve_prefetches` for that.
+    """
+    spec = spec_of(setup)
+    o_weight = _attn_o_weight(spec)
+    out = dict.fromkeys(SITES, 0)
+    for p in resolve_prefetches(config, setup, setup.max_num_seqs):
+        if p.site == "attn.o" and p.weight != o_weight:
+            continue
+        out[p.site] = p.bytes
+    return out
 
 
 def inert_sites(setup: Setup) -> dict[str, str]:
     """Sites whose ratio changes nothing on this setup -> the reason, in one sentence."""
-    raise NotImplementedError
+    spec = spec_of(setup)
+    out: dict[str, str] = {}
+    if spec.attn_quant != STATIC_W8A8:
+        out["attn.qkv"] = (
+            f"qkv_proj is {spec.attn_quant}, and 0.23 has the attention prefetch hook only in "
+            "static W8A8 linears."
+        )
+    o_hooked = spec.o_quant == STATIC_W8A8
+    down_hooked = not spec.is_moe and spec.mlp_quant == STATIC_W8A8
+    if not o_hooked and not down_hooked:
+        out["attn.o"] = (
+            f"o_proj is {spec.o_quant}, and 0.23 has the attention prefetch hook only in "
+            "static W8A8 linears."
+        )
+    if spec.is_moe:
+        reason = "0.23 turns the dense-MLP prefetch off for MoE models."
+        out["mlp.gate_up"] = reason
+        out["mlp.down"] = reason
+        out["moe.gate_up"] = (
+            "0.23 never issues the MoE prefetch: its layer index stays at 0 on MoE models."
+        )
+        return out
+    out["moe.gate_up"] = "A dense model has no experts to prefetch."
+    mlp_reason = ""
+    if setup.graph_mode and setup.max_num_batched_tokens >= MLP_TOKEN_LIMIT:
+        mlp_reason = (
+            f"In graph mode the MLP prefetch is traced out, because the profile run uses "
+            f"max_num_batched_tokens={setup.max_num_batched_tokens} >= {MLP_TOKEN_LIMIT} tokens."
+        )
+    elif setup.max_num_seqs >= MLP_TOKEN_LIMIT:
+        mlp_reason = (
+            f"Decode batches of max_num_seqs={setup.max_num_seqs} reach the "
+            f"{MLP_TOKEN_LIMIT}-token limit at which 0.23 skips the MLP prefetch."
+        )
+    if mlp_reason:
+        out["mlp.gate_up"] = mlp_reason
+        out["mlp.down"] = mlp_reason
+    elif not setup.flashcomm1:
+        out["mlp.gate_up"] = (
+            "The gate_up prefetch starts only from flashcomm1's row-parallel o_proj; "
+            "enable_flashcomm1 is off."
+        )
+    return out
+
+
+def active_sites(setup: Setup) -> tuple[str, ...]:
+    """Sites whose ratio can change what runs on this setup, in SITES order."""
+    inert = inert_sites(setup)
+    return tuple(site for site in SITES if site not in inert)
+
+
+# ---------------------------------------------------------------------------------------------
+# Search space: bytes <-> ratios
+
+
+def _site_whole(site: str, setup: Setup) -> int:
+    if site not in SITE_WEIGHT:
+        raise AutotuneError(f"unknown prefetch site {site!r}; use one of {', '.join(SITES)}")
+    return site_weight_bytes(setup)[site]
+
+
+def _ratio_of(k: int) -> float:
+    return float(round(k / _RATIO_SCALE, RATIO_DECIMALS))
+
+
+def _smallest_ratio(whole: int, nbytes: int, cap: int | None) -> float:
+    """Smallest ratio of at most RATIO_DECIMALS decimals that moves >= nbytes (nbytes >= 1)."""
+    k = max(1, -(-nbytes * _RATIO_SCALE // whole))  # ceil in exact arithmetic
+    # The runtime multiplies in floating point and truncates; step to the exact boundary. The
+    # 0-means-whole rule is left out here: it would make tiny ratios look big enough.
+    while k < _RATIO_SCALE and _sized(whole, _ratio_of(k), cap) < nbytes:
+        k += 1
+    while k > 1 and _sized(whole, _ratio_of(k - 1), cap) >= nbytes:
+        k -= 1
+    return _ratio_of(k)
+
+
+def near_off_ratio(site: str, setup: Setup) -> float:
+    """The ratio that makes this site's prefetch as small as it usefully gets (never 0)."""
+    whole = _site_whole(site, setup)
+    if whole <= 0:
+        return NEAR_OFF_RATIO
+    # NEAR_OFF_RATIO unless it would truncate to 0 bytes, which 0.23 reads as the whole weight.
+    return max(NEAR_OFF_RATIO, _smallest_ratio(whole, 1, _cap(site)))
+
+
+def effective_range(site: str, setup: Setup) -> tuple[int, int]:
+    """Smallest and largest distinct bytes one layer's prefetch at `site` can move when on.
+
+    The smallest is the near-off prefetch; the largest is the whole weight, or 18 MiB for mlp.*.
+    (0, 0) when the model has no such weight.
+    """
+    whole = _site_whole(site, setup)
+    if whole <= 0:
+        return (0, 0)
+    cap = _cap(site)
+    high = min(whole, cap) if cap is not None else whole
+    return (cmo_bytes(whole, near_off_ratio(site, setup), cap), high)
+
+
+def ratio_for_bytes(site: str, nbytes: int, setup: Setup) -> float:
+    """The smallest ratio (<= 6 decimals) whose prefetch moves at least `nbytes` at `site`.
+
+    `nbytes` at or below the near-off bytes (0 included) gives the near-off ratio, never 0,
+    because 0.23 reads a ratio of 0 as the whole weight.
+    """
+    whole = _site_whole(site, setup)
+    if whole <= 0:
+        raise AutotuneError(f"{site} has no weight on {spec_of(setup).name}; leave it out")
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+        raise AutotuneError(f"bytes for {site} must be an integer >= 0, got {nbytes!r}")
+    low, high = effective_range(site, setup)
+    if nbytes > high:
+        raise AutotuneError(
+            f"{site} can prefetch at most {high} bytes per layer on this setup, asked {nbytes}"
+        )
+    if nbytes <= low:
+        return near_off_ratio(site, setup)
+    if nbytes == whole:
+        return 1.0
+    return _smallest_ratio(whole, nbytes, _cap(site))
+
+
+def snap_bytes(site: str, nbytes: int, setup: Setup) -> int:
+    """The bytes a compiled config really moves at `site` when asked for `nbytes` (module on)."""
+    whole = _site_whole(site, setup)
+    return cmo_bytes(whole, ratio_for_bytes(site, nbytes, setup), _cap(site))
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiling configs
+
+
+def _check_extra(extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    if extra is None:
+        return {}
+    if not isinstance(extra, Mapping):
+        raise AutotuneError("extra additional-config keys must be a JSON object")
+    if "weight_prefetch_config" in extra:
+        raise AutotuneError(
+            "extra additional-config keys must not contain weight_prefetch_config; "
+            "the tuner writes it"
+        )
+    return dict(extra)
 
 
 def compile_config(
     bytes_by_site: Mapping[str, int], setup: Setup, extra: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The exact --additional-config JSON (every key explicit) that prefetches these bytes."""
-    raise NotImplementedError
+    """The exact --additional-config JSON (every key explicit) that prefetches these bytes.
+
+    A site left out keeps its vendor default ratio. A module is written all-zero (the only way
+    0.23 turns it off) when every site of it that is given asks for 0 bytes and no site of it that
+    can matter on this setup is left out. Otherwise a 0 becomes the near-off ratio.
+    """
+    extras = _check_extra(extra)
+    for site, nbytes in bytes_by_site.items():
+        if site not in SITE_WEIGHT:
+            raise AutotuneError(f"unknown prefetch site {site!r}; use one of {', '.join(SITES)}")
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+            raise AutotuneError(f"bytes for {site} must be an integer >= 0, got {nbytes!r}")
+    inert = inert_sites(setup)
+    wholes = site_weight_bytes(setup)
+    table: dict[str, dict[str, float]] = {}
+    for module, keys in MODULE_KEYS.items():
+        sites = [f"{module}.{key}" for key in keys]
+        given = [s for s in sites if s in bytes_by_site]
+        active = [s for s in sites if s not in inert]
+        off = (
+            bool(given)
+            and all(bytes_by_site[s] == 0 for s in given)
+            and all(s in bytes_by_site for s in active)
+        )
+        ratios: dict[str, float] = {}
+        for key, site in zip(keys, sites, strict=True):
+            if off:
+                ratios[key] = 0.0
+            elif site not in bytes_by_site:
+                ratios[key] = VENDOR_DEFAULT_RATIOS[module][key]
+            elif wholes[site] <= 0:
+                if bytes_by_site[site] > 0:
+                    raise AutotuneError(
+                        f"{site} has no weight on {spec_of(setup).name}; "
+                        "give it 0 bytes or leave it out"
+                    )
+                ratios[key] = NEAR_OFF_RATIO
+            else:
+                ratios[key] = ratio_for_bytes(site, bytes_by_site[site], setup)
+        table[module] = ratios
+    return {
+        "weight_prefetch_config": {"enabled": True, "prefetch_ratio": table},
+        **extras,
+    }
+
+
+def disabled_config(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The baseline: prefetch off, every other key as in the trials."""
+    return {"weight_prefetch_config": {"enabled": False}, **_check_extra(extra)}
+
+
+def vendor_default_config(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Prefetch on with 0.23's default ratios, written out in full."""
+    table = {module: dict(ratios) for module, ratios in VENDOR_DEFAULT_RATIOS.items()}
+    return {
+        "weight_prefetch_config": {"enabled": True, "prefetch_ratio": table},
+        **_check_extra(extra),
+    }
 
 
 def validate_config(config: Mapping[str, Any]) -> None:
-    """Raise AutotuneError when `config` is not a usable additional-config for 0.23."""
-    raise NotImplementedError
+    """Raise AutotuneError when `config` is not a usable additional-config for 0.23.
+
+    Stricter than 0.23, which silently ignores or drops what we refuse here.
+    """
+    if not isinstance(config, Mapping):
+        raise AutotuneError(f"additional-config must be a JSON object, not {type(config).__name__}")
+    if "weight_prefetch_config" not in config:
+        if {"enabled", "enable", "prefetch_ratio"} & set(config):
+            raise AutotuneError(
+                "additional-config has prefetch keys at the top level; nest them as "
+                '{"weight_prefetch_config": {...}}'
+            )
+        return
+    wpc = config["weight_prefetch_config"]
+    if not isinstance(wpc, Mapping):
+        raise AutotuneError(
+            f"weight_prefetch_config must be a JSON object, not {type(wpc).__name__}"
+        )
+    if "enable" in wpc:
+        raise AutotuneError(
+            'weight_prefetch_config has "enable", which 0.23 ignores; spell it "enabled"'
+        )
+    unknown = sorted(set(wpc) - {"enabled", "prefetch_ratio"})
+    if unknown:
+        raise AutotuneError(
+            f"weight_prefetch_config has unknown key(s) {', '.join(map(repr, unknown))}; "
+            'only "enabled" and "prefetch_ratio" are read'
+        )
+    if "enabled" in wpc and not isinstance(wpc["enabled"], bool):
+        raise AutotuneError(
+            f"weight_prefetch_config.enabled must be true or false, got {wpc['enabled']!r}"
+        )
+    if "prefetch_ratio" not in wpc:
+        return
+    table = wpc["prefetch_ratio"]
+    if not isinstance(table, Mapping):
+        raise AutotuneError(
+            "weight_prefetch_config.prefetch_ratio must be a JSON object, "
+            f"not {type(table).__name__}"
+        )
+    for module, ratios in table.items():
+        if module not in MODULE_KEYS:
+            raise AutotuneError(
+                f"prefetch_ratio has unknown module {module!r}; use attn, mlp or moe"
+            )
+        if not isinstance(ratios, Mapping):
+            raise AutotuneError(
+                f"prefetch_ratio.{module} must be a JSON object of ratios, "
+                f"not {type(ratios).__name__}"
+            )
+        for key, value in ratios.items():
+            if key not in MODULE_KEYS[module]:
+                allowed = ", ".join(MODULE_KEYS[module])
+                raise AutotuneError(
+                    f"prefetch_ratio.{module} has unknown key {key!r}; use {allowed}"
+                )
+            if not _is_number(value) or not math.isfinite(value) or not 0.0 <= value <= 1.0:
+                raise AutotuneError(
+                    f"prefetch_ratio.{module}.{key} = {value!r} must be a number in [0, 1] "
+                    "(0.23 silently drops other values and prefetches the whole weight)"
+                )
+
+
+# ---------------------------------------------------------------------------------------------
+# Version check
+
+
+def parse_version(version: str) -> tuple[int, int, int]:
+    """(major, minor, patch) of a vllm-ascend version like 0.23.0, 0.23.1rc1 or 0.24.0rc1."""
+    match = _VERSION_RE.match(version)
+    if match is None:
+        raise AutotuneError(f"cannot read the vllm-ascend version {version!r}")
+    major, minor, patch = match.groups()
+    return int(major), int(minor), int(patch or 0)
+
+
+def feature_supported(version: str) -> bool:
+    """True for the vllm-ascend versions whose weight_prefetch_config this tool models (0.23.x)."""
+    return parse_version(version)[:2] == (0, 23)
 
 
 def check_vllm_ascend_version() -> str:
     """Return the installed vllm-ascend version; AutotuneError if absent or without the feature."""
-    raise NotImplementedError
+    version = None
+    for dist in ("vllm-ascend", "vllm_ascend"):
+        try:
+            version = importlib.metadata.version(dist)
+            break
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    if version is None:
+        raise AutotuneError(
+            "vllm-ascend is not installed here; run on an NPU host with vllm-ascend 0.23.x "
+            "or use --backend simulate"
+        )
+    if feature_supported(version):
+        return version
+    if parse_version(version)[:2] >= (0, 24):
+        raise AutotuneError(
+            f"vllm-ascend {version} is installed, but weight_prefetch_config was removed after "
+            "0.23 (newer versions ignore it); install vllm-ascend==0.23.*"
+        )
+    raise AutotuneError(
+        f"vllm-ascend {version} is older than 0.23, whose weight-prefetch behaviour this tool "
+        "models; install vllm-ascend==0.23.*"
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -48,18 +47,233 @@ def _clean_errors(fn: F) -> F:
 @app.command()
 @_clean_errors
 def analyze(
-    path: Annotated[Path, typer.Argument(help="A *_ascend_pt dir, its parent, or ASCEND_PROFILER_OUTPUT.")],
+    path: Annotated[
+        Path, typer.Argument(help="A *_ascend_pt dir, its parent, or ASCEND_PROFILER_OUTPUT.")
+    ],
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     rules: Annotated[
         Path | None, typer.Option(help="TOML rules that extend or override the shipped classifier.")
     ] = None,
-    html: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML report.")] = None,
+    html: Annotated[
+        Path | None, typer.Option(help="Also write a self-contained HTML report.")
+    ] = None,
     tolerance_us: Annotated[
         float, typer.Option(help="A prefetch counts as late only past this many µs.")
     ] = 0.0,
 ) -> None:
     """Check that every CMO prefetch hides behind its vector op and ends before it."""
-    raise NotImplementedError
+    import json
+    import math
+
+    from autotune.overlap import analyze as analyze_overlap
+    from autotune.profile import load_profiles
+    from autotune.report.terminal import print_overlap
+
+    if not math.isfinite(tolerance_us) or tolerance_us < 0:
+        raise AutotuneError(f"--tolerance-us must be a number >= 0, got {tolerance_us}")
+    if html is not None:
+        try:
+            from autotune.report.html import write_analyze_report
+        except ImportError:
+            raise AutotuneError("--html: the HTML report is not available yet") from None
+    if not path.exists():
+        raise AutotuneError(
+            f"{path}: no such file or directory; pass a *_ascend_pt dir, its parent, "
+            "or ASCEND_PROFILER_OUTPUT"
+        )
+    profiles = load_profiles(path, rules=rules)
+    result = analyze_overlap(profiles, late_tolerance_ns=round(tolerance_us * 1000))
+    if json_out:
+        typer.echo(json.dumps(result.to_json(), allow_nan=False))
+    else:
+        print_overlap(result, Console(highlight=False))
+    if html is not None:
+        try:
+            write_analyze_report(result, list(profiles), html)
+        except OSError as exc:
+            raise AutotuneError(f"--html {html}: cannot write the report: {exc.strerror}") from None
+        _stderr().print(f"wrote {html}", markup=False)
+
+
+@app.command()
+@_clean_errors
+def run(
+    model: Annotated[
+        str | None, typer.Option(help="Preset (e.g. Qwen3-32B-W8A8) or a local model directory.")
+    ] = None,
+    max_num_seqs: Annotated[int | None, typer.Option(help="vllm --max-num-seqs of the deployment.")] = None,
+    backend: Annotated[
+        str, typer.Option(help="vllm-ascend (this host's NPUs) or simulate (runs anywhere).")
+    ] = "vllm-ascend",
+    trials: Annotated[int, typer.Option(help="Measured trials in the study, probe included.")] = 12,
+    timeout: Annotated[
+        float | None, typer.Option(help="Start no new trial after this many seconds.")
+    ] = None,
+    objective: Annotated[str, typer.Option(help="throughput (tok/s, higher) or tpot (ms, lower).")] = "throughput",
+    late_tolerance_us: Annotated[
+        float, typer.Option(help="A site is late when its prefetch ends this far past its window.")
+    ] = 2.0,
+    no_constraint: Annotated[
+        bool, typer.Option("--no-constraint", help="Do not treat late sites as infeasible.")
+    ] = False,
+    repeats: Annotated[
+        int | None, typer.Option(help="Bench runs per trial (median). Default 1 simulated, 3 on NPU.")
+    ] = None,
+    sampler: Annotated[str, typer.Option(help="guided (default), tpe or random.")] = "guided",
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna RDB storage URL; default sqlite:///<out>/study.db.")
+    ] = None,
+    study_name: Annotated[str | None, typer.Option(help="Study name; default the run dir's name.")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the study in --out after an interruption.")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory; default runs/<model>-<max-num-seqs>-<time>.")
+    ] = None,
+    keep_profiles: Annotated[
+        str, typer.Option(help="all, best (baseline, default and best) or none.")
+    ] = "best",
+    json_out: Annotated[bool, typer.Option("--json", help="Print only the summary as JSON.")] = False,
+    additional_config: Annotated[
+        str | None,
+        typer.Option(help="Other --additional-config keys every trial runs with: JSON or a file."),
+    ] = None,
+    tp: Annotated[int, typer.Option(help="Tensor-parallel size.")] = 4,
+    ep: Annotated[int, typer.Option(help="Expert-parallel size.")] = 1,
+    flashcomm1: Annotated[bool, typer.Option(help="enable_flashcomm1 in every trial.")] = True,
+    graph_mode: Annotated[bool, typer.Option(help="Graph mode instead of --enforce-eager.")] = False,
+    input_len: Annotated[int, typer.Option(help="Bench prompt length.")] = 1024,
+    output_len: Annotated[int, typer.Option(help="Bench output length.")] = 512,
+    profile_steps: Annotated[int, typer.Option(help="Decode steps profiled per trial.")] = 8,
+    hardware: Annotated[str, typer.Option(help="Simulator: hardware preset or TOML file.")] = "910B2",
+    seed: Annotated[int, typer.Option(help="Simulator noise and sampler seed.")] = 0,
+    noise: Annotated[float, typer.Option(help="Simulator: relative noise of a bench run.")] = 0.01,
+) -> None:
+    """Find the best weight_prefetch_config by measurement and write it for `vllm serve`."""
+    import json as _json
+
+    from autotune.search import SearchOptions
+    from autotune.tune import RunRequest, make_workload, read_extra, run_job
+
+    extra = read_extra(additional_config)
+    workload = make_workload(
+        model=model,
+        max_num_seqs=max_num_seqs,
+        resume=resume,
+        out=out,
+        extra=extra,
+        flashcomm1=flashcomm1,
+        tp=tp,
+        ep=ep,
+        hardware=hardware,
+        graph_mode=graph_mode,
+        input_len=input_len,
+        output_len=output_len,
+        profile_steps=profile_steps,
+    )
+    options = SearchOptions(
+        trials=trials,
+        timeout_s=timeout,
+        objective=objective,
+        late_tolerance_us=late_tolerance_us,
+        constraint=not no_constraint,
+        repeats=repeats if repeats is not None else (1 if backend == "simulate" else 3),
+        sampler=sampler,
+        seed=seed,
+        keep_profiles=keep_profiles,
+        extra=extra,
+    )
+    request = RunRequest(
+        workload=workload,
+        backend=backend,
+        options=options,
+        out=out,
+        storage=storage,
+        study_name=study_name,
+        resume=resume,
+        seed=seed,
+        noise=noise,
+        json_out=json_out,
+    )
+    summary = run_job(request, Console(highlight=False))
+    if json_out:
+        typer.echo(_json.dumps(summary, indent=2))
+
+
+@app.command()
+@_clean_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="The --out directory of an `autotune run`.")],
+    format: Annotated[
+        str, typer.Option("--format", help="additional-config (JSON) or vllm-args.")
+    ] = "additional-config",
+) -> None:
+    """Print the best config of a run again, ready for `vllm serve`."""
+    from autotune.tune import export_text
+
+    typer.echo(export_text(run_dir, format))
+
+
+@app.command()
+@_clean_errors
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="The --out directory of an `autotune run`.")],
+) -> None:
+    """Write (or rewrite) RUN_DIR/report.html, the self-contained HTML report of a run."""
+    from autotune.report.html import write_run_report
+
+    try:
+        out = write_run_report(run_dir)
+    except OSError as exc:
+        raise AutotuneError(f"{run_dir}: cannot write report.html: {exc.strerror or exc}") from None
+    typer.echo(str(out))
+
+
+@app.command()
+@_clean_errors
+def simulate(
+    model: Annotated[str, typer.Option(help="Preset (e.g. Qwen3-32B-W8A8) or a model directory.")],
+    max_num_seqs: Annotated[int, typer.Option(help="vllm --max-num-seqs (the decode batch).")],
+    config: Annotated[
+        Path | None,
+        typer.Option(help="additional-config JSON file; default: prefetch on, 0.23's ratios."),
+    ] = None,
+    hardware: Annotated[
+        str, typer.Option(help="Hardware preset (910B2, 910B3, 910B4, A3) or TOML file.")
+    ] = "910B2",
+    tp: Annotated[int, typer.Option(help="Tensor-parallel size.")] = 4,
+    ep: Annotated[int, typer.Option(help="Expert-parallel size.")] = 1,
+    flashcomm1: Annotated[bool, typer.Option(help="enable_flashcomm1.")] = True,
+    graph_mode: Annotated[bool, typer.Option(help="Graph mode, not --enforce-eager.")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Output directory; default simulated/<model>-<N>.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    noise: Annotated[float, typer.Option(help="Relative noise of the bench result.")] = 0.01,
+    steps: Annotated[int, typer.Option(help="Decode steps in the profile.")] = 8,
+) -> None:
+    """Write one SIMULATED trial (bench JSON + profiler output) from the analytic model."""
+    from autotune.workloads.base import Workload
+    from autotune.workloads.simulate import read_config, simulate_once, summary_lines
+
+    workload = Workload(
+        model=model,
+        max_num_seqs=max_num_seqs,
+        tp=tp,
+        ep=ep,
+        hardware=hardware,
+        flashcomm1=flashcomm1,
+        graph_mode=graph_mode,
+        profile_steps=steps,
+    )
+    cfg = read_config(config)
+    out_dir = out if out is not None else Path("simulated") / f"{Path(model).name}-{max_num_seqs}"
+    trial, result = simulate_once(workload, cfg, out_dir, seed=seed, noise=noise)
+    console = Console(highlight=False, soft_wrap=True)
+    lines = summary_lines(trial, result)
+    console.print(lines[0], style="bold yellow", markup=False)
+    for line in lines[1:]:
+        console.print(line, markup=False)
 
 
 def main() -> None:
@@ -67,4 +281,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

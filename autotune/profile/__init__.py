@@ -3,6 +3,37 @@
 Public API: `load_profiles(path, rules=None) -> list[Profile]`.
 """
 
-from autotune.profile.tasks import ROLES, TASK_COLUMNS, Profile
+from __future__ import annotations
 
-__all__ = ["ROLES", "TASK_COLUMNS", "Profile"]
+from pathlib import Path
+
+from autotune.profile.classify import classify, load_rules
+from autotune.profile.db import read_db
+from autotune.profile.discover import discover
+from autotune.profile.kernel_details import fill_op_types, read_kernel_details
+from autotune.profile.tasks import ROLES, TASK_COLUMNS, Profile
+from autotune.profile.trace_view import read_trace_view
+
+__all__ = ["ROLES", "TASK_COLUMNS", "Profile", "load_profiles"]
+
+
+def load_profiles(path: Path, rules: Path | None = None) -> list[Profile]:
+    """Discover, read, enrich and classify every rank under `path`; tasks by device, start."""
+    ruleset = load_rules(rules)
+    out: list[Profile] = []
+    for f in discover(path):
+        prof = read_db(f.file) if f.source == "db" else read_trace_view(f.file)
+        kernels = read_kernel_details(f.kernel_details) if f.kernel_details else None
+        prof.tasks = fill_op_types(prof.tasks, kernels)
+        prof.path = f.root
+        prof.rank = f.rank
+        prof.level = f.level
+        prof.simulated = f.simulated
+        classify(prof, ruleset)
+        prof.tasks = prof.tasks.sort_values(
+            ["device", "start_ns", "end_ns", "stream"], kind="stable"
+        ).reset_index(drop=True)
+        if prof.steps is None:
+            prof.warnings.append(f"{f.file}: no step markers; the profile counts as one step")
+        out.append(prof)
+    return out

@@ -1,0 +1,123 @@
+"""`kernel_details.csv`: op types for trace_view tasks that lack them, and the aclnn name rule."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pandas as pd
+
+from autotune.errors import AutotuneError
+from autotune.profile.trace_view import us_to_ns
+
+# Accepted header spellings per field (formats doc §2.2: K0/K1/K2 and op_summary names).
+_HEADERS: dict[str, tuple[str, ...]] = {
+    "device": ("Device_id", "Device Id", "Device ID"),
+    "stream": ("Stream ID", "Stream Id"),
+    "name": ("Name", "Op Name"),
+    "op_type": ("Type", "OP Type", "Op Type"),
+    "start": ("Start Time(us)", "Task Start Time(us)"),
+}
+_MISSING = {"", "N/A", "NA", "None"}
+
+
+def op_type_from_name(name: str) -> str:
+    """The op type of an aclnn kernel name `aclnn<Api>_<impl>_<OpType>` (third part), else ""."""
+    if not name.startswith("aclnn"):
+        return ""
+    parts = name.split("_")
+    return parts[2] if len(parts) >= 3 and parts[2] else ""
+
+
+def read_kernel_details(path: Path) -> pd.DataFrame:
+    """Rows (device, stream, name, op_type, start_ns) of kernel_details.csv; stream -1 if absent."""
+    try:
+        fh = path.open(encoding="utf-8-sig", errors="replace", newline="")
+    except OSError as exc:
+        raise AutotuneError(f"{path}: cannot open ({exc.strerror or exc})") from None
+    with fh:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            raise AutotuneError(f"{path}: not a CSV file ({exc})") from None
+        if not header:
+            raise AutotuneError(f"{path}: empty file, expected a kernel_details.csv header")
+        cols = [h.strip() for h in header]
+        idx: dict[str, int] = {}
+        for key, names in _HEADERS.items():
+            for n in names:
+                if n in cols:
+                    idx[key] = cols.index(n)
+                    break
+        for need in ("name", "op_type", "start"):
+            if need not in idx:
+                raise AutotuneError(
+                    f"{path}: no {_HEADERS[need][0]!r} column (header: {','.join(cols[:8])}...)"
+                )
+        rows: list[tuple[int, int, str, str, int]] = []
+        try:
+            for rec in reader:
+                if len(rec) <= max(idx.values()):
+                    continue
+                start = us_to_ns(rec[idx["start"]])
+                if start is None:
+                    continue
+                dev = rec[idx["device"]].strip() if "device" in idx else ""
+                stream = rec[idx["stream"]].strip() if "stream" in idx else ""
+                op = rec[idx["op_type"]].strip()
+                rows.append(
+                    (
+                        int(dev) if dev.isdigit() else -1,
+                        int(stream) if stream.isdigit() else -1,
+                        rec[idx["name"]],
+                        "" if op in _MISSING else op,
+                        start,
+                    )
+                )
+        except csv.Error as exc:
+            raise AutotuneError(f"{path}: malformed CSV ({exc})") from None
+    return pd.DataFrame(rows, columns=["device", "stream", "name", "op_type", "start_ns"]).astype(
+        {
+            "device": "int64",
+            "stream": "int64",
+            "start_ns": "int64",
+            "name": object,
+            "op_type": object,
+        }
+    )
+
+
+def fill_op_types(tasks: pd.DataFrame, kernels: pd.DataFrame | None) -> pd.DataFrame:
+    """Fill empty `op_type` from kernel_details (match device, start_ns, name; stream when known),
+    then from the aclnn name rule. Returns a new table."""
+    out = tasks.copy()
+    if kernels is not None and len(kernels) and len(out):
+        kd = kernels[kernels["op_type"] != ""]
+        exact: dict[tuple[int, int, str, int], str] = {}
+        loose: dict[tuple[int, int, str], str] = {}
+        for d, s, n, o, t in kd[["device", "stream", "name", "op_type", "start_ns"]].itertuples(
+            index=False
+        ):
+            if s >= 0:
+                exact[(d, s, n, t)] = o
+            loose[(d, t, n)] = o
+        ops = out["op_type"].tolist()
+        for i, (d, s, n, t) in enumerate(
+            out[["device", "stream", "name", "start_ns"]].itertuples(index=False)
+        ):
+            if ops[i]:
+                continue
+            o = exact.get((d, s, n, t)) or loose.get((d, t, n)) or loose.get((-1, t, n))
+            if o:
+                ops[i] = o
+        out["op_type"] = pd.Series(ops, index=out.index, dtype=object)
+    if len(out):
+        ops = out["op_type"].tolist()
+        names = out["name"].tolist()
+        out["op_type"] = pd.Series(
+            [o or op_type_from_name(n) for o, n in zip(ops, names, strict=True)],
+            index=out.index,
+            dtype=object,
+        )
+    return out

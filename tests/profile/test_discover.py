@@ -1,0 +1,66 @@
+"""Finding profiler output: rank/level/simulated from profiler_info, db preferred, bad paths."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from autotune.errors import AutotuneError
+from autotune.profile import load_profiles
+from autotune.profile.discover import discover
+
+PROFILES = Path(__file__).resolve().parents[2] / "profiles"
+
+
+def test_ascend_pt_dir_and_output_dir() -> None:
+    (f,) = discover(PROFILES / "dense_current_ascend_pt")
+    assert (f.source, f.rank, f.level, f.simulated) == ("trace_view", 0, "Level1", False)
+    assert f.kernel_details is not None
+    (g,) = discover(PROFILES / "dense_current_ascend_pt" / "ASCEND_PROFILER_OUTPUT")
+    assert g.file == f.file
+
+
+def test_rank_from_file_name_and_string_rank() -> None:
+    (f,) = discover(PROFILES / "dense_legacy_ascend_pt")
+    assert (f.rank, f.level) == (1, "Level0")
+
+
+def test_parent_dir_gives_one_per_rank() -> None:
+    found = discover(PROFILES)
+    assert [f.root.name for f in found] == [
+        "dense_current_ascend_pt",
+        "dense_db_ascend_pt",
+        "truncated_ascend_pt",
+        "dense_legacy_ascend_pt",
+    ]
+    assert [f.source for f in found][1] == "db"
+
+
+def test_db_preferred_and_simulated(tmp_path: Path) -> None:
+    root = tmp_path / "x_1_2_ascend_pt"
+    shutil.copytree(PROFILES / "dense_db_ascend_pt", root)
+    shutil.copy(
+        PROFILES / "dense_current_ascend_pt/ASCEND_PROFILER_OUTPUT/trace_view.json",
+        root / "ASCEND_PROFILER_OUTPUT",
+    )
+    info = root / "profiler_info_0.json"
+    data = json.loads(info.read_text())
+    data["autotune_simulated"] = True
+    info.rename(root / "profiler_info.json")
+    data["rank_id"] = "3"
+    (root / "profiler_info.json").write_text(json.dumps(data))
+    (f,) = discover(root)
+    assert (f.source, f.rank, f.simulated) == ("db", 3, True)
+    (p,) = load_profiles(root)
+    assert p.simulated and p.source == "db" and p.rank == 3
+
+
+def test_bad_paths(tmp_path: Path) -> None:
+    with pytest.raises(AutotuneError, match="no such file"):
+        discover(tmp_path / "missing")
+    with pytest.raises(AutotuneError, match="no profiler output"):
+        discover(tmp_path)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(AutotuneError, match="not a profiler output"):
+        discover(tmp_path / "notes.txt")

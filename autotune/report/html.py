@@ -1,0 +1,1296 @@
+"""The self-contained HTML overlap report: one file, inline CSS/JS/SVG, no network.
+
+This module only lays out. Numbers come from `autotune.overlap` (per-site metrics), the run
+directory written by `autotune run` (search results) and `autotune.report.figures` (which picks the
+representative layer and reshapes data for the figures). Every string that comes from a profile or
+a config is escaped; data handed to JS is embedded as JSON that cannot close its <script> element.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import html
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from autotune.errors import AutotuneError
+from autotune.overlap import OverlapResult
+from autotune.profile.tasks import Profile
+from autotune.report.figures import (
+    History,
+    Importance,
+    LayerChoice,
+    SiteRow,
+    SlackFigure,
+    TimelineLayer,
+    TrialPoint,
+    choose_layer,
+    history,
+    rank_correlation_importance,
+    site_rows,
+    site_sort_key,
+    slack_figure,
+    timeline_layer,
+)
+from autotune.rundir import MIB, RunRecord, TrialRecord
+
+SIMULATED_BANNER = "SIMULATED — modelled, not measured"
+
+# Colours by task role (timeline) — chosen to stay distinguishable for common colour blindness.
+ROLE_COLOURS: dict[str, str] = {
+    "vector:swiglu": "#2ca25f",
+    "vector:norm": "#99d8c9",
+    "vector:quant": "#66c2a4",
+    "vector:gating": "#006d2c",
+    "cube": "#4c78a8",
+    "comm": "#b279a2",
+    "prefetch": "#f58518",
+    "wait": "#e45756",
+    "record": "#9d9d9d",
+    "other": "#d4cfc9",
+}
+ROLE_LABELS: dict[str, str] = {
+    "vector:swiglu": "vector: swiglu",
+    "vector:norm": "vector: norm",
+    "vector:quant": "vector: quant",
+    "vector:gating": "vector: gating",
+    "cube": "cube (matmul, attention)",
+    "comm": "communication",
+    "prefetch": "CMO prefetch",
+    "wait": "wait (join / stall)",
+    "record": "event record",
+    "other": "other",
+}
+SERIES_COLOURS = ("#f58518", "#4c78a8", "#54a24b", "#b279a2", "#e45756", "#72b7b2")
+OK = "#2e7d32"
+BAD = "#c62828"
+
+
+# --- escaping and embedding -------------------------------------------------------------------
+
+
+def esc(value: object) -> str:
+    """Escape any value for HTML text and attribute context (also valid inside inline SVG)."""
+    return html.escape(str(value), quote=True)
+
+
+def _json_clean(obj: Any) -> Any:
+    """JSON-safe copy: NaN/inf become null (JSON.parse rejects them), tuples become lists."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_clean(v) for v in obj]
+    if isinstance(obj, str | int | bool) or obj is None:
+        return obj
+    if hasattr(obj, "item"):  # numpy scalars
+        return _json_clean(obj.item())
+    return str(obj)
+
+
+def safe_json(obj: Any) -> str:
+    """JSON for a <script type="application/json"> element.
+
+    `<`, `>` and `&` are escaped so no `</script>` or `<!--` can end or confuse the element;
+    U+2028/2029 are escaped because older JS parsers treat them as line ends.
+    """
+    text = json.dumps(_json_clean(obj), ensure_ascii=False, allow_nan=False)
+    return (
+        text.replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
+
+
+def _asset(name: str) -> str:
+    return resources.files("autotune.report").joinpath(name).read_text(encoding="utf-8")
+
+
+def render_page(title: str, body: str, data: Mapping[str, Any]) -> str:
+    """Fill the template; one pass, so substituted text is never scanned for markers again."""
+    js = _asset("report.js")
+    # CSP allows exactly our script (by hash): anything injected would be refused even if escaping
+    # ever failed. The template wraps the script in newlines; the hash covers them too.
+    digest = base64.b64encode(hashlib.sha256(f"\n{js}\n".encode()).digest()).decode("ascii")
+    parts = {
+        "title": esc(title),
+        "css": _asset("report.css"),
+        "body": body,
+        "data": safe_json(data),
+        "js": js,
+        "script_hash": f"'sha256-{digest}'",
+    }
+    template = _asset("template.html")
+    if "<script>\n<!--@js-->\n</script>" not in template:
+        raise RuntimeError(
+            "report template: the script element must be '<script>\\n<!--@js-->\\n</script>'"
+        )
+    return re.sub(r"<!--@(\w+)-->", lambda m: parts[m.group(1)], template)
+
+
+# --- small formatting helpers -----------------------------------------------------------------
+
+
+def _num(x: float | int | None, digits: int = 2) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float) and not math.isfinite(x):
+        return "—"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return f"{x:,.{digits}f}"
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    if x is None or not math.isfinite(x):
+        return "—"
+    return f"{x * 100:.{digits}f}%"
+
+
+def _dv(x: float | int | None) -> str:
+    """Raw value for data-v (sorting)."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return ""
+    return repr(float(x))
+
+
+def _nice_ticks(lo: float, hi: float, target: int = 8) -> list[float]:
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return [lo] if math.isfinite(lo) else []
+    raw = (hi - lo) / max(target, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step) * step
+    ticks = []
+    v = first
+    while v <= hi + step * 1e-9:
+        ticks.append(round(v, 10))
+        v += step
+    return ticks
+
+
+def _fmt_tick(v: float) -> str:
+    if abs(v) >= 100 or v == int(v):
+        return f"{v:,.0f}"
+    return f"{v:g}"
+
+
+def _legend(items: Iterable[tuple[str, str]]) -> str:
+    spans = "".join(
+        f'<span><i style="background:{esc(c)}"></i>{esc(label)}</span>' for label, c in items
+    )
+    return f'<div class="legend">{spans}</div>'
+
+
+def _kv(items: Iterable[tuple[str, object]]) -> str:
+    cells = "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in items)
+    return f'<dl class="meta">{cells}</dl>'
+
+
+def _verdict(v: str) -> str:
+    cls = v if v in ("hidden", "late", "inert") else ""
+    return f'<span class="verdict {esc(cls)}">{esc(v)}</span>'
+
+
+# --- sections ---------------------------------------------------------------------------------
+
+
+def simulated_banner() -> str:
+    return (
+        f'<div class="banner-sim" id="simulated-banner">{esc(SIMULATED_BANNER)}'
+        "<small>These timelines and throughputs come from autotune's simulator. "
+        "Use them to check the tool, not to decide a deployment.</small></div>"
+    )
+
+
+def site_table(rows: Sequence[SiteRow], *, table_id: str, caption: str = "") -> str:
+    head = (
+        "<tr><th class='t'>site</th><th>prefetches</th><th>windows</th><th>hidden (median)</th>"
+        "<th>slack median µs</th><th>slack p90 µs</th><th>slack min µs</th><th>late</th>"
+        "<th>stall / step µs</th><th class='t'>verdict</th></tr>"
+    )
+    body = []
+    for r in rows:
+        body.append(
+            f"<tr data-site='{esc(r.site)}'><td class='t mono'>{esc(r.site)}</td>"
+            f"<td data-v='{r.count}'>{_num(r.count)}</td>"
+            f"<td data-v='{r.windows}'>{_num(r.windows)}</td>"
+            f"<td data-v='{_dv(r.hidden_fraction_median)}'>{_pct(r.hidden_fraction_median)}</td>"
+            f"<td data-v='{_dv(r.slack_us_median)}'>{_num(r.slack_us_median)}</td>"
+            f"<td data-v='{_dv(r.slack_us_p90)}'>{_num(r.slack_us_p90)}</td>"
+            f"<td data-v='{_dv(r.slack_us_min)}'>{_num(r.slack_us_min)}</td>"
+            f"<td data-v='{r.late}'>{_num(r.late)}</td>"
+            f"<td data-v='{_dv(r.stall_us_per_step)}'>{_num(r.stall_us_per_step)}</td>"
+            f"<td class='t'>{_verdict(r.verdict)}</td></tr>"
+        )
+    if not body:
+        body.append("<tr><td class='t' colspan='10'>no prefetch sites found</td></tr>")
+    cap = f"<caption class='note'>{esc(caption)}</caption>" if caption else ""
+    return (
+        f"<table class='sites' id='{esc(table_id)}'>{cap}<thead>{head}</thead>"
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def analysis_findings(result: OverlapResult) -> list[str]:
+    """Plain-text findings the analysis reported (escaped at render time)."""
+    out = []
+    for site, n in sorted(result.windows_without_prefetch.items()):
+        if n:
+            out.append(f"{site}: {n:,} window(s) without a prefetch")
+    if result.unattributed:
+        out.append(f"{result.unattributed:,} prefetch(es) matched no window (unattributed)")
+    for t, n in sorted(result.unclassified_types.items()):
+        out.append(f"unclassified task type {t}: {n:,} task(s)")
+    out.extend(result.warnings)
+    return out
+
+
+def findings_list(items: Sequence[str], *, list_id: str) -> str:
+    if not items:
+        return f"<p class='note' id='{esc(list_id)}'>None.</p>"
+    lis = "".join(f"<li>{esc(i)}</li>" for i in items)
+    return f"<ul class='findings' id='{esc(list_id)}'>{lis}</ul>"
+
+
+def headline(result: OverlapResult) -> str:
+    sites = [s for s in result.sites if s.verdict != "inert"]
+    late = [s.site for s in result.sites if s.verdict == "late"]
+    stall = sum(s.stall_us_per_step for s in result.sites)
+    n = int(sum(s.count for s in result.sites))
+    kpis = [
+        (
+            "ok" if not late else "bad",
+            f"{len(sites) - len(late)} / {len(sites)}",
+            "active sites fully hidden" if not late else "hidden; late: " + ", ".join(late),
+        ),
+        ("", _num(n), f"prefetches over {result.steps} step(s)"),
+        ("", _num(stall), "µs stall per step (all sites)"),
+    ]
+    cells = "".join(
+        f"<div class='kpi {esc(c)}'><div class='v'>{esc(v)}</div><div class='l'>"
+        f"{esc(label)}</div></div>"
+        for c, v, label in kpis
+    )
+    return f"<div class='headline'>{cells}</div>"
+
+
+# --- timeline ---------------------------------------------------------------------------------
+
+
+def _stream_label(stream: int | None) -> str:
+    return "" if stream is None else f" (stream {stream})"
+
+
+def timeline_svg(layers: Sequence[TimelineLayer]) -> str:
+    """One decoder layer per config, compute and prefetch lanes, all on one time scale."""
+    width, left, right = 1120, 168, 18
+    plot_w = width - left - right
+    lane_h, lane_gap, title_h, panel_gap, axis_h = 26, 6, 20, 16, 34
+    dur = max((layer.duration_us for layer in layers), default=0.0) or 1.0
+
+    def x(us: float) -> float:
+        return left + max(0.0, min(us, dur)) / dur * plot_w
+
+    parts: list[str] = []
+    y = 4
+    for li, layer in enumerate(layers):
+        parts.append(
+            f"<text x='4' y='{y + 14}' font-size='13'><tspan font-weight='700'>"
+            f"{esc(layer.label)}</tspan><tspan fill='#5b6475' font-size='11.5' dx='10'>"
+            f"{esc(layer.choice.reason)}</tspan></text>"
+        )
+        y += title_h
+        y_c, y_p = y, y + lane_h + lane_gap
+        parts.append(
+            f"<g class='lane' data-lane='compute' data-panel='{li}'>"
+            f"<rect x='{left}' y='{y_c}' width='{plot_w}' height='{lane_h}' fill='#f6f7f9'/>"
+            f"<text x='{left - 8}' y='{y_c + 17}' font-size='12' text-anchor='end'>compute"
+            f"{esc(_stream_label(layer.compute_stream))}"
+            "</text></g>"
+            f"<g class='lane' data-lane='prefetch' data-panel='{li}'>"
+            f"<rect x='{left}' y='{y_p}' width='{plot_w}' height='{lane_h}' fill='#f6f7f9'/>"
+            f"<text x='{left - 8}' y='{y_p + 17}' font-size='12' text-anchor='end'>prefetch"
+            f"{esc(_stream_label(layer.prefetch_stream))}"
+            "</text></g>"
+        )
+        # Window bands behind the bars: where each prefetch is meant to hide, and its deadline.
+        for pf in layer.prefetches:
+            if not (math.isfinite(pf.window_start_us) and math.isfinite(pf.window_end_us)):
+                continue
+            colour = BAD if pf.late else OK
+            x0, x1 = x(pf.window_start_us), x(pf.window_end_us)
+            tip = (
+                f"{pf.site} window\nwindow {pf.window_start_us:.2f}–{pf.window_end_us:.2f} µs\n"
+                f"prefetch {pf.start_us:.2f}–{pf.end_us:.2f} µs\nslack {pf.slack_us:.2f} µs, "
+                f"hidden {pf.hidden_fraction * 100:.1f}%, stall {pf.stall_us:.2f} µs"
+                + ("\nLATE: ends after its window" if pf.late else "")
+            )
+            parts.append(
+                f"<g class='hov window' data-site='{esc(pf.site)}'><title>{esc(tip)}</title>"
+                f"<rect x='{x0:.2f}' y='{y_c - 2}' width='{max(x1 - x0, 1):.2f}' "
+                f"height='{2 * lane_h + lane_gap + 4}' fill='{colour}' fill-opacity='0.10'/>"
+                f"<line x1='{x1:.2f}' x2='{x1:.2f}' y1='{y_c - 3}' y2='{y_p + lane_h + 3}' "
+                f"stroke='{colour}' stroke-width='1.4' stroke-dasharray='4 2'/></g>"
+            )
+        late_by_start = {round(pf.start_us, 3): pf for pf in layer.prefetches}
+        label_ends = [-1e9, -1e9]  # right end of the last site label on each of two text rows
+        for t in layer.tasks:
+            ty = y_c if t.lane == "compute" else y_p
+            x0 = x(t.start_us)
+            w = max(x(t.start_us + t.dur_us) - x0, 0.8)
+            colour = ROLE_COLOURS.get(t.role, ROLE_COLOURS["other"])
+            tip = (
+                f"{t.name}\ntype {t.type}"
+                + (f" · op {t.op_type}" if t.op_type and t.op_type != t.name else "")
+                + f" · {t.role}\nstart {t.start_us:.2f} µs, duration {t.dur_us:.2f} µs"
+            )
+            stroke = ""
+            label = ""
+            if t.role == "prefetch":
+                match = late_by_start.get(round(t.start_us, 3))
+                if match is not None:
+                    pf = match
+                    tip += f"\nsite {pf.site}, slack {pf.slack_us:.2f} µs" + (
+                        " (LATE)" if pf.late else ""
+                    )
+                    stroke = f" stroke='{BAD if pf.late else OK}' stroke-width='2'"
+                    # Site name under the bar, so narrow CMOs are still named; two rows so
+                    # neighbouring names do not overprint.
+                    text = f"{pf.site}{' late' if pf.late else ''}"
+                    row = 0 if x0 >= label_ends[0] + 3 else 1
+                    label_ends[row] = x0 + 5.6 * len(text)
+                    label = (
+                        f"<text x='{x0:.2f}' y='{ty + lane_h + 10 + 11 * row}' font-size='10' "
+                        f"fill='{BAD if pf.late else OK}' pointer-events='none'>"
+                        f"{esc(text)}</text>"
+                    )
+            parts.append(
+                f"<g class='hov task' data-role='{esc(t.role)}'><title>{esc(tip)}</title>"
+                f"<rect x='{x0:.2f}' y='{ty + 2}' width='{w:.2f}' height='{lane_h - 4}' "
+                f"fill='{esc(colour)}'{stroke}/></g>{label}"
+            )
+        if layer.tasks and not any(t.lane == "prefetch" for t in layer.tasks):
+            parts.append(
+                f"<text x='{left + 8}' y='{y_p + 17}' font-size='11.5' fill='#5b6475'>"
+                "no prefetch task in this layer</text>"
+            )
+        if not layer.tasks:
+            parts.append(
+                f"<text x='{left + 8}' y='{y_c + 17}' font-size='12' fill='#c62828'>"
+                "no decoder layer could be cut out of this profile</text>"
+            )
+        y = y_p + lane_h + 23 + panel_gap
+    # Shared axis.
+    parts.append(f"<line x1='{left}' x2='{left + plot_w}' y1='{y}' y2='{y}' stroke='#5b6475'/>")
+    for tv in _nice_ticks(0.0, dur):
+        tx = x(tv)
+        parts.append(
+            f"<line x1='{tx:.2f}' x2='{tx:.2f}' y1='{y}' y2='{y + 5}' stroke='#5b6475'/>"
+            f"<text x='{tx:.2f}' y='{y + 17}' font-size='11' text-anchor='middle'>"
+            f"{_fmt_tick(tv)}</text>"
+        )
+    parts.append(
+        f"<text x='{left + plot_w / 2:.0f}' y='{y + 31}' font-size='11.5' text-anchor='middle' "
+        "fill='#5b6475'>µs from the layer's input norm</text>"
+    )
+    height = y + axis_h
+    return (
+        f"<svg id='timeline' xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {width} {height}' "
+        f"width='{width}' height='{height}' role='img' aria-label='decoder layer timeline'>"
+        + "".join(parts)
+        + "</svg>"
+    )
+
+
+def timeline_ops_table(layer: TimelineLayer, *, table_id: str) -> str:
+    """The shown layer's tasks as text: the figure's content for search, copy and screen readers."""
+    rows = "".join(
+        f"<tr><td class='t'>{esc(t.lane)}</td><td class='name mono'>{esc(t.name)}</td>"
+        f"<td class='t mono'>{esc(t.type)}</td><td class='t mono'>{esc(t.op_type)}</td>"
+        f"<td class='t'>{esc(t.role)}</td><td>{t.start_us:,.2f}</td><td>{t.dur_us:,.2f}</td></tr>"
+        for t in layer.tasks
+    )
+    return (
+        f"<details><summary>{esc(layer.label)}: the {len(layer.tasks)} tasks of this "
+        "layer</summary>"
+        f"<div class='scroll'><table id='{esc(table_id)}' class='ops'><thead><tr><th class='t'>"
+        "lane</th>"
+        "<th class='t'>name</th><th class='t'>type</th><th class='t'>op type</th><th class='t'>"
+        "role</th>"
+        f"<th>start µs</th><th>duration µs</th></tr></thead><tbody>{rows}</tbody></table></div>"
+        "</details>"
+    )
+
+
+def timeline_section(layers: Sequence[TimelineLayer]) -> str:
+    if not layers:
+        return (
+            "<section id='timeline-section'><h2>One decoder layer on the device</h2>"
+            "<p class='note'>No profile to draw: none was kept for the baseline, the vendor "
+            "default or the best trial (see --keep-profiles).</p></section>"
+        )
+    legend = _legend((ROLE_LABELS[r], c) for r, c in ROLE_COLOURS.items())
+    sources = "".join(
+        f"<li>{esc(layer.label)}: {esc(layer.choice.reason)} — rank "
+        f"{esc(layer.rank if layer.rank is not None else '?')}, device {esc(layer.device)}, "
+        f"<span class='mono'>{esc(layer.source)}</span></li>"
+        for layer in layers
+    )
+    tables = "".join(
+        timeline_ops_table(layer, table_id=f"ops-{i}") for i, layer in enumerate(layers)
+    )
+    return (
+        "<section id='timeline-section'><h2>One decoder layer on the device</h2>"
+        "<p class='note'>Each CMO prefetch (orange, prefetch lane) should run under the shaded "
+        "window "
+        "of its vector op and end before the dashed line (the window's end). Green outline: "
+        "ended in "
+        "time; red: late. Hover a bar for its name, type, start and duration.</p>"
+        f"{legend}<figure>{timeline_svg(layers)}<figcaption><ul class='findings'>{sources}</ul>"
+        f"</figcaption></figure>{tables}</section>"
+    )
+
+
+# --- slack distribution -----------------------------------------------------------------------
+
+
+def slack_svg(fig: SlackFigure) -> str:
+    width, left, right = 1120, 168, 18
+    row_h, gap, axis_h = 64, 12, 34
+    plot_w = width - left - right
+    if not fig.series or len(fig.edges_us) < 2:
+        return "<p class='note'>No attributed prefetches: no slack to show.</p>"
+    lo, hi = fig.edges_us[0], fig.edges_us[-1]
+    labels = list(dict.fromkeys(s.label for s in fig.series))
+    sites = list(dict.fromkeys(s.site for s in fig.series))
+
+    def x(v: float) -> float:
+        return left + (v - lo) / (hi - lo) * plot_w
+
+    parts: list[str] = []
+    y = 6
+    for site in sites:
+        row = [s for s in fig.series if s.site == site]
+        peak = max((max(s.counts) for s in row), default=1) or 1
+        parts.append(
+            f"<g class='slack-row' data-site='{esc(site)}'>"
+            f"<rect x='{left}' y='{y}' width='{plot_w}' height='{row_h}' fill='#fbfbfc' "
+            "stroke='#e3e6eb'/>"
+            f"<rect x='{left}' y='{y}' width='{max(x(0.0) - left, 0):.2f}' height='{row_h}' "
+            "fill='#c62828' fill-opacity='0.06'/>"
+            f"<text x='{left - 8}' y='{y + 18}' font-size='12.5' font-weight='700' "
+            f"text-anchor='end'>{esc(site)}</text>"
+        )
+        for i, s in enumerate(row):
+            colour = SERIES_COLOURS[labels.index(s.label) % len(SERIES_COLOURS)]
+            # The legend above names the configs; here only their counts, in their colour.
+            parts.append(
+                f"<text x='{left - 8}' y='{y + 33 + 13 * i}' font-size='11' text-anchor='end' "
+                f"fill='{colour}'><title>{esc(s.label)}</title>n={s.n:,}, late={s.late:,}</text>"
+            )
+            for b, c in enumerate(s.counts):
+                if not c:
+                    continue
+                x0, x1 = x(fig.edges_us[b]), x(fig.edges_us[b + 1])
+                h = c / peak * (row_h - 6)
+                tip = (
+                    f"{s.label} · {site}\nslack {fig.edges_us[b]:.2f} to "
+                    f"{fig.edges_us[b + 1]:.2f} µs"
+                    f"\n{c:,} prefetch(es)"
+                )
+                parts.append(
+                    f"<rect class='hov' x='{x0 + 0.5:.2f}' y='{y + row_h - h:.2f}' "
+                    f"width='{max(x1 - x0 - 1, 0.8):.2f}' height='{h:.2f}' fill='{colour}' "
+                    f"fill-opacity='{0.75 if len(labels) == 1 else 0.55}'><title>"
+                    f"{esc(tip)}</title></rect>"
+                )
+        parts.append("</g>")
+        y += row_h + gap
+    zx = x(0.0)
+    parts.append(
+        f"<line x1='{zx:.2f}' x2='{zx:.2f}' y1='2' y2='{y - gap + 4}' stroke='#c62828' "
+        "stroke-dasharray='4 2'/>"
+        f"<text x='{zx - 4:.2f}' y='{y - gap + 2}' font-size='10.5' text-anchor='end' "
+        "fill='#c62828'>late ←</text>"
+    )
+    y -= gap - 6
+    parts.append(f"<line x1='{left}' x2='{left + plot_w}' y1='{y}' y2='{y}' stroke='#5b6475'/>")
+    for tv in _nice_ticks(lo, hi):
+        tx = x(tv)
+        parts.append(
+            f"<line x1='{tx:.2f}' x2='{tx:.2f}' y1='{y}' y2='{y + 5}' stroke='#5b6475'/>"
+            f"<text x='{tx:.2f}' y='{y + 17}' font-size='11' text-anchor='middle'>"
+            f"{_fmt_tick(tv)}</text>"
+        )
+    parts.append(
+        f"<text x='{left + plot_w / 2:.0f}' y='{y + 31}' font-size='11.5' text-anchor='middle' "
+        "fill='#5b6475'>slack µs (window end − prefetch end); left of 0 is late</text>"
+    )
+    height = y + axis_h
+    return (
+        f"<svg id='slack' xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {width} {height}' "
+        f"width='{width}' height='{height}' role='img' aria-label='slack distribution per site'>"
+        + "".join(parts)
+        + "</svg>"
+    )
+
+
+def slack_section(fig: SlackFigure) -> str:
+    labels = list(dict.fromkeys(s.label for s in fig.series))
+    legend = (
+        _legend((label, SERIES_COLOURS[i % len(SERIES_COLOURS)]) for i, label in enumerate(labels))
+        if len(labels) > 1
+        else ""
+    )
+    return (
+        "<section id='slack-section'><h2>Slack per site (all layers, all profiled steps)</h2>"
+        f"{legend}<figure>{slack_svg(fig)}</figure></section>"
+    )
+
+
+# --- pages ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Page:
+    """What a report page holds, before layout."""
+
+    title: str
+    simulated: bool
+    meta: list[tuple[str, object]]
+    sections: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def render(self) -> str:
+        banner = simulated_banner() if self.simulated else ""
+        body = (
+            f"{banner}<main><header><h1>{esc(self.title)}</h1>{_kv(self.meta)}</header>"
+            + "".join(self.sections)
+            + "<footer>Written by autotune. Self-contained: open it offline; nothing is fetched."
+            "</footer></main>"
+        )
+        return render_page(self.title, body, self.data)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+def analyze_page(
+    result: OverlapResult,
+    profiles: Sequence[Profile],
+    *,
+    meta: Mapping[str, object] | None = None,
+) -> Page:
+    """The `autotune analyze --html` page for one set of profiles."""
+    simulated = bool(result.simulated or any(p.simulated for p in profiles))
+    info: list[tuple[str, object]] = [(k, v) for k, v in (meta or {}).items()]
+    known = {k for k, _ in info}
+    unknown = "not recorded in the profile"
+    defaults: list[tuple[str, object]] = [
+        ("model", unknown),
+        ("hardware", unknown),
+        ("max-num-seqs", unknown),
+        ("backend", "simulate" if simulated else "device profile"),
+        ("vllm-ascend", "0.23 (modelled)" if simulated else unknown),
+        ("profiles", ", ".join(str(p.path) for p in profiles) or "—"),
+        ("ranks", ", ".join("?" if p.rank is None else str(p.rank) for p in profiles) or "—"),
+        ("source", ", ".join(sorted({p.source for p in profiles})) or "—"),
+        ("profiler level", ", ".join(sorted({p.level or "?" for p in profiles})) or "—"),
+        ("profiled steps", result.steps),
+        ("generated", _now()),
+    ]
+    info += [(k, v) for k, v in defaults if k not in known]
+    page = Page(title="autotune — prefetch overlap report", simulated=simulated, meta=info)
+    rows = site_rows(result)
+    page.sections.append(headline(result))
+    page.sections.append(
+        "<section id='sites-section'><h2>Per-site overlap</h2>"
+        + site_table(rows, table_id="sites")
+        + "<h3>Findings</h3>"
+        + findings_list(analysis_findings(result), list_id="findings")
+        + "</section>"
+    )
+    layers = []
+    if profiles:
+        # Median-stall layer of the middle step, taken from the first rank (lowest rank id).
+        first = sorted(profiles, key=lambda p: (p.rank is None, p.rank or 0, str(p.path)))[0]
+        layers.append(timeline_layer(first, result, label="this profile"))
+    page.sections.append(timeline_section(layers))
+    page.sections.append(slack_section(slack_figure([("this profile", result)])))
+    page.data = {
+        "kind": "analyze",
+        "simulated": simulated,
+        "sites": [r.__dict__ for r in rows],
+        "layers": [
+            {
+                "label": layer.label,
+                "ordinal": layer.choice.ordinal,
+                "step": layer.choice.step,
+                "layer": layer.choice.layer,
+                "reason": layer.choice.reason,
+            }
+            for layer in layers
+        ],
+    }
+    return page
+
+
+def write_analyze_report(
+    result: OverlapResult,
+    profiles: list[Profile],
+    path: Path,
+    *,
+    meta: Mapping[str, object] | None = None,
+) -> None:
+    """Write the self-contained analyze report to `path` (`autotune analyze PATH --html FILE`)."""
+    path.write_text(analyze_page(result, profiles, meta=meta).render(), encoding="utf-8")
+
+
+# --- search figures ---------------------------------------------------------------------------
+
+
+def _axis_y(parts: list[str], lo: float, hi: float, y_of: Any, left: int, plot_w: int) -> None:
+    for tv in _nice_ticks(lo, hi, 5):
+        ty = y_of(tv)
+        parts.append(
+            f"<line x1='{left}' x2='{left + plot_w}' y1='{ty:.2f}' y2='{ty:.2f}' stroke='#eceff3'/>"
+            f"<text x='{left - 6}' y='{ty + 4:.2f}' font-size='11' text-anchor='end'>"
+            f"{_fmt_tick(tv)}</text>"
+        )
+
+
+def _pad(lo: float, hi: float) -> tuple[float, float]:
+    if hi - lo < 1e-9:
+        return lo - 1.0, hi + 1.0
+    d = (hi - lo) * 0.06
+    return lo - d, hi + d
+
+
+ROLE_MARKS = {"baseline": "#7f7f7f", "default": "#4c78a8", "seed": "#b279a2", "search": "#f58518"}
+
+
+def _trial_tip(p: TrialPoint, objective_name: str) -> str:
+    mib = ", ".join(f"{k} {v:.2f} MiB" for k, v in p.effective_mib.items())
+    return (
+        f"trial {p.number} ({p.role}, {p.state})\n{objective_name} {_num(p.objective)}"
+        + (f"\nthroughput {_num(p.throughput)} tok/s" if p.throughput is not None else "")
+        + ("\ninfeasible (late)" if p.feasible is False else "")
+        + (f"\n{mib}" if mib else "")
+    )
+
+
+def history_svg(h: History, *, objective_name: str, best_number: int | None = None) -> str:
+    width, height, left, right, top, bottom = 1120, 300, 78, 18, 12, 44
+    plot_w, plot_h = width - left - right, height - top - bottom
+    pts = [p for p in h.points if p.objective is not None and math.isfinite(p.objective)]
+    if not pts:
+        return "<p class='note'>No trial has a measured objective yet.</p>"
+    xs = [p.number for p in h.points]
+    x_lo, x_hi = _pad(float(min(xs)), float(max(xs)))
+    ys = [float(p.objective) for p in pts if p.objective is not None]
+    ys += [p.estimate for p in h.points if p.estimate is not None and math.isfinite(p.estimate)]
+    y_lo, y_hi = _pad(min(ys), max(ys))
+
+    def x(v: float) -> float:
+        return left + (v - x_lo) / (x_hi - x_lo) * plot_w
+
+    def y(v: float) -> float:
+        return top + plot_h - (v - y_lo) / (y_hi - y_lo) * plot_h
+
+    parts: list[str] = []
+    _axis_y(parts, y_lo, y_hi, y, left, plot_w)
+    if h.best_so_far:
+        path = []
+        for i, (n, v) in enumerate(h.best_so_far):
+            if i:
+                path.append(f"H{x(n):.2f}V{y(v):.2f}")
+            else:
+                path.append(f"M{x(n):.2f},{y(v):.2f}")
+        path.append(f"H{x(x_hi):.2f}")
+        parts.append(
+            f"<path id='best-so-far' d='{''.join(path)}' fill='none' stroke='#2e7d32' "
+            "stroke-width='2'/>"
+        )
+    for p in h.points:
+        if p.estimate is not None and math.isfinite(p.estimate) and y_lo <= p.estimate <= y_hi:
+            # The search's estimate for the trial: a short dash the line steps along.
+            parts.append(
+                f"<line class='estimate' x1='{x(p.number) - 7:.2f}' x2='{x(p.number) + 7:.2f}' "
+                f"y1='{y(p.estimate):.2f}' y2='{y(p.estimate):.2f}' stroke='#2e7d32' "
+                "stroke-width='2' stroke-opacity='0.55'/>"
+            )
+    for p in pts:
+        assert p.objective is not None
+        colour = ROLE_MARKS.get(p.role, "#f58518")
+        hollow = p.state != "complete" or p.feasible is False
+        fill = "#ffffff" if hollow else colour
+        parts.append(
+            f"<circle class='hov trial-pt' cx='{x(p.number):.2f}' cy='{y(p.objective):.2f}' "
+            "r='4.5' "
+            f"fill='{fill}' stroke='{colour}' stroke-width='1.6'>"
+            f"<title>{esc(_trial_tip(p, objective_name))}</title></circle>"
+        )
+    bottom_y = top + plot_h
+    parts.append(
+        f"<line x1='{left}' x2='{left + plot_w}' y1='{bottom_y}' y2='{bottom_y}' stroke='#5b6475'/>"
+    )
+    for tv in _nice_ticks(x_lo, x_hi, 12):
+        if tv != int(tv):
+            continue
+        tx = x(tv)
+        parts.append(
+            f"<line x1='{tx:.2f}' x2='{tx:.2f}' y1='{bottom_y}' y2='{bottom_y + 5}' "
+            "stroke='#5b6475'/>"
+            f"<text x='{tx:.2f}' y='{bottom_y + 17}' font-size='11' text-anchor='middle'>"
+            f"{tv:.0f}</text>"
+        )
+    parts.append(
+        f"<text x='{left + plot_w / 2:.0f}' y='{height - 6}' font-size='11.5' text-anchor='middle' "
+        "fill='#5b6475'>trial</text>"
+        f"<text x='14' y='{top + plot_h / 2:.0f}' font-size='11.5' text-anchor='middle' "
+        "fill='#5b6475' "
+        f"transform='rotate(-90 14 {top + plot_h / 2:.0f})'>{esc(objective_name)}</text>"
+    )
+    best_pt = next((p for p in pts if p.number == best_number), None)
+    if best_pt is not None and best_pt.objective is not None:
+        parts.append(
+            f"<circle id='best-mark' cx='{x(best_pt.number):.2f}' cy='{y(best_pt.objective):.2f}' "
+            "r='9' fill='none' stroke='#2e7d32' stroke-width='2' pointer-events='none'/>"
+        )
+    return (
+        f"<svg id='history' xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {width} {height}' "
+        f"width='{width}' height='{height}' role='img' aria-label='optimisation history'>"
+        + "".join(parts)
+        + "</svg>"
+    )
+
+
+def scatter_svg(points: Sequence[TrialPoint], sites: Sequence[str]) -> str:
+    """Throughput against each site's effective bytes, one small panel per site."""
+    pts = [p for p in points if p.throughput is not None and math.isfinite(p.throughput)]
+    if not pts or not sites:
+        return "<p class='note'>No measured throughput yet.</p>"
+    cols = min(len(sites), 3)
+    pw, ph, left, top, gap_x, gap_y = 300, 190, 62, 22, 66, 56
+    width = left + cols * pw + (cols - 1) * gap_x + 12
+    rows = math.ceil(len(sites) / cols)
+    height = top + rows * (ph + gap_y)
+    ys = [float(p.throughput) for p in pts if p.throughput is not None]
+    y_lo, y_hi = _pad(min(ys), max(ys))
+    parts: list[str] = []
+    for i, site in enumerate(sites):
+        ox = left + (i % cols) * (pw + gap_x)
+        oy = top + (i // cols) * (ph + gap_y)
+        xs = [p.effective_mib.get(site, 0.0) for p in pts]
+        x_lo, x_hi = _pad(min(0.0, *xs), max(xs))
+
+        def x(v: float, ox: int = ox, x_lo: float = x_lo, x_hi: float = x_hi) -> float:
+            return ox + (v - x_lo) / (x_hi - x_lo) * pw
+
+        def y(v: float, oy: int = oy) -> float:
+            return oy + ph - (v - y_lo) / (y_hi - y_lo) * ph
+
+        parts.append(
+            f"<g class='scatter' data-site='{esc(site)}'>"
+            f"<rect x='{ox}' y='{oy}' width='{pw}' height='{ph}' fill='#fbfbfc' stroke='#e3e6eb'/>"
+            f"<text x='{ox}' y='{oy - 6}' font-size='12.5' font-weight='700'>{esc(site)}</text>"
+        )
+        for tv in _nice_ticks(y_lo, y_hi, 4):
+            parts.append(
+                f"<text x='{ox - 5}' y='{y(tv) + 4:.2f}' font-size='10.5' text-anchor='end'>"
+                f"{_fmt_tick(tv)}</text>"
+                f"<line x1='{ox}' x2='{ox + pw}' y1='{y(tv):.2f}' y2='{y(tv):.2f}' "
+                "stroke='#eceff3'/>"
+            )
+        for tv in _nice_ticks(x_lo, x_hi, 5):
+            parts.append(
+                f"<text x='{x(tv):.2f}' y='{oy + ph + 14}' font-size='10.5' text-anchor='middle'>"
+                f"{_fmt_tick(tv)}</text>"
+            )
+        parts.append(
+            f"<text x='{ox + pw / 2:.0f}' y='{oy + ph + 30}' font-size='11' text-anchor='middle' "
+            "fill='#5b6475'>effective MiB per layer</text>"
+        )
+        for p in pts:
+            assert p.throughput is not None
+            colour = ROLE_MARKS.get(p.role, "#f58518")
+            fill = "#ffffff" if p.feasible is False else colour
+            parts.append(
+                f"<circle class='hov' cx='{x(p.effective_mib.get(site, 0.0)):.2f}' "
+                f"cy='{y(p.throughput):.2f}' r='4' fill='{fill}' stroke='{colour}' "
+                "stroke-width='1.4' "
+                f"fill-opacity='0.85'><title>{esc(_trial_tip(p, 'objective'))}</title></circle>"
+            )
+        parts.append("</g>")
+    parts.append(
+        f"<text x='12' y='{top + ph / 2:.0f}' font-size='11' text-anchor='middle' fill='#5b6475' "
+        f"transform='rotate(-90 12 {top + ph / 2:.0f})'>throughput tok/s</text>"
+    )
+    return (
+        f"<svg id='scatter' xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {width} {height}' "
+        f"width='{width}' height='{height}' role='img' aria-label='throughput vs effective bytes'>"
+        + "".join(parts)
+        + "</svg>"
+    )
+
+
+def importance_svg(imp: Importance) -> str:
+    if not imp.values:
+        return ""
+    width, left, bar_h, gap = 720, 130, 20, 8
+    plot_w = width - left - 70
+    height = len(imp.values) * (bar_h + gap) + 8
+    peak = max(v for _, v in imp.values) or 1.0
+    parts = []
+    for i, (name, v) in enumerate(imp.values):
+        y = 4 + i * (bar_h + gap)
+        w = v / peak * plot_w
+        parts.append(
+            f"<text x='{left - 8}' y='{y + 14}' font-size='12' text-anchor='end'>{esc(name)}</text>"
+            f"<rect class='hov' x='{left}' y='{y}' width='{max(w, 1):.2f}' height='{bar_h}' "
+            "fill='#4c78a8'>"
+            f"<title>{esc(f'{name}: {v:.3f} ({imp.method})')}</title></rect>"
+            f"<text x='{left + w + 6:.2f}' y='{y + 14}' font-size='11.5'>{v:.3f}</text>"
+        )
+    return (
+        f"<svg id='importance' xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {width} {height}' "
+        f"width='{width}' height='{height}' role='img' aria-label='parameter importance'>"
+        + "".join(parts)
+        + "</svg>"
+    )
+
+
+def _feasible(v: bool | None) -> str:
+    return "—" if v is None else ("yes" if v else "no")
+
+
+def trials_table(trials: Sequence[TrialRecord], sites: Sequence[str], best: int | None) -> str:
+    head = (
+        "<tr><th>trial</th><th class='t'>role</th><th class='t'>state</th>"
+        + "".join(f"<th>{esc(s)} MiB</th>" for s in sites)
+        + "<th>objective</th><th>estimate</th><th>throughput</th><th>min–max</th><th>TPOT ms</th>"
+        "<th class='t'>feasible</th><th class='t'>late sites</th><th class='t'>note</th></tr>"
+    )
+    body = []
+    for t in trials:
+        tps = t.throughputs
+        spread = f"{min(tps):,.1f}–{max(tps):,.1f}" if tps else "—"
+        note = t.error or (f"duplicate of {t.duplicate_of}" if t.duplicate_of is not None else "")
+        if t.retry_of is not None:
+            note = (note + "; " if note else "") + f"retry of {t.retry_of}"
+        body.append(
+            f"<tr class='{'best' if t.number == best else ''}' data-trial='{t.number}'>"
+            f"<td data-v='{t.number}'>{t.number}</td><td class='t'>{esc(t.role)}</td>"
+            f"<td class='t'>{esc(t.state)}</td>"
+            + "".join(
+                f"<td data-v='{_dv(t.effective_bytes.get(s, 0) / MIB)}'>"
+                f"{t.effective_bytes.get(s, 0) / MIB:,.2f}</td>"
+                for s in sites
+            )
+            + f"<td data-v='{_dv(t.objective)}'>{_num(t.objective)}</td>"
+            f"<td data-v='{_dv(t.estimate)}'>{_num(t.estimate)}</td>"
+            f"<td data-v='{_dv(t.throughput)}'>{_num(t.throughput)}</td><td>{esc(spread)}</td>"
+            f"<td data-v='{_dv(t.tpot_ms)}'>{_num(t.tpot_ms)}</td>"
+            f"<td class='t'>{_feasible(t.feasible)}</td>"
+            f"<td class='t'>{esc(' '.join(t.late_sites))}</td><td class='name'>{esc(note)}</td>"
+            "</tr>"
+        )
+    return (
+        "<div class='scroll'><table id='trials' class='sortable'>"
+        f"<thead>{head}</thead><tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+# --- run report -------------------------------------------------------------------------------
+
+
+@dataclass
+class AnalysedTrial:
+    """A trial whose kept profile was read again for the report."""
+
+    label: str
+    trial: TrialRecord
+    profiles: list[Profile]
+    result: OverlapResult | None
+    note: str = ""
+
+
+def _analyse_trial(
+    record: RunRecord, trial: TrialRecord, label: str, tolerance_us: float
+) -> AnalysedTrial:
+    from autotune.overlap import analyze
+    from autotune.profile import load_profiles
+
+    path = record.profiles.get(trial.number)
+    if path is None:
+        return AnalysedTrial(label, trial, [], None, "its profile was not kept (--keep-profiles)")
+    try:
+        profiles = load_profiles(path)
+        result = analyze(profiles, late_tolerance_ns=round(tolerance_us * 1000))
+    except AutotuneError as exc:
+        return AnalysedTrial(label, trial, [], None, f"its profile could not be read: {exc}")
+    return AnalysedTrial(label, trial, list(profiles), result)
+
+
+def _trial_label(role: str, trial: TrialRecord) -> str:
+    names = {"baseline": "baseline (prefetch off)", "default": "vendor default", "best": "best"}
+    return f"{names.get(role, role)} · trial {trial.number:03d}"
+
+
+def _gain_kpi(name: str, g: Mapping[str, Any] | None, objective: str) -> str:
+    if not g or g.get("pct") is None:
+        return (
+            f"<div class='kpi' data-kpi='{esc(name)}'><div class='v'>—</div>"
+            f"<div class='l'>{esc(name)}: not measured</div></div>"
+        )
+    pct = float(g["pct"])
+    lo, hi = g.get("low_pct"), g.get("high_pct")
+    spread = (
+        f"spread over repeats {float(lo):+.1f}% … {float(hi):+.1f}%"
+        if isinstance(lo, int | float) and isinstance(hi, int | float)
+        else "no spread (one repeat)"
+    )
+    cls = "ok" if pct > 0 else ("bad" if pct < 0 else "")
+    return (
+        f"<div class='kpi {cls}' data-kpi='{esc(name)}'><div class='v'>{pct:+.1f}%</div>"
+        f"<div class='l'>{esc(name)} ({esc(objective)})<br>{esc(spread)}</div></div>"
+    )
+
+
+def _points(trials: Sequence[TrialRecord]) -> list[TrialPoint]:
+    return [
+        TrialPoint(
+            number=t.number,
+            role=t.role,
+            state=t.state,
+            objective=t.objective,
+            throughput=t.throughput,
+            feasible=t.feasible,
+            effective_mib=t.effective_mib,
+            estimate=t.estimate,
+        )
+        for t in trials
+    ]
+
+
+def _run_sites(record: RunRecord) -> list[str]:
+    active = [str(s) for s in record.summary.get("active_sites", [])]
+    seen = {s for t in record.trials for s, b in t.effective_bytes.items() if b}
+    return sorted({*active, *seen}, key=site_sort_key)
+
+
+def run_page(record: RunRecord) -> Page:
+    """The run report: what was found, the best config, the overlap and the search."""
+    s = record.summary
+    workload = s.get("workload") or record.run.get("workload") or {}
+    options = record.run.get("options") or {}
+    objective = str(s.get("objective") or options.get("objective") or "throughput")
+    tolerance_us = float(s.get("late_tolerance_us", options.get("late_tolerance_us", 0.0)) or 0.0)
+    simulated = record.simulated
+    # Estimates first: an interrupted run has no summary yet, and its best so far is the
+    # trial the search ranks best.
+    ranked_best = _fill_estimates(record, objective)
+    best = record.best_trial
+    unfinished = best is None and ranked_best is not None
+    if best is None:
+        best = ranked_best
+    by_role = {t.role: t for t in record.trials if t.role in ("baseline", "default")}
+    version = s.get("vllm_ascend_version") or record.run.get("vllm_ascend_version")
+    if not version:
+        version = "0.23 (modelled)" if simulated else "not recorded in the run"
+    summary_path = record.path / "summary.json"
+    when = (
+        dt.datetime.fromtimestamp(summary_path.stat().st_mtime)
+        .astimezone()
+        .strftime("%Y-%m-%d %H:%M %Z")
+        if summary_path.is_file()
+        else "—"
+    )
+    trials_info = s.get("trials", {})
+    meta: list[tuple[str, object]] = [
+        ("model", s.get("model", workload.get("model", "—"))),
+        ("hardware", workload.get("hardware", "—")),
+        ("max-num-seqs", s.get("max_num_seqs", workload.get("max_num_seqs", "—"))),
+        ("tp / ep", f"{workload.get('tp', '?')} / {workload.get('ep', '?')}"),
+        ("backend", s.get("backend", record.run.get("backend", "—"))),
+        ("vllm-ascend", version),
+        ("run updated", when),
+        (
+            "trials",
+            f"{trials_info.get('measured', '?')} measured, {trials_info.get('duplicates', 0)} "
+            f"duplicate, {trials_info.get('failed', 0)} failed",
+        ),
+        ("objective", f"{objective} ({s['direction']})" if "direction" in s else objective),
+        ("run directory", str(record.path)),
+    ]
+    if not s.get("finished", True):
+        meta.append(("state", "unfinished: the run is still going or was interrupted"))
+    page = Page(title="autotune — prefetch tuning report", simulated=simulated, meta=meta)
+
+    # Best config and gains.
+    config = record.best_config
+    if config is None and best is not None:
+        config = best.config
+    config_text = json.dumps(config, indent=2) if config is not None else ""
+    best_txt = (
+        f"{'Best so far (the run has not finished)' if unfinished else 'Best'}: trial "
+        f"{best.number:03d} ({best.role}), {objective} {_num(best.objective)}"
+        if best is not None
+        else "No best trial yet."
+    )
+    cfg_html = (
+        "<div class='config'><button type='button' data-copy='best-config' id='copy-config'>"
+        "Copy</button>"
+        f"<pre id='best-config'>{esc(config_text)}</pre></div>"
+        "<p class='note'>Pass it as <code>vllm serve … --additional-config '&lt;this "
+        "JSON&gt;'</code> "
+        "(also in <code>best_config.json</code>).</p>"
+        if config is not None
+        else "<p class='note'>No best config yet.</p>"
+    )
+    kpis = (
+        "<div class='headline'>"
+        + _gain_kpi("gain over baseline (prefetch off)", s.get("gain_over_baseline"), objective)
+        + _gain_kpi("gain over vendor default", s.get("gain_over_default"), objective)
+        + "</div>"
+    )
+    page.sections.append(
+        f"<section id='best-section'><h2>Best config</h2><p>{esc(best_txt)}</p>"
+        f"{kpis}{cfg_html}</section>"
+    )
+
+    # Overlap of the probes and the best trial, from their kept profiles.
+    analysed: list[AnalysedTrial] = []
+    for role, trial in (
+        ("baseline", by_role.get("baseline")),
+        ("default", by_role.get("default")),
+        ("best", best),
+    ):
+        if trial is None or any(a.trial.number == trial.number for a in analysed):
+            continue
+        analysed.append(_analyse_trial(record, trial, _trial_label(role, trial), tolerance_us))
+    best_a = next((a for a in analysed if best is not None and a.trial.number == best.number), None)
+    tables = []
+    for a in sorted(analysed, key=lambda a: a is not best_a):
+        if a.result is None:
+            tables.append(
+                f"<h3>{esc(a.label)}</h3><p class='note'>No overlap data: {esc(a.note)}.</p>"
+            )
+            continue
+        if a.result.prefetches.empty and a.trial.role == "baseline":
+            continue  # prefetch off: nothing to tabulate
+        tid = "sites" if a is best_a else f"sites-{a.trial.number}"
+        tables.append(f"<h3>{esc(a.label)}</h3>" + site_table(site_rows(a.result), table_id=tid))
+    findings = [f"{site}: inert — {reason}" for site, reason in s.get("inert_sites", {}).items()]
+    for key, value in s.items():
+        if "redundant" in key and isinstance(value, Mapping):
+            findings += [f"{site}: redundant — {reason}" for site, reason in value.items()]
+    if best_a is not None and best_a.result is not None:
+        findings += analysis_findings(best_a.result)
+    page.sections.append(
+        "<section id='sites-section'><h2>Per-site overlap</h2>"
+        + "".join(tables)
+        + "<h3>Findings</h3>"
+        + findings_list(findings, list_id="findings")
+        + "</section>"
+    )
+
+    # Timeline: the layer is chosen on the best trial; the others show the same layer ordinal.
+    layers: list[TimelineLayer] = []
+    with_profiles = [a for a in analysed if a.profiles]
+    if with_profiles:
+        anchor = best_a if best_a is not None and best_a.profiles else with_profiles[-1]
+        first = _first_profile(anchor.profiles)
+        choice = choose_layer(anchor.result, first, _device_of(first))
+        for a in with_profiles:
+            prof = _first_profile(a.profiles)
+            c = choice if a is anchor else _same_layer(choice, anchor.label)
+            layers.append(timeline_layer(prof, a.result, label=a.label, choice=c))
+    page.sections.append(timeline_section(layers))
+    page.sections.append(
+        slack_section(
+            slack_figure(
+                [
+                    (a.label, a.result)
+                    for a in analysed
+                    if a.result is not None and not a.result.prefetches.empty
+                ]
+            )
+        )
+    )
+
+    # Search.
+    points = _points(record.trials)
+    sites = _run_sites(record)
+    maximize = str(s.get("direction", "maximize")) != "minimize"
+    hist = history(points, maximize=maximize)
+    best_number = best.number if best is not None else None
+    imp = search_importance(record, points, sites)
+    imp_html = (
+        f"<h3>Parameter importance</h3><p class='note'>{esc(imp.method)}"
+        f"{esc('; ' + imp.note if imp.note else '')}</p>{importance_svg(imp)}"
+        if imp.values
+        else f"<h3>Parameter importance</h3><p class='note'>Not shown: {esc(imp.note)}.</p>"
+    )
+    legend = _legend((r, c) for r, c in ROLE_MARKS.items())
+    page.sections.append(
+        "<section id='search-section'><h2>Search</h2>"
+        f"<h3>Optimisation history</h3>{legend}<p class='note'>Marks: measured "
+        f"{esc(objective)}. Green dashes: the search's estimate per trial (it smooths bench noise "
+        "with each trial's profiled step time); green line: the best estimate so far among "
+        "feasible trials. Ringed: the best trial. Hollow marks: infeasible (a site late) or not "
+        "complete.</p>"
+        f"<figure>{history_svg(hist, objective_name=objective, best_number=best_number)}</figure>"
+        "<h3>Throughput against each site's effective bytes</h3><figure>"
+        f"{scatter_svg(points, sites)}</figure>"
+        f"{imp_html}<h3>Trials</h3><p class='note'>Click a column to sort.</p>"
+        f"{trials_table(record.trials, sites, best.number if best else None)}</section>"
+    )
+    page.data = {
+        "kind": "run",
+        "simulated": simulated,
+        "best_trial": best.number if best else None,
+        "best_config": config,
+        "gain_over_baseline": s.get("gain_over_baseline"),
+        "gain_over_default": s.get("gain_over_default"),
+        "importance": {"method": imp.method, "values": imp.values},
+        "layers": [
+            {
+                "label": layer.label,
+                "ordinal": layer.choice.ordinal,
+                "step": layer.choice.step,
+                "layer": layer.choice.layer,
+                "reason": layer.choice.reason,
+            }
+            for layer in layers
+        ],
+    }
+    return page
+
+
+def _fill_estimates(record: RunRecord, objective: str) -> TrialRecord | None:
+    """Set each trial's `estimate` as the search computes it (trial.json does not keep it).
+
+    Returns the trial the search ranks best, which is the run's best once it has finished.
+    """
+    from autotune.search import OBJECTIVES, best_record
+
+    return best_record(record.trials, objective) if objective in OBJECTIVES else None
+
+
+def _first_profile(profiles: Sequence[Profile]) -> Profile:
+    return sorted(profiles, key=lambda p: (p.rank is None, p.rank or 0, str(p.path)))[0]
+
+
+def _device_of(profile: Profile) -> int:
+    return int(profile.tasks["device"].min()) if not profile.tasks.empty else 0
+
+
+def _same_layer(choice: LayerChoice, anchor: str) -> LayerChoice:
+    where = (
+        f"step {choice.step}, layer {choice.layer}"
+        if choice.step is not None
+        else f"layer span {choice.ordinal + 1}"
+    )
+    return LayerChoice(
+        choice.ordinal, choice.step, choice.layer, f"the same layer as {anchor} ({where})"
+    )
+
+
+def _readable_storage(record: RunRecord, url: object) -> str | None:
+    """The study's storage URL, or None when it is an SQLite file that is gone.
+
+    Opening a missing SQLite file would create an empty database, so it is checked first; a run
+    directory that was moved still finds its own study.db.
+    """
+    if not isinstance(url, str) or not url:
+        return None
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return url
+    if Path(url[len(prefix) :]).is_file():
+        return url
+    local = record.path / "study.db"
+    return f"{prefix}{local.resolve()}" if local.is_file() else None
+
+
+def search_importance(
+    record: RunRecord, points: Sequence[TrialPoint], sites: Sequence[str]
+) -> Importance:
+    """optuna's importance on the run's study when it can be read, else a rank correlation."""
+    complete = [p for p in points if p.state == "complete" and p.objective is not None]
+    if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
+        return Importance(
+            "", [], f"{len(complete)} complete trials; needs at least {MIN_TRIALS_FOR_IMPORTANCE}"
+        )
+    study = record.summary.get("study") or {}
+    # An unfinished run has no summary yet; run.json names the study too.
+    name = study.get("name") or record.run.get("study_name")
+    storage = _readable_storage(record, study.get("storage") or record.run.get("storage"))
+    if name and storage:
+        try:
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            st = optuna.load_study(study_name=str(name), storage=str(storage))
+            # PED-ANOVA: deterministic and needs neither scikit-learn nor scipy (fANOVA does).
+            evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+            values = optuna.importance.get_param_importances(st, evaluator=evaluator)
+            pairs = sorted(
+                ((str(k), float(v)) for k, v in values.items()), key=lambda kv: (-kv[1], kv[0])
+            )
+            if pairs:
+                return Importance(
+                    "optuna PED-ANOVA importance on the run's study",
+                    pairs,
+                    f"{len(complete)} complete trials",
+                )
+        except Exception:
+            pass  # storage moved, locked, or too few distinct params: use the rank correlation
+    return rank_correlation_importance(points, sites)
+
+
+MIN_TRIALS_FOR_IMPORTANCE = 8
+
+
+def write_run_report(run_dir: Path) -> Path:
+    """Write run_dir/report.html for a run directory and return its path."""
+    from autotune.rundir import load_run
+
+    record = load_run(run_dir)
+    out = record.path / "report.html"
+    # Through a temporary file and a rename, so a reader never sees half a report; plain open()
+    # keeps the user's umask (the report is meant to be shared for review).
+    tmp = out.with_name(f".report.html.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(run_page(record).render(), encoding="utf-8")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+__all__ = [
+    "SIMULATED_BANNER",
+    "analyze_page",
+    "esc",
+    "render_page",
+    "run_page",
+    "safe_json",
+    "write_analyze_report",
+    "write_run_report",
+]

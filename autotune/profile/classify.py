@@ -11,6 +11,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from autotune.errors import AutotuneError
@@ -163,8 +165,18 @@ def _role(rules: Rules, ttype: str, op: str, name: str, compute: bool | None) ->
     return None
 
 
+def _object_array(values: list[str | None]) -> npt.NDArray[np.object_]:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
 def classify(profile: Profile, rules: Rules | None = None) -> Profile:
-    """Add the role column to `profile.tasks` and count unmatched task types; returns `profile`."""
+    """Add the role column to `profile.tasks` and count unmatched task types; returns `profile`.
+
+    Rules are evaluated once per distinct (type, op_type, name, compute stream) combination; rows
+    are mapped to their combination with hash-based factorisation, so the cost per row is numpy's.
+    """
     rules = rules if rules is not None else shipped_rules()
     t = profile.tasks
     if len(t) == 0:
@@ -172,32 +184,46 @@ def classify(profile: Profile, rules: Rules | None = None) -> Profile:
         t[ROLE_COLUMN] = pd.Series(dtype=object)
         profile.tasks = t
         return profile
-    keys = list(zip(t["type"], t["op_type"], t["name"], strict=True))
+    # One code per distinct (type, op_type, name) key.
+    parts = [pd.factorize(t[c], use_na_sentinel=False) for c in ("type", "op_type", "name")]
+    key_codes = np.zeros(len(t), np.int64)
+    for codes, uniques in parts:
+        key_codes, _ = pd.factorize(key_codes * len(uniques) + codes)  # stays < len(t)
+    (ty_c, ty_u), (op_c, op_u), (nm_c, nm_u) = parts
+    # The first row of each key (codes are 0..n-1), to read the key's strings back.
+    _, first_row = np.unique(key_codes, return_index=True)
+    keys = [
+        (str(ty_u[ty_c[i]]), str(op_u[op_c[i]]), str(nm_u[nm_c[i]])) for i in first_row.tolist()
+    ]
     # Pass 1 (stream conditions unknown) tells which streams run compute.
-    first: dict[tuple[str, str, str], str | None] = {}
-    for k in set(keys):
-        first[k] = _role(rules, k[0], k[1], k[2], None)
-    compute_streams: set[tuple[int, int]] = set()
-    for (dev, stream), k in zip(zip(t["device"], t["stream"], strict=True), keys, strict=True):
-        role = first[k]
-        if (role is not None and role in rules.compute_roles) or k[0] in rules.compute_types:
-            compute_streams.add((dev, stream))
+    computes = np.array(
+        [
+            (role is not None and role in rules.compute_roles) or k[0] in rules.compute_types
+            for k in keys
+            for role in (_role(rules, k[0], k[1], k[2], None),)
+        ],
+        dtype=bool,
+    )
+    dev_c, dev_u = pd.factorize(t["device"])
+    st_c, st_u = pd.factorize(t["stream"])
+    stream_key = dev_c.astype(np.int64) * len(st_u) + st_c
+    compute_stream = np.zeros(len(dev_u) * len(st_u), dtype=bool)
+    compute_stream[stream_key[computes[key_codes]]] = True
     # Pass 2 with the stream kind known.
-    cache: dict[tuple[str, str, str, bool], str | None] = {}
-    roles: list[str] = []
+    pair_codes, pair_first = pd.factorize(key_codes * 2 + compute_stream[stream_key])
+    pair_roles = []
+    for p in pair_first.tolist():
+        ty, op, nm = keys[p >> 1]
+        pair_roles.append(_role(rules, ty, op, nm, bool(p & 1)))
+    counts = np.bincount(pair_codes, minlength=len(pair_first))
     unmatched: Counter[str] = Counter()
-    for dev, stream, k in zip(t["device"], t["stream"], keys, strict=True):
-        ck = (*k, (dev, stream) in compute_streams)
-        if ck in cache:
-            role = cache[ck]
-        else:
-            role = cache[ck] = _role(rules, k[0], k[1], k[2], ck[3])
+    for p, role, n in zip(pair_first.tolist(), pair_roles, counts.tolist(), strict=True):
         if role is None:
-            unmatched[k[0] or k[2] or "<empty>"] += 1
-            role = "other"
-        roles.append(role)
+            k = keys[p >> 1]
+            unmatched[k[0] or k[2] or "<empty>"] += n
+    roles = _object_array([r if r is not None else "other" for r in pair_roles])
     t = t.copy()
-    t[ROLE_COLUMN] = pd.Series(roles, index=t.index, dtype=object)
+    t[ROLE_COLUMN] = pd.Series(roles[pair_codes], index=t.index, dtype=object)
     profile.tasks = t
     merged = Counter(profile.unclassified_types)
     merged.update(unmatched)

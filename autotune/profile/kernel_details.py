@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from autotune.errors import AutotuneError
@@ -90,34 +92,46 @@ def read_kernel_details(path: Path) -> pd.DataFrame:
 
 def fill_op_types(tasks: pd.DataFrame, kernels: pd.DataFrame | None) -> pd.DataFrame:
     """Fill empty `op_type` from kernel_details (match device, start_ns, name; stream when known),
-    then from the aclnn name rule. Returns a new table."""
+    then from the aclnn name rule. Returns a new table.
+
+    Lookups are hash joins and the name rule runs once per distinct name, so the cost per row is
+    pandas'/numpy's; a later kernel_details row wins over an earlier one with the same key."""
     out = tasks.copy()
-    if kernels is not None and len(kernels) and len(out):
+    if not len(out):
+        return out
+    ops = out["op_type"].to_numpy(dtype=object, copy=True)
+    if kernels is not None and len(kernels):
         kd = kernels[kernels["op_type"] != ""]
-        exact: dict[tuple[int, int, str, int], str] = {}
-        loose: dict[tuple[int, int, str], str] = {}
-        for d, s, n, o, t in kd[["device", "stream", "name", "op_type", "start_ns"]].itertuples(
-            index=False
+        todo = np.flatnonzero(_falsy(ops))
+        rows = out.iloc[todo][["device", "stream", "name", "start_ns"]].reset_index(drop=True)
+        found = np.full(len(rows), None, dtype=object)
+        for keys, table in (
+            (["device", "stream", "name", "start_ns"], kd[kd["stream"] >= 0]),
+            (["device", "start_ns", "name"], kd),
+            (["start_ns", "name"], kd[kd["device"] == -1]),
         ):
-            if s >= 0:
-                exact[(d, s, n, t)] = o
-            loose[(d, t, n)] = o
-        ops = out["op_type"].tolist()
-        for i, (d, s, n, t) in enumerate(
-            out[["device", "stream", "name", "start_ns"]].itertuples(index=False)
-        ):
-            if ops[i]:
+            if not len(table) or not len(rows):
                 continue
-            o = exact.get((d, s, n, t)) or loose.get((d, t, n)) or loose.get((-1, t, n))
-            if o:
-                ops[i] = o
-        out["op_type"] = pd.Series(ops, index=out.index, dtype=object)
-    if len(out):
-        ops = out["op_type"].tolist()
-        names = out["name"].tolist()
-        out["op_type"] = pd.Series(
-            [o or op_type_from_name(n) for o, n in zip(ops, names, strict=True)],
-            index=out.index,
-            dtype=object,
-        )
+            lookup = table.drop_duplicates(keys, keep="last")[[*keys, "op_type"]]
+            hit = rows.merge(lookup, how="left", on=keys, sort=False)["op_type"]
+            hit_ops = hit.to_numpy(dtype=object)
+            fill = _falsy(found) & ~pd.isna(hit_ops)
+            found[fill] = hit_ops[fill]
+        got = ~_falsy(found)
+        ops[todo[got]] = found[got]
+    codes, names = pd.factorize(out["name"], use_na_sentinel=False)
+    by_name = np.empty(len(names), dtype=object)
+    by_name[:] = [op_type_from_name(n) for n in names]
+    empty = _falsy(ops)
+    ops[empty] = by_name[codes[empty]]
+    out["op_type"] = pd.Series(ops, index=out.index, dtype=object)
     return out
+
+
+def _falsy(values: npt.NDArray[np.object_]) -> npt.NDArray[np.bool_]:
+    """`not v` for each value (None and NaN count as empty), computed once per distinct value."""
+    codes, uniques = pd.factorize(values)  # missing values get code -1
+    if not len(codes):
+        return np.zeros(0, dtype=bool)
+    empty = np.array([not u for u in uniques] + [True], dtype=bool)
+    return empty[codes]

@@ -3,11 +3,11 @@
 Only "Ascend Hardware" task events become rows; processes are recognised by their `process_name`
 metadata, which may come after the events, so candidate rows are kept per pid until the end.
 
-Speed: the text is read in chunks and split at event separators (`}, {`); only pieces that can
-matter (they mention `Task Type`, `Stream Id`, `process_` or `ProfilerStep#`) are looked at, and
-pieces in msprof's canonical task layout are parsed with one regex instead of `json`. Every other
-piece goes through `json`.
-Each shortcut is only taken where it is provably exact (see `fast_chunk`);
+Speed: the text is read in chunks. Each chunk is first tried whole (`_Reader.bulk`): one compiled
+regex finds every task event in msprof's layout and captures its fields as columns, which numpy
+converts in bulk; cheap counts and a bracket-depth check over the text between the matches prove
+that the matches are exactly the chunk's task events. A chunk that fails a check is split at event
+separators (`}, {`) and only the pieces that can matter are looked at (`_Reader.fast_chunk`);
 anything else falls back to decoding one event at a time with `json.JSONDecoder.raw_decode`.
 """
 
@@ -27,7 +27,7 @@ import pandas as pd
 from autotune.errors import AutotuneError
 from autotune.profile.tasks import TASK_COLUMNS, Profile, empty_tasks
 
-CHUNK_BYTES = 16 << 20
+CHUNK_BYTES = 4 << 20
 # Cap on one event's text: a longer incomplete tail means the file is not a trace.
 MAX_EVENT_CHARS = 64 << 20
 HARDWARE = "Ascend Hardware"
@@ -85,14 +85,70 @@ class _Columns:
     conn: list[int] = field(default_factory=list)
 
 
+def _bulk_re(sep: str, colon: str) -> re.Pattern[str]:
+    """`_CANON_RE` for a whole chunk: one task event, braces included, in one fixed spacing.
+
+    Captures name; pid, tid and ts (without a tab) in one group, keys between; dur; task type;
+    connection_id.
+    It starts with a literal so the search skips fast. Strings and integers are captured loosely
+    (`"[^"]*"`, `-?[0-9]+`) and checked in bulk afterwards (`_Reader.bulk`); the other values are
+    exact JSON, so a checked match is a valid JSON object.
+    """
+
+    def kv(key: str, value: str) -> str:
+        return f'"{key}"{colon}{value}'
+
+    s = '"([^"]*)"'
+    i = "(-?[0-9]+)"
+    n = "-?(?:0|[1-9][0-9]*)"
+    return re.compile(
+        r"\{"
+        + sep.join(
+            (
+                kv("name", s),
+                kv("pid", "(-?[0-9]+")
+                + sep
+                + kv("tid", "-?[0-9]+")
+                + sep
+                + kv("ts", r'"[0-9]+\.[0-9]{3})(?:\\t)?"'),
+                kv("dur", _NUM),
+                kv("ph", '"X"'),
+                kv("args", r"\{" + kv("Model Id", n)),
+                kv("Task Type", s),
+                kv("(?:Physic )?Stream Id", n),
+                kv("Task Id", n),
+                kv("Batch Id", n),
+                kv("Subtask Id", n),
+                kv("connection_id", i) + r"\}\}",
+            )
+        )
+    )
+
+
+_BULK_SPACED = _bulk_re(", ", ": ")  # json.dumps' default separators (torch_npu)
+_BULK_COMPACT = _bulk_re(",", ":")  # msprof's own writer
+_BULK_GROUPS = 5
+# An integer capture that is not a JSON integer (leading zero), in ','-joined captures.
+_BAD_INT_RE = re.compile(r",-?0[0-9]")
+# Bytes kept for the depth check of the text between matches: quotes, braces, the gap separator.
+_NOT_STRUCT = bytes(c for c in range(256) if c not in b'"{}\x00')
+_CONTROL = bytes(range(32))
+
+
+# Codes and distinct values of a column of strings (pandas.factorize).
+_Factorized = tuple[npt.NDArray[np.intp], npt.NDArray[np.object_]]
+
+
 @dataclass
 class _Batch:
-    """Canonical task rows of one chunk, as arrays (pid decides later whether they are kept)."""
+    """Canonical task rows of one chunk, as arrays (pid decides later whether they are kept).
+
+    `name` and `type` are codes into `_Reader.strings`."""
 
     pid: npt.NDArray[np.int64]
     stream: npt.NDArray[np.int64]
-    name: list[str]
-    type: list[str]
+    name: npt.NDArray[np.int64]
+    type: npt.NDArray[np.int64]
     start: npt.NDArray[np.int64]
     end: npt.NDArray[np.int64]
     conn: npt.NDArray[np.int64]
@@ -129,7 +185,7 @@ def us_to_ns(value: object) -> int | None:
             f = float(s)
         except ValueError:
             return None
-        if "e" not in s.lower() or f != f or abs(f) == float("inf"):
+        if "e" not in s.lower() or f != f or abs(f * 1000) == float("inf"):
             return None
         return (-1 if neg else 1) * round(f * 1000)
     ns = int(whole) * 1000 + int((frac + "000")[:3])
@@ -163,6 +219,8 @@ class _Reader:
         self.events = 0
         self.bad_tasks = 0
         self.intern: dict[str, str] = {}
+        self.strings: list[str] = []  # the names and types of `batches`, by code
+        self.string_codes: dict[str, int] = {}
         self.decoder = json.JSONDecoder()
 
     # -- one decoded event -------------------------------------------------------------------
@@ -249,7 +307,91 @@ class _Reader:
             self.event(obj)
             pos = end
 
-    # -- fast path ---------------------------------------------------------------------------
+    # -- whole-chunk path -------------------------------------------------------------------
+    def bulk(self, text: str, pos: int) -> int | None:
+        """Read the complete events of `text[pos:]` with one regex scan; return where the unread
+        tail starts, or None (nothing used) when the chunk is not provably simple.
+
+        `pos` is between two top-level events (outside any string or object). The region read is
+        `text[pos:cut]`, `cut` just after the `}` of the last `}, {` separator of the chunk. The
+        regex splits the region into matches (task events in msprof's layout) and gaps (the text
+        between them). The matches are exactly the region's task events because:
+        - every backslash in the region starts a `\\t` escape, so no quote is escaped and no key is
+          spelled with escapes; the captures are then checked to be valid JSON values, so each
+          match is a valid JSON object with exactly the canonical keys;
+        - in the gaps, tracking string state by quotes and depth by braces, every gap starts and
+          ends outside strings at depth 0: each match starts at top level, so it is a whole
+          top-level event, and so does `cut`;
+        - `"Task Type"` and `Stream Id"` occur once per match and not in the gaps, and every
+          event the exact path would take as a task has one of these keys (spelled literally,
+          as there are no escapes), so no task event lies in a gap.
+        Gaps that mention `process_` or `ProfilerStep#` are decoded with `json` and go through
+        `event`; other gaps carry no metadata, step marker or task, and are skipped.
+        """
+        k = text.rfind("}")
+        cut = -1
+        for _ in range(64):
+            if k < pos:
+                break
+            if _SEP_RE.match(text, k):
+                cut = k + 1
+                break
+            k = text.rfind("}", pos, k)
+        if cut <= pos:
+            return None
+        region = text[pos:cut]
+        if "\\" in region and region.count("\\") != region.count("\\t"):
+            return None
+        first = region.find('"Task Type"')
+        if first >= 0:
+            spaced = region.startswith(": ", first + len('"Task Type"'))
+            pieces = (_BULK_SPACED if spaced else _BULK_COMPACT).split(region)
+            del region
+            stride = _BULK_GROUPS + 1
+            gaps = pieces[::stride]
+            name, pid_tid_ts, dur, ttype, conn = (pieces[g::stride] for g in range(1, stride))
+            del pieces
+            tid_key, ts_key = (', "tid": ', ', "ts": "') if spaced else (',"tid":', ',"ts":"')
+            nums = ",".join(pid_tid_ts).replace(tid_key, ",").replace(ts_key, ",")
+            del pid_tid_ts
+            names, types = _factorize(name), _factorize(ttype)
+            del name, ttype
+            if not _valid_captures(names[1], types[1], nums, conn):
+                return None
+        else:
+            gaps, names = [region], None
+            del region
+        # The gaps joined; "\x00" marks where a match was (a NUL in a gap only adds a check).
+        joined = "\x00".join(gaps)
+        if '"Task Type"' in joined or 'Stream Id"' in joined:
+            return None
+        n_gap_events = _gap_events(joined)
+        if n_gap_events is None:
+            return None
+        decoded: list[Any] = []
+        marked: dict[int, list[int]] = {}  # gap -> where markers are in it
+        ends: npt.NDArray[np.int64] | None = None
+        for marker in ("process_", "ProfilerStep#"):
+            at = joined.find(marker)
+            while at >= 0:
+                if ends is None:
+                    ends = np.cumsum(np.fromiter(map(len, gaps), np.int64, len(gaps)) + 1)
+                g = int(np.searchsorted(ends, at, side="right"))
+                marked.setdefault(g, []).append(at - (int(ends[g - 1]) if g else 0))
+                at = joined.find(marker, at + 1)
+        for g in sorted(marked):
+            events = _marked_events(gaps[g], sorted(marked[g]))
+            if events is None:
+                return None
+            decoded.extend(events)
+        if names is not None:
+            self._canon(names, types, nums, dur, conn)
+        self.events += n_gap_events - len(decoded)
+        for e in decoded:
+            self.event(e)
+        return cut
+
+    # -- piece path --------------------------------------------------------------------------
     def fast_chunk(self, text: str, pos: int) -> int:
         """Read the complete events of `text[pos:]` quickly; return where the unread tail starts.
 
@@ -258,7 +400,8 @@ class _Reader:
         starts or ends inside a string never decodes as an object, so every piece we do decode (or
         match with `_CANON_RE`, which only matches whole valid objects) is a true event; the cut
         before the carried tail is placed after such a verified piece. Pieces we skip carry none of
-        the markers, so whatever event they belong to carries none either and is not needed.
+        the markers (nor a `\\u` escape, which could spell one), so whatever event they belong to
+        carries none either and is not needed.
         """
         m = _SKIP_RE.match(text, pos)
         start = m.end() if m else pos
@@ -287,7 +430,11 @@ class _Reader:
         marked = [
             p
             for p in body
-            if "Task Type" in p or "process_" in p or "Stream Id" in p or "ProfilerStep#" in p
+            if "Task Type" in p
+            or "process_" in p
+            or "Stream Id" in p
+            or "ProfilerStep#" in p
+            or "\\u" in p
         ]
         if not self._take(marked):
             return self.exact(text, start, False)
@@ -320,32 +467,52 @@ class _Reader:
             if len(decoded) != len(other):
                 return False
         if canon:
-            self._canon(canon)
+            name, pid, tid, ts_i, ts_f, dur, ttype, _stream, conn = (
+                list(c) for c in zip(*canon, strict=True)
+            )
+            nums = ",".join(
+                f"{p},{t},{a}.{b}" for p, t, a, b in zip(pid, tid, ts_i, ts_f, strict=True)
+            )
+            self._canon(_factorize(name), _factorize(ttype), nums, dur, conn)
         for e in decoded:
             self.event(e)
         return True
 
-    def _canon(self, rows: list[tuple[str, ...]]) -> None:
-        name, pid, tid, ts_i, ts_f, dur, ttype, _stream_arg, conn = zip(*rows, strict=True)
-        n = len(rows)
+    def _canon(
+        self, name: _Factorized, ttype: _Factorized, nums: str, dur: list[str], conn: list[str]
+    ) -> None:
+        """Rows from canonical-layout captures: string bodies of name and task type (factorised),
+        JSON numbers of dur and connection_id, and `nums`, "pid,tid,ts" for every row joined by
+        commas (ts as "<us>.<3 digits>"); the integers are checked JSON integers."""
+        n = len(dur)
         self.events += n
         try:
-            if max(map(len, ts_i)) > 15 or max(map(len, conn)) > 18:
-                raise OverflowError  # would not fit int64 ns; numpy would wrap silently
-            pids = np.fromiter(map(int, pid), np.int64, n)
-            start = np.fromiter(map(int, ts_i), np.int64, n) * 1000 + np.fromiter(
-                map(int, ts_f), np.int64, n
-            )
+            # The exact path also rejects stream and connection_id equal to the int64 maximum.
+            pid_tid_ts = _ints(nums.replace(".", ""), 3 * n).reshape(n, 3)  # ts: µs -> ns
+            pids, streams, start = pid_tid_ts.T
             durs = np.rint(np.fromiter(map(float, dur), np.float64, n) * 1000)
-            conns = np.fromiter(map(int, conn), np.int64, n)
-            streams = np.fromiter(map(int, tid), np.int64, n)
+            conns = _ints(",".join(conn), n)
         except OverflowError:
             # Values beyond int64: take the general path, which range-checks them one by one.
-            for row in rows:
-                self.events -= 1
+            self.events -= n
+            vals = nums.split(",")
+            cols = (
+                name[1][name[0]],
+                vals[0::3],
+                vals[1::3],
+                vals[2::3],
+                dur,
+                ttype[1][ttype[0]],
+                conn,
+            )
+            for row in zip(*cols, strict=True):
                 self.event(json.loads(_canon_to_json(row)))
             return
-        ok = np.isfinite(durs) & (np.abs(durs) < 2.0**62)
+        name_codes = self._codes(name, names=True)
+        type_codes = self._codes(ttype)
+        # The exact path's checks: dur finite and >= 0, start + dur < int64 max (start >= 0).
+        ok = np.isfinite(durs) & (durs >= 0) & (durs < 2.0**62)
+        ok[ok] = durs[ok].astype(np.int64) < _I64_MAX - start[ok]
         if not ok.all():
             self.bad_tasks += int((~ok).sum())
             keep = np.flatnonzero(ok)
@@ -356,20 +523,35 @@ class _Reader:
                 conns[keep],
                 streams[keep],
             )
-            name = tuple(name[i] for i in keep)
-            ttype = tuple(ttype[i] for i in keep)
-        it = self.intern.setdefault
+            name_codes, type_codes = name_codes[keep], type_codes[keep]
         self.batches.append(
             _Batch(
                 pid=pids,
                 stream=streams,
-                name=[it(_unescape(s), _unescape(s)) if "\\" in s else it(s, s) for s in name],
-                type=[it(_unescape(s), _unescape(s)) if "\\" in s else it(s, s) for s in ttype],
+                name=name_codes,
+                type=type_codes,
                 start=start,
                 end=start + durs.astype(np.int64),
                 conn=conns,
             )
         )
+
+    def _codes(self, values: _Factorized, names: bool = False) -> npt.NDArray[np.int64]:
+        """Codes into `self.strings` of captured JSON string bodies (unescaped). For task names,
+        also count step markers as `event` does."""
+        codes, uniques = values
+        strs = [_unescape(u) if "\\" in u else u for u in uniques]
+        if names:
+            self.steps.update(s for s in strs if s.startswith("ProfilerStep#"))
+        lut = np.fromiter(map(self._code, strs), np.int64, len(strs))
+        return lut[codes] if len(codes) else np.zeros(0, np.int64)
+
+    def _code(self, s: str) -> int:
+        code = self.string_codes.get(s)
+        if code is None:
+            code = self.string_codes[s] = len(self.strings)
+            self.strings.append(s)
+        return code
 
     # -- result ------------------------------------------------------------------------------
     def hardware_pids(self) -> set[int]:
@@ -383,48 +565,141 @@ class _Reader:
     def table(self) -> pd.DataFrame:
         hw = self.hardware_pids()
         hw_arr = np.fromiter(hw, np.int64, len(hw))
-        dev_map = {pid: self.device_of(pid) for pid in hw}
-        parts: list[pd.DataFrame] = []
-        for b in self.batches:
-            idx = np.flatnonzero(np.isin(b.pid, hw_arr))
-            if not len(idx):
-                continue
-            parts.append(
-                pd.DataFrame(
+        strings = np.empty(len(self.strings), dtype=object)
+        strings[:] = self.strings
+        parts: list[dict[str, Any]] = []
+        if self.batches:
+            pid = np.concatenate([b.pid for b in self.batches])
+            idx = np.flatnonzero(np.isin(pid, hw_arr))
+            if len(idx):
+                pids, inverse = np.unique(pid[idx], return_inverse=True)
+                devs = np.fromiter(
+                    (self.device_of(int(p)) for p in pids.tolist()), np.int64, len(pids)
+                )
+
+                def col(name: str) -> npt.NDArray[Any]:
+                    return np.concatenate([getattr(b, name) for b in self.batches])[idx]
+
+                parts.append(
                     {
-                        "device": np.array([dev_map[p] for p in b.pid[idx].tolist()], np.int64),
-                        "stream": b.stream[idx],
-                        "name": pd.Series([b.name[i] for i in idx], dtype=object),
-                        "type": pd.Series([b.type[i] for i in idx], dtype=object),
-                        "op_type": pd.Series([""] * len(idx), dtype=object),
-                        "start_ns": b.start[idx],
-                        "end_ns": b.end[idx],
-                        "connection_id": b.conn[idx],
+                        "device": devs[inverse],
+                        "stream": col("stream"),
+                        "name": strings[col("name")],
+                        "type": strings[col("type")],
+                        "start_ns": col("start"),
+                        "end_ns": col("end"),
+                        "connection_id": col("conn"),
                     }
                 )
-            )
-        for pid, c in self.cands.items():
-            if pid not in hw or not c.start:
+        for pid_, cand in self.cands.items():
+            if pid_ not in hw or not cand.start:
                 continue
+            names = np.empty(len(cand.name), dtype=object)
+            names[:] = cand.name
+            types = np.empty(len(cand.type), dtype=object)
+            types[:] = cand.type
             parts.append(
-                pd.DataFrame(
-                    {
-                        "device": np.full(len(c.start), self.device_of(pid), np.int64),
-                        "stream": np.array(c.stream, np.int64),
-                        "name": pd.Series(c.name, dtype=object),
-                        "type": pd.Series(c.type, dtype=object),
-                        "op_type": pd.Series([""] * len(c.start), dtype=object),
-                        "start_ns": np.array(c.start, np.int64),
-                        "end_ns": np.array(c.end, np.int64),
-                        "connection_id": np.array(c.conn, np.int64),
-                    }
-                )
+                {
+                    "device": np.full(len(cand.start), self.device_of(pid_), np.int64),
+                    "stream": np.array(cand.stream, np.int64),
+                    "name": names,
+                    "type": types,
+                    "start_ns": np.array(cand.start, np.int64),
+                    "end_ns": np.array(cand.end, np.int64),
+                    "connection_id": np.array(cand.conn, np.int64),
+                }
             )
         if not parts:
             return empty_tasks()
-        df = pd.concat(parts, ignore_index=True)
-        df["source"] = pd.Series(["trace_view"] * len(df), dtype=object)
-        return df[list(TASK_COLUMNS)]
+        n = sum(len(p["device"]) for p in parts)
+        data: dict[str, pd.Series] = {}
+        for c in TASK_COLUMNS:
+            if c == "op_type" or c == "source":
+                values = np.full(n, "" if c == "op_type" else "trace_view", dtype=object)
+            else:
+                values = np.concatenate([p[c] for p in parts])
+            data[c] = pd.Series(values, dtype=values.dtype, copy=False)
+        return pd.DataFrame(data)
+
+
+def _factorize(values: list[str]) -> _Factorized:
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object))
+    return codes, uniques
+
+
+def _valid_captures(
+    names: npt.NDArray[np.object_], types: npt.NDArray[np.object_], nums: str, conn: list[str]
+) -> bool:
+    """True when the loose captures of `_bulk_re` are valid JSON values (see `_Reader.bulk`);
+    `names` and `types` are the distinct string captures."""
+    for strs in (names, types):
+        raw = '"'.join(strs).encode("utf-8", "surrogatepass")
+        if len(raw.translate(None, _CONTROL)) != len(raw):
+            return False  # a raw control character inside a string
+    for ints in ("," + nums, "," + ",".join(conn)):
+        if (",0" in ints or ",-0" in ints) and _BAD_INT_RE.search(ints):
+            return False  # a leading zero (pid, tid, connection_id; or a ts, which is harmless)
+    return True
+
+
+def _marked_events(gap: str, at: list[int]) -> list[Any] | None:
+    """The top-level events of `gap` that contain the positions `at`, decoded; None when one does
+    not decode. `gap` holds whole events and no brace inside a string (see `_gap_events`), so
+    brace counts give the depth."""
+    if len(at) > 64:
+        spans = [(0, len(gap))]
+    else:
+        spans = []
+        for a in at:
+            if spans and a < spans[-1][1]:
+                continue
+            start = gap.rfind("{", 0, a + 1)
+            while start > 0 and gap.count("{", 0, start) != gap.count("}", 0, start):
+                start = gap.rfind("{", 0, start)
+            if start < 0:
+                return None
+            depth, p = 0, start
+            while True:
+                o, c = gap.find("{", p), gap.find("}", p)
+                if c < 0:
+                    return None
+                if 0 <= o < c:
+                    depth, p = depth + 1, o + 1
+                    continue
+                depth, p = depth - 1, c + 1
+                if depth == 0:
+                    break
+            if p <= a:
+                return None  # the marker is not inside an event: let the exact path judge
+            spans.append((start, p))
+    out: list[Any] = []
+    for a, b in spans:
+        try:
+            out.extend(json.loads("[" + gap[a:b].strip(" \t\n\r,") + "]"))
+        except (json.JSONDecodeError, RecursionError):
+            return None
+    return out
+
+
+def _gap_events(joined: str) -> int | None:
+    """Number of top-level events in the "\x00"-joined gaps, or None unless every gap starts and
+    ends outside strings at depth 0 and no string holds a brace (the caller has ruled out escaped
+    quotes, so quotes pair up in order)."""
+    compact = joined.encode("utf-8", "surrogatepass").translate(None, _NOT_STRUCT)
+    # A string without braces is now `""`. When all quotes are in adjacent pairs (counted left to
+    # right), the quotes paired in order were all adjacent: no brace or gap end lies inside a
+    # string, and dropping the quotes leaves the structure.
+    bare = compact.translate(None, b'"')
+    if 2 * compact.count(b'""') != len(compact) - len(bare):
+        return None
+    if not bare:
+        return 0
+    a = np.frombuffer(bare, np.int8)
+    step = (a == 123).astype(np.int8) - (a == 125).astype(np.int8)
+    depth = np.cumsum(step, dtype=np.int64)
+    if depth[-1] != 0 or depth.min() < 0 or depth[a == 0].any():
+        return None
+    return int(np.count_nonzero((step == 1) & (depth == 1)))
 
 
 def _unescape(s: str) -> str:
@@ -433,11 +708,22 @@ def _unescape(s: str) -> str:
 
 
 def _canon_to_json(row: tuple[str, ...]) -> str:
-    name, pid, tid, ts_i, ts_f, dur, ttype, stream, conn = row
+    name, pid, tid, ts, dur, ttype, conn = row
     return (
-        f'{{"name":"{name}","pid":{pid},"tid":{tid},"ts":"{ts_i}.{ts_f}","dur":{dur},"ph":"X",'
-        f'"args":{{"Task Type":"{ttype}","Stream Id":{stream},"connection_id":{conn}}}}}'
+        f'{{"name":"{name}","pid":{pid},"tid":{tid},"ts":"{ts}","dur":{dur},"ph":"X",'
+        f'"args":{{"Task Type":"{ttype}","connection_id":{conn}}}}}'
     )
+
+
+def _ints(joined: str, n: int) -> npt.NDArray[np.int64]:
+    """`n` comma-separated JSON integers as int64; OverflowError when one may not fit."""
+    if not n:
+        return np.zeros(0, np.int64)
+    out = np.fromstring(joined, dtype=np.int64, sep=",")
+    # np.fromstring saturates out-of-range values at the int64 maximum.
+    if len(out) != n or (out == _I64_MAX).any():
+        raise OverflowError
+    return out
 
 
 def read_trace_view(path: Path) -> Profile:
@@ -473,7 +759,8 @@ def read_trace_view(path: Path) -> Profile:
                 pos = len(text) - len(head) + 1
                 opened = True
             if not final:
-                pos = r.fast_chunk(text, pos)
+                cut = r.bulk(text, pos)
+                pos = r.fast_chunk(text, pos) if cut is None else cut
                 if len(text) - pos > MAX_EVENT_CHARS:
                     pos = r.exact(text, pos, False)
                     if len(text) - pos > MAX_EVENT_CHARS:

@@ -101,7 +101,9 @@ def run(
     model: Annotated[
         str | None, typer.Option(help="Preset (e.g. Qwen3-32B-W8A8) or a local model directory.")
     ] = None,
-    max_num_seqs: Annotated[int | None, typer.Option(help="vllm --max-num-seqs of the deployment.")] = None,
+    max_num_seqs: Annotated[
+        int | None, typer.Option(help="vllm --max-num-seqs of the deployment.")
+    ] = None,
     backend: Annotated[
         str, typer.Option(help="vllm-ascend (this host's NPUs) or simulate (runs anywhere).")
     ] = "vllm-ascend",
@@ -109,7 +111,9 @@ def run(
     timeout: Annotated[
         float | None, typer.Option(help="Start no new trial after this many seconds.")
     ] = None,
-    objective: Annotated[str, typer.Option(help="throughput (tok/s, higher) or tpot (ms, lower).")] = "throughput",
+    objective: Annotated[
+        str, typer.Option(help="throughput (tok/s, higher) or tpot (ms, lower).")
+    ] = "throughput",
     late_tolerance_us: Annotated[
         float, typer.Option(help="A site is late when its prefetch ends this far past its window.")
     ] = 2.0,
@@ -117,13 +121,18 @@ def run(
         bool, typer.Option("--no-constraint", help="Do not treat late sites as infeasible.")
     ] = False,
     repeats: Annotated[
-        int | None, typer.Option(help="Bench runs per trial (median). Default 1 simulated, 3 on NPU.")
+        int | None,
+        typer.Option(help="Bench runs per trial (median). Default 1 simulated, 3 on NPU."),
     ] = None,
-    sampler: Annotated[str, typer.Option(help="guided (default), tpe or random.")] = "guided",
+    sampler: Annotated[
+        str, typer.Option(help="guided (default), tpe, random, or gp (needs torch).")
+    ] = "guided",
     storage: Annotated[
         str | None, typer.Option(help="Optuna RDB storage URL; default sqlite:///<out>/study.db.")
     ] = None,
-    study_name: Annotated[str | None, typer.Option(help="Study name; default the run dir's name.")] = None,
+    study_name: Annotated[
+        str | None, typer.Option(help="Study name; default the run dir's name.")
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the study in --out after an interruption.")
     ] = False,
@@ -133,7 +142,9 @@ def run(
     keep_profiles: Annotated[
         str, typer.Option(help="all, best (baseline, default and best) or none.")
     ] = "best",
-    json_out: Annotated[bool, typer.Option("--json", help="Print only the summary as JSON.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print only the summary as JSON.")
+    ] = False,
     additional_config: Annotated[
         str | None,
         typer.Option(help="Other --additional-config keys every trial runs with: JSON or a file."),
@@ -141,11 +152,15 @@ def run(
     tp: Annotated[int, typer.Option(help="Tensor-parallel size.")] = 4,
     ep: Annotated[int, typer.Option(help="Expert-parallel size.")] = 1,
     flashcomm1: Annotated[bool, typer.Option(help="enable_flashcomm1 in every trial.")] = True,
-    graph_mode: Annotated[bool, typer.Option(help="Graph mode instead of --enforce-eager.")] = False,
+    graph_mode: Annotated[
+        bool, typer.Option(help="Graph mode instead of --enforce-eager.")
+    ] = False,
     input_len: Annotated[int, typer.Option(help="Bench prompt length.")] = 1024,
     output_len: Annotated[int, typer.Option(help="Bench output length.")] = 512,
     profile_steps: Annotated[int, typer.Option(help="Decode steps profiled per trial.")] = 8,
-    hardware: Annotated[str, typer.Option(help="Simulator: hardware preset or TOML file.")] = "910B2",
+    hardware: Annotated[
+        str, typer.Option(help="Simulator: hardware preset or TOML file.")
+    ] = "910B2",
     seed: Annotated[int, typer.Option(help="Simulator noise and sampler seed.")] = 0,
     noise: Annotated[float, typer.Option(help="Simulator: relative noise of a bench run.")] = 0.01,
 ) -> None:

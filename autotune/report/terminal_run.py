@@ -1,0 +1,209 @@
+"""Terminal view of `autotune run`: progress over trials, a live table, and the final result."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from autotune.rundir import MIB, TrialRecord
+
+SIMULATED = "SIMULATED (modelled)"
+# Rows of the live table; older trials scroll away (trials.csv has them all).
+LIVE_ROWS = 16
+
+
+def short_site(site: str) -> str:
+    """`mlp.gate_up` -> `gate_up`, `attn.qkv` -> `qkv`: enough to tell sites apart in a table."""
+    return site.split(".", 1)[1]
+
+
+def config_text(effective_bytes: Mapping[str, int], sites: Sequence[str]) -> str:
+    """Effective MiB per site in `sites` order, e.g. `4/2/18/8` (0 = no prefetch)."""
+    parts = [_mib(effective_bytes.get(s, 0)) for s in sites]
+    return "/".join(parts) if parts else "-"
+
+
+def config_header(sites: Sequence[str]) -> str:
+    """Column title matching `config_text`, e.g. `MiB qkv/o/gate_up/down`."""
+    return "MiB " + "/".join(short_site(s) for s in sites) if sites else "MiB"
+
+
+def _mib(nbytes: int) -> str:
+    mib = nbytes / MIB
+    # Near-off prefetches (a few KiB) show as ~0, not as a long decimal.
+    return "0" if mib == 0 else "~0" if mib < 0.1 else f"{mib:.3g}"
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+class TerminalRunView:
+    """A RunObserver that draws progress and a live trial table with rich."""
+
+    def __init__(
+        self,
+        console: Console,
+        *,
+        sites: Sequence[str],
+        budget: int,
+        simulated: bool,
+        done: int = 0,
+    ) -> None:
+        self.console = console
+        self.sites = list(sites)
+        self.simulated = simulated
+        self.rows: list[tuple[TrialRecord, TrialRecord | None]] = []
+        self.note = ""
+        self.progress = Progress(
+            TextColumn("[bold]trials"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=console,
+        )
+        # A resumed run starts with its finished trials already counted.
+        self.task = self.progress.add_task("", total=budget, completed=done)
+        self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
+
+    def __enter__(self) -> TerminalRunView:
+        if self.simulated:
+            self.console.print(
+                f"[bold yellow]{SIMULATED}[/]: no NPU is used; numbers come from a model."
+            )
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.update(self._render())
+        self.live.__exit__(None, None, None)
+        self.console.print()
+
+    # RunObserver
+
+    def phase(self, message: str) -> None:
+        self.note = message
+        self.live.update(self._render())
+
+    def trial_started(self, number: int, role: str, effective_bytes: Mapping[str, int]) -> None:
+        sites = self.sites or [s for s, b in effective_bytes.items() if b]
+        self.progress.update(
+            self.task,
+            description=f"trial {number} ({role}): {config_header(sites)} "
+            f"{config_text(effective_bytes, sites)}",
+        )
+        self.live.update(self._render())
+
+    def trial_finished(self, record: TrialRecord, best: TrialRecord | None) -> None:
+        self.rows.append((record, best))
+        if record.state == "complete":
+            self.progress.advance(self.task)
+        self.progress.update(self.task, description="")
+        self.live.update(self._render())
+
+    def set_sites(self, sites: Sequence[str]) -> None:
+        self.sites = list(sites)
+
+    # drawing
+
+    def _table(self) -> Table:
+        title = "trials" + (f" — {SIMULATED}" if self.simulated else "")
+        table = Table(title=title, title_justify="left", expand=False)
+        table.add_column("trial", justify="right")
+        table.add_column("role")
+        sites = self.sites or list(self.rows[-1][0].effective_bytes) if self.rows else self.sites
+        table.add_column(config_header(sites), no_wrap=True)
+        table.add_column("tok/s", justify="right")
+        table.add_column("late sites")
+        # The best is ranked by its estimate (bench and profile together), so that is shown.
+        table.add_column("best so far (est.)", justify="right")
+        for record, best in self.rows[-LIVE_ROWS:]:
+            tput: str | Text
+            if record.state == "duplicate":
+                tput = f"= #{record.duplicate_of}"
+            elif record.state == "failed":
+                tput = Text("failed", style="red")
+            else:
+                tput = _fmt(record.throughput)
+            late = ", ".join(short_site(s) for s in record.late_sites) or "-"
+            best_text = "-" if best is None else f"#{best.number} {_fmt(best.estimate)}"
+            table.add_row(
+                str(record.number),
+                record.role,
+                config_text(record.effective_bytes, sites),
+                tput,
+                late,
+                best_text,
+            )
+        return table
+
+    def _render(self) -> RenderableType:
+        parts: list[RenderableType] = [self.progress]
+        if self.note:
+            parts.append(Text(self.note, style="dim"))
+        if self.rows:
+            parts.append(self._table())
+        return Group(*parts)
+
+
+def print_result(
+    console: Console, summary: Mapping[str, Any], best_config: Mapping[str, Any] | None
+) -> None:
+    """The end of a run: best config, gains, inert sites and where everything was written."""
+    simulated = bool(summary.get("simulated"))
+    if simulated:
+        console.print(f"[bold yellow]{SIMULATED}[/] result (backend {summary.get('backend')})")
+    best = summary.get("best")
+    if best is None:
+        console.print("[red]no trial finished[/]")
+    else:
+        objective = summary.get("objective", "throughput")
+        unit = "tok/s" if objective == "throughput" else "ms TPOT"
+        console.print(
+            f"[bold]best:[/] trial {best['trial']} ({best['role']}): measured "
+            f"{_fmt(best.get('throughput'))} tok/s, TPOT {_fmt(best.get('tpot_ms'), 2)} ms; "
+            f"estimated {_fmt(best.get('estimate'), 2)} {unit}"
+        )
+        for label, key in (
+            ("baseline (prefetch off)", "gain_over_baseline"),
+            ("vendor default", "gain_over_default"),
+        ):
+            g = summary.get(key)
+            if g is None:
+                continue
+            if g["low_pct"] == g["high_pct"]:
+                spread = "one repeat, no spread"
+            else:
+                spread = f"spread over repeats {g['low_pct']:+.2f} … {g['high_pct']:+.2f} %"
+            est = g.get("estimated_pct")
+            est_text = "" if est is None else f", estimated {est:+.2f} %"
+            console.print(f"  vs {label}: measured {g['pct']:+.2f} % ({spread}){est_text}")
+    active = summary.get("active_sites") or []
+    console.print(f"[bold]active sites:[/] {', '.join(active) or 'none'}")
+    inert = summary.get("inert_sites") or {}
+    if inert:
+        console.print("[bold]inert sites[/] (their ratio changes nothing here):")
+        for site, reason in inert.items():
+            console.print(f"  {site}: {reason}", markup=False)
+    if best_config is not None:
+        console.print("[bold]--additional-config:[/]")
+        console.print(json.dumps(best_config, separators=(",", ":")), markup=False, soft_wrap=True)
+    files = summary.get("files", {})
+    run_dir = files.get("run_dir", "")
+    console.print(
+        f"[bold]written to[/] {run_dir}: best_config.json, summary.json, trials.csv, trials/",
+        markup=True,
+    )
+    trials = summary.get("trials", {})
+    console.print(
+        f"{trials.get('measured', 0)} trials measured, {trials.get('duplicates', 0)} duplicates "
+        f"not re-run, {trials.get('failed', 0)} failed; stopped: {summary.get('stopped') or '-'}"
+    )

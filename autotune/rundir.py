@@ -1,0 +1,332 @@
+"""The run directory: one folder per `autotune run`, holding all a report or a resume needs.
+
+Layout::
+
+    <run>/
+      study.db                  Optuna storage (default; `--storage` may point elsewhere)
+      run.json                  what was asked: workload, backend, options, study name and storage
+      trials/<NNN>/             one per Optuna trial number
+        config.json             the compiled --additional-config of the trial
+        trial.json              the trial's record (TrialRecord.to_json)
+        bench-<r>.json, logs, profile/ (kept per --keep-profiles)   written by the backend
+      trials.csv                one row per trial
+      best_config.json          exactly the JSON for `vllm serve --additional-config`
+      summary.json              gains, inert and active sites, best trial, backend, simulated flag
+
+Every file is written to a temporary name and renamed, so an interruption never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from autotune.errors import AutotuneError
+
+RUN_FILE = "run.json"
+SUMMARY_FILE = "summary.json"
+BEST_FILE = "best_config.json"
+TRIALS_CSV = "trials.csv"
+TRIALS_DIR = "trials"
+TRIAL_FILE = "trial.json"
+CONFIG_FILE = "config.json"
+STUDY_DB = "study.db"
+PROFILE_DIR = "profile"
+
+MIB = 1024 * 1024
+
+# Trial roles, in the order a run produces them.
+ROLES: tuple[str, ...] = ("baseline", "default", "seed", "search")
+# Trial states as written to disk.
+STATES: tuple[str, ...] = ("complete", "duplicate", "failed", "running")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same directory and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write `data` as indented JSON, atomically."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file; AutotuneError (one line) when it is missing or broken."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AutotuneError(f"{path} not found") from None
+    except OSError as exc:
+        raise AutotuneError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AutotuneError(f"{path} is not valid JSON: {exc}") from None
+
+
+@dataclass
+class TrialRecord:
+    """One trial as the run directory records it."""
+
+    number: int  # Optuna trial number; also the trials/<NNN> folder
+    role: str  # baseline | default | seed | search
+    state: str  # complete | duplicate | failed | running
+    config: dict[str, Any]  # the compiled additional-config
+    effective_bytes: dict[str, int]  # per site, what 0.23 really prefetches (0 = nothing)
+    objective: float | None = None  # the study's value (median over repeats)
+    throughput: float | None = None  # median output tokens/s over repeats
+    throughputs: list[float] = field(default_factory=list)  # one per repeat
+    tpot_ms: float | None = None  # median of the repeats' median TPOT
+    tpots_ms: list[float] = field(default_factory=list)
+    step_ms: float | None = None  # profiled decode step (device span / steps), ms
+    # Objective estimated from every trial's bench and profile (search.estimates); it moves as
+    # trials arrive, so trials.csv carries it and trial.json does not.
+    estimate: float | None = None
+    feasible: bool | None = None  # every site's lateness within tolerance (None: not measured)
+    lateness_us: dict[str, float] = field(default_factory=dict)  # per active site, > 0 is late
+    late_sites: list[str] = field(default_factory=list)
+    sites: dict[str, dict[str, Any]] = field(default_factory=dict)  # overlap SiteSummary per site
+    duplicate_of: int | None = None
+    retry_of: int | None = None
+    error: str = ""
+    profile: str | None = None  # kept profile directory, relative to the run directory
+    bench_files: list[str] = field(default_factory=list)  # relative to the run directory
+    logs: list[str] = field(default_factory=list)
+    simulated: bool = False
+    duration_s: float = 0.0
+
+    @property
+    def effective_mib(self) -> dict[str, float]:
+        return {site: value / MIB for site, value in self.effective_bytes.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["estimate"]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TrialRecord:
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+@dataclass
+class RunRecord:
+    """Everything a report needs from one run directory."""
+
+    path: Path
+    run: dict[str, Any]  # run.json
+    summary: dict[str, Any]  # summary.json ({} while the run has not finished once)
+    trials: list[TrialRecord]
+    best_config: dict[str, Any] | None
+    profiles: dict[int, Path]  # trial number -> kept profile directory
+
+    @property
+    def simulated(self) -> bool:
+        return bool(self.summary.get("simulated", self.run.get("simulated", False)))
+
+    @property
+    def best_trial(self) -> TrialRecord | None:
+        number = self.summary.get("best", {}).get("trial")
+        return next((t for t in self.trials if t.number == number), None)
+
+
+class RunDir:
+    """Reads and writes one run directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def study_db(self) -> Path:
+        return self.path / STUDY_DB
+
+    def default_storage_url(self) -> str:
+        return f"sqlite:///{self.study_db.resolve()}"
+
+    def prepare(self, *, resume: bool) -> None:
+        """Create the directory for a new run, or check that a resumed one exists."""
+        if resume:
+            if not (self.path / RUN_FILE).is_file():
+                raise AutotuneError(
+                    f"--resume: {self.path} holds no autotune run ({RUN_FILE} missing); "
+                    "give the --out directory of an earlier run"
+                )
+            return
+        if self.path.exists() and any(self.path.iterdir()):
+            raise AutotuneError(
+                f"--out {self.path} already holds files; pass --resume to continue that run "
+                "or choose another directory"
+            )
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AutotuneError(f"cannot create --out {self.path}: {exc.strerror or exc}") from None
+        if not os.access(self.path, os.W_OK):
+            raise AutotuneError(f"--out {self.path} is not writable")
+
+    def trial_dir(self, number: int) -> Path:
+        return self.path / TRIALS_DIR / f"{number:03d}"
+
+    def relative(self, path: Path) -> str:
+        try:
+            return str(path.resolve().relative_to(self.path.resolve()))
+        except ValueError:
+            return str(path)
+
+    def write_run(self, data: Mapping[str, Any]) -> None:
+        atomic_write_json(self.path / RUN_FILE, dict(data))
+
+    def read_run(self) -> dict[str, Any]:
+        data = read_json(self.path / RUN_FILE)
+        if not isinstance(data, dict):
+            raise AutotuneError(f"{self.path / RUN_FILE} must hold a JSON object")
+        return data
+
+    def write_trial_config(self, number: int, config: Mapping[str, Any]) -> Path:
+        path = self.trial_dir(number) / CONFIG_FILE
+        atomic_write_json(path, dict(config))
+        return path
+
+    def write_trial(self, record: TrialRecord) -> None:
+        atomic_write_json(self.trial_dir(record.number) / TRIAL_FILE, record.to_json())
+
+    def read_trials(self) -> list[TrialRecord]:
+        """Every trial record on disk, by number (trials without a record are skipped)."""
+        out: list[TrialRecord] = []
+        root = self.path / TRIALS_DIR
+        if not root.is_dir():
+            return out
+        for sub in sorted(root.iterdir()):
+            path = sub / TRIAL_FILE
+            if sub.is_dir() and path.is_file():
+                data = read_json(path)
+                if isinstance(data, dict):
+                    out.append(TrialRecord.from_json(data))
+        return sorted(out, key=lambda t: t.number)
+
+    def write_trials_csv(self, records: Sequence[TrialRecord], sites: Sequence[str]) -> None:
+        atomic_write_text(self.path / TRIALS_CSV, trials_csv(records, sites))
+
+    def write_best(self, config: Mapping[str, Any]) -> None:
+        atomic_write_json(self.path / BEST_FILE, dict(config))
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        atomic_write_json(self.path / SUMMARY_FILE, dict(summary))
+
+    def prune_profiles(self, records: Iterable[TrialRecord], keep: Iterable[int]) -> list[int]:
+        """Delete the profile folders of every trial not in `keep`; return the numbers pruned."""
+        wanted = set(keep)
+        pruned: list[int] = []
+        for record in records:
+            if record.profile is None or record.number in wanted:
+                continue
+            target = self.path / record.profile
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            record.profile = None
+            self.write_trial(record)
+            pruned.append(record.number)
+        return pruned
+
+
+def trials_csv(records: Sequence[TrialRecord], sites: Sequence[str]) -> str:
+    """trials.csv: one row per trial, effective MiB per site, measurements and lateness."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(
+        [
+            "trial",
+            "role",
+            "state",
+            "duplicate_of",
+            *[f"{site}_mib" for site in sites],
+            "objective",
+            "estimate",
+            "throughput",
+            "throughput_min",
+            "throughput_max",
+            "tpot_ms",
+            "feasible",
+            "late_sites",
+            "repeats",
+            "duration_s",
+            "error",
+        ]
+    )
+    for r in records:
+        tps = r.throughputs
+        writer.writerow(
+            [
+                r.number,
+                r.role,
+                r.state,
+                "" if r.duplicate_of is None else r.duplicate_of,
+                *[_num(r.effective_bytes.get(site, 0) / MIB, 3) for site in sites],
+                _num(r.objective, 4),
+                _num(r.estimate, 4),
+                _num(r.throughput, 3),
+                _num(min(tps) if tps else None, 3),
+                _num(max(tps) if tps else None, 3),
+                _num(r.tpot_ms, 4),
+                "" if r.feasible is None else str(r.feasible).lower(),
+                " ".join(r.late_sites),
+                len(tps),
+                _num(r.duration_s, 2),
+                r.error,
+            ]
+        )
+    return buffer.getvalue()
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def load_run(run_dir: Path) -> RunRecord:
+    """Read a run directory (finished or interrupted) for reports and `autotune export`."""
+    rundir = RunDir(Path(run_dir))
+    if not rundir.path.is_dir():
+        raise AutotuneError(f"{rundir.path} is not a directory")
+    if not (rundir.path / RUN_FILE).is_file():
+        raise AutotuneError(f"{rundir.path} holds no autotune run ({RUN_FILE} missing)")
+    run = rundir.read_run()
+    summary_path = rundir.path / SUMMARY_FILE
+    summary = read_json(summary_path) if summary_path.is_file() else {}
+    if not isinstance(summary, dict):
+        raise AutotuneError(f"{summary_path} must hold a JSON object")
+    best_path = rundir.path / BEST_FILE
+    best = read_json(best_path) if best_path.is_file() else None
+    if best is not None and not isinstance(best, dict):
+        raise AutotuneError(f"{best_path} must hold a JSON object")
+    trials = rundir.read_trials()
+    profiles = {
+        t.number: rundir.path / t.profile
+        for t in trials
+        if t.profile is not None and (rundir.path / t.profile).exists()
+    }
+    return RunRecord(
+        path=rundir.path,
+        run=run,
+        summary=summary,
+        trials=trials,
+        best_config=best,
+        profiles=profiles,
+    )

@@ -1024,8 +1024,7 @@ class Tuner:
         retried = {t.user_attrs.get("retry_of") for t in self._trials(study)}
         for t in self._trials(study, TrialState.RUNNING, TrialState.FAIL):
             if t.state == TrialState.RUNNING:
-                assert self.storage is not None
-                self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                study.tell(t.number, state=TrialState.FAIL)
             elif not t.user_attrs.get("interrupted"):
                 continue
             role = t.user_attrs.get(ATTR_ROLE, "search")

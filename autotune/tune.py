@@ -15,6 +15,7 @@ from rich.console import Console
 
 from autotune import target
 from autotune.errors import AutotuneError
+from autotune.report.html import write_run_report
 from autotune.report.terminal_run import TerminalRunView, print_result
 from autotune.rundir import BEST_FILE, RunDir, TrialRecord, load_run, read_json
 from autotune.search import RunObserver, SearchOptions, Tuner, setup_of, static_space
@@ -179,6 +180,9 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
         tuner.observer = _SpaceTracking(view, tuner)
         with view:
             outcome = tuner.run()
+    # The report only lays out what the run directory holds, so it is written last.
+    write_run_report(rundir.path)
+    if not req.json_out:
         best = read_json(rundir.path / BEST_FILE) if (rundir.path / BEST_FILE).is_file() else None
         print_result(console, outcome.summary, best)
     return outcome.summary

@@ -199,7 +199,8 @@ def print_result(
     files = summary.get("files", {})
     run_dir = files.get("run_dir", "")
     console.print(
-        f"[bold]written to[/] {run_dir}: best_config.json, summary.json, trials.csv, trials/",
+        f"[bold]written to[/] {run_dir}: "
+        "best_config.json, summary.json, trials.csv, report.html, trials/",
         markup=True,
     )
     trials = summary.get("trials", {})

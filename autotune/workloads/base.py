@@ -48,5 +48,5 @@ class Backend(Protocol):
     def run(
         self, config: dict[str, Any], out_dir: Path, *, repeats: int, profile: bool
     ) -> TrialResult:
-        """Run one trial with `config` (the exact --additional-config JSON), writing into out_dir."""
+        """Run one trial with `config` (the exact --additional-config JSON), writing to out_dir."""
         ...

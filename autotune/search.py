@@ -41,7 +41,7 @@ from autotune.overlap import OverlapResult, analyze
 from autotune.profile import Profile, load_profiles
 from autotune.rundir import MIB, RunDir, TrialRecord
 from autotune.target import Setup
-from autotune.workloads.base import Backend, TrialResult, Workload
+from autotune.workloads.base import Backend, TrialResult, Workload, setup_of
 
 # At most this many non-zero byte sizes per site: trials cost minutes, so the ladder is short.
 MAX_LEVELS = 16
@@ -153,19 +153,6 @@ class SearchSpace:
     def from_json(cls, data: Mapping[str, Any]) -> SearchSpace:
         sites = tuple(SiteSpace(site, tuple(levels)) for site, levels in data["sites"].items())
         return cls(sites=sites, inert=dict(data["inert"]))
-
-
-def setup_of(workload: Workload) -> Setup:
-    """The runtime-gate view of a workload."""
-    return Setup(
-        model=workload.model,
-        tp=workload.tp,
-        ep=workload.ep,
-        max_num_seqs=workload.max_num_seqs,
-        flashcomm1=workload.flashcomm1,
-        graph_mode=workload.graph_mode,
-        max_num_batched_tokens=workload.max_num_batched_tokens,
-    )
 
 
 def static_space(setup: Setup) -> SearchSpace:

@@ -18,8 +18,8 @@ from autotune.errors import AutotuneError
 from autotune.report.html import write_run_report
 from autotune.report.terminal_run import TerminalRunView, print_result
 from autotune.rundir import BEST_FILE, RunDir, TrialRecord, load_run, read_json
-from autotune.search import RunObserver, SearchOptions, Tuner, setup_of, static_space
-from autotune.workloads.base import Backend, Workload
+from autotune.search import RunObserver, SearchOptions, Tuner, static_space
+from autotune.workloads.base import Backend, Workload, setup_of
 
 BACKENDS: tuple[str, ...] = ("vllm-ascend", "simulate")
 EXPORT_FORMATS: tuple[str, ...] = ("additional-config", "vllm-args")

@@ -40,8 +40,8 @@ import optuna
 
 from autotune import target
 from autotune.rundir import RunDir, TrialRecord
-from autotune.search import SearchOptions, Tuner, setup_of, static_space
-from autotune.workloads.base import Workload
+from autotune.search import SearchOptions, Tuner, static_space
+from autotune.workloads.base import Workload, setup_of
 from autotune.workloads.simulate import SimulateBackend, simulate_throughput
 
 WITHIN = 0.005

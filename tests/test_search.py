@@ -25,11 +25,10 @@ from autotune.search import (
     estimates,
     profile_inert,
     propose,
-    setup_of,
     site_levels,
     static_space,
 )
-from autotune.workloads.base import Workload
+from autotune.workloads.base import Workload, setup_of
 from autotune.workloads.simulate import SimulateBackend, simulate_throughput
 
 EXTRA = {"enable_flashcomm1": True}

@@ -16,18 +16,10 @@ import numpy as np
 import pandas as pd
 
 from autotune.overlap import OverlapResult, SiteSummary
-from autotune.profile.tasks import Profile
+from autotune.profile.tasks import ROLES, Profile
 
 # Roles that run on the compute stream as real work (not record/wait bookkeeping).
-_WORK_ROLES = (
-    "vector:swiglu",
-    "vector:norm",
-    "vector:quant",
-    "vector:gating",
-    "cube",
-    "comm",
-    "other",
-)
+_WORK_ROLES = tuple(r for r in ROLES if r not in ("prefetch", "wait", "record"))
 _KERNEL_ROLES = ("vector:swiglu", "vector:norm", "vector:quant", "vector:gating", "cube")
 # Site order used everywhere in the report (the decoder layer's order).
 SITE_ORDER = ("attn.qkv", "attn.o", "mlp.gate_up", "mlp.down", "moe.gate_up")

@@ -585,6 +585,20 @@ class Page:
         return render_page(self.title, body, self.data)
 
 
+def _layers_data(layers: Sequence[TimelineLayer]) -> list[dict[str, Any]]:
+    """Which layer each timeline panel shows, for the page's embedded data."""
+    return [
+        {
+            "label": layer.label,
+            "ordinal": layer.choice.ordinal,
+            "step": layer.choice.step,
+            "layer": layer.choice.layer,
+            "reason": layer.choice.reason,
+        }
+        for layer in layers
+    ]
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).astimezone().strftime("%Y-%m-%d %H:%M %Z")
 
@@ -635,16 +649,7 @@ def analyze_page(
         "kind": "analyze",
         "simulated": simulated,
         "sites": [r.__dict__ for r in rows],
-        "layers": [
-            {
-                "label": layer.label,
-                "ordinal": layer.choice.ordinal,
-                "step": layer.choice.step,
-                "layer": layer.choice.layer,
-                "reason": layer.choice.reason,
-            }
-            for layer in layers
-        ],
+        "layers": _layers_data(layers),
     }
     return page
 
@@ -1168,16 +1173,7 @@ def run_page(record: RunRecord) -> Page:
         "gain_over_baseline": s.get("gain_over_baseline"),
         "gain_over_default": s.get("gain_over_default"),
         "importance": {"method": imp.method, "values": imp.values},
-        "layers": [
-            {
-                "label": layer.label,
-                "ordinal": layer.choice.ordinal,
-                "step": layer.choice.step,
-                "layer": layer.choice.layer,
-                "reason": layer.choice.reason,
-            }
-            for layer in layers
-        ],
+        "layers": _layers_data(layers),
     }
     return page
 

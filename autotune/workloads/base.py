@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from autotune.target import Setup
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -22,6 +24,19 @@ class Workload:
     output_len: int = 512
     max_num_batched_tokens: int = 16384
     profile_steps: int = 8
+
+
+def setup_of(workload: Workload) -> Setup:
+    """The runtime-gate view of a workload (what 0.23's prefetch gates depend on)."""
+    return Setup(
+        model=workload.model,
+        tp=workload.tp,
+        ep=workload.ep,
+        max_num_seqs=workload.max_num_seqs,
+        flashcomm1=workload.flashcomm1,
+        graph_mode=workload.graph_mode,
+        max_num_batched_tokens=workload.max_num_batched_tokens,
+    )
 
 
 @dataclass

@@ -37,7 +37,7 @@ from autotune.target import (
     vendor_default_config,
 )
 from autotune.workloads._sim_writer import write_profile
-from autotune.workloads.base import TrialResult, Workload
+from autotune.workloads.base import TrialResult, Workload, setup_of
 
 # Fixed base of simulated timestamps: local Unix-epoch ns (2026-04-14), never a float.
 BASE_NS = 1_776_130_000_000_000_000
@@ -704,19 +704,6 @@ _RT_TYPE = {
     "MIX_AIC": "KERNEL_MIX_AIC",
     "HCCL": "HCCL",
 }
-
-
-def setup_of(workload: Workload) -> Setup:
-    """The target Setup of a workload."""
-    return Setup(
-        model=workload.model,
-        tp=workload.tp,
-        ep=workload.ep,
-        max_num_seqs=workload.max_num_seqs,
-        flashcomm1=workload.flashcomm1,
-        graph_mode=workload.graph_mode,
-        max_num_batched_tokens=workload.max_num_batched_tokens,
-    )
 
 
 def _check_workload(workload: Workload) -> None:

@@ -739,6 +739,8 @@ class Tuner:
             "workload": asdict(self.workload),
             "backend": self.backend.name,
             "simulated": self.backend.simulated,
+            "vllm_ascend_version": self.backend.target_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "study_name": self.study_name,
             "storage": self.storage_url,
             "options": {

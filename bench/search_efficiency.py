@@ -5,6 +5,7 @@ Methods, each run for several seeds (the seed drives the simulated bench noise a
 - ours       `autotune run`'s Tuner: probe, profile-guided seed, guided search (real pipeline:
              simulated profiles are written, read and analysed each trial);
 - ours-tpe   the same Tuner with Optuna's TPE (multivariate) as the sampler after the seed;
+- ours-gp    the same Tuner with Optuna's GPSampler after the seed (needs the `gp` extra: torch);
 - tpe-raw    plain Optuna TPE (Optuna 5 defaults) on the five raw ratios in [0, 1];
 - random     Optuna's RandomSampler on the same raw ratios;
 - vendor     the vendor-doc sweep: prefetch off, the defaults, then one ratio for every key from
@@ -60,7 +61,15 @@ QUICK_CASES: tuple[tuple[str, int], ...] = (
     ("Qwen3-30B-A3B-W8A8", 144),
     ("Qwen3-235B-A22B-W8A8", 72),
 )
-METHODS: tuple[str, ...] = ("ours", "ours-tpe", "ours-random", "tpe-raw", "random", "vendor")
+METHODS: tuple[str, ...] = (
+    "ours",
+    "ours-tpe",
+    "ours-gp",
+    "ours-random",
+    "tpe-raw",
+    "random",
+    "vendor",
+)
 DEFAULT_METHODS: tuple[str, ...] = ("ours", "tpe-raw", "random", "vendor")
 # Our runs write and parse a profile per trial, so they get the budget of `autotune run`; the
 # others cost microseconds a trial and get a long one.
@@ -186,6 +195,7 @@ def run_ours(
 RUNNERS: dict[str, Callable[[Workload, int, int, float], list[dict[str, Any]]]] = {
     "ours": lambda w, s, b, n: run_ours(w, s, b, n, "guided"),
     "ours-tpe": lambda w, s, b, n: run_ours(w, s, b, n, "tpe"),
+    "ours-gp": lambda w, s, b, n: run_ours(w, s, b, n, "gp"),
     "ours-random": lambda w, s, b, n: run_ours(w, s, b, n, "random"),
     "tpe-raw": lambda w, s, b, n: run_optuna_raw(w, s, b, n, "tpe"),
     "random": lambda w, s, b, n: run_optuna_raw(w, s, b, n, "random"),

@@ -1017,6 +1017,7 @@ def run_page(record: RunRecord) -> Page:
     version = s.get("vllm_ascend_version") or record.run.get("vllm_ascend_version")
     if not version:
         version = "0.23 (modelled)" if simulated else "not recorded in the run"
+    created = record.run.get("created")
     summary_path = record.path / "summary.json"
     when = (
         dt.datetime.fromtimestamp(summary_path.stat().st_mtime)
@@ -1033,6 +1034,7 @@ def run_page(record: RunRecord) -> Page:
         ("tp / ep", f"{workload.get('tp', '?')} / {workload.get('ep', '?')}"),
         ("backend", s.get("backend", record.run.get("backend", "—"))),
         ("vllm-ascend", version),
+        ("run started", created or "—"),
         ("run updated", when),
         (
             "trials",

@@ -60,6 +60,10 @@ class Backend(Protocol):
         """Raise AutotuneError (one line) when this backend cannot run on this machine."""
         ...
 
+    def target_version(self) -> str:
+        """The vllm-ascend version the trials run against, as the run record shows it."""
+        ...
+
     def run(
         self, config: dict[str, Any], out_dir: Path, *, repeats: int, profile: bool
     ) -> TrialResult:

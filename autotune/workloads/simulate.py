@@ -1067,6 +1067,10 @@ class SimulateBackend:
         self.hardware = _hardware(workload, hardware)
         _static(workload, self.hardware)  # bad model / sizes fail here, before any trial
 
+    def target_version(self) -> str:
+        """The simulator models vllm-ascend 0.23.0's prefetch code."""
+        return "0.23.0 (modelled)"
+
     def check(self) -> None:
         """The simulator needs nothing from the machine."""
 

@@ -37,6 +37,10 @@ class VllmAscendBackend:
                 f"{exc}; on a machine without an NPU use --backend simulate"
             ) from None
 
+    def target_version(self) -> str:
+        """The installed vllm-ascend version (checked by `check`)."""
+        return target.check_vllm_ascend_version()
+
     def run(
         self, config: dict[str, Any], out_dir: Path, *, repeats: int, profile: bool
     ) -> TrialResult:

@@ -18,6 +18,7 @@ Nothing here prints: progress goes to a `RunObserver`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import math
@@ -701,7 +702,11 @@ class Tuner:
             # A remote storage is checked before the run directory is created.
             self._open()
         if not self.resume:
-            self.rundir.prepare(resume=False)
+            try:
+                self.rundir.prepare(resume=False)
+            except AutotuneError:
+                self._drop_new_study()
+                raise
         study = self.study or self._open()
         if self.resume:
             self._restore(study)
@@ -733,6 +738,17 @@ class Tuner:
             self.storage_url, self.study_name, self.direction, self.sampler, resume=self.resume
         )
         return self.study
+
+    def _drop_new_study(self) -> None:
+        """Delete the study this run just created (still empty), so a failed start leaves its name
+        free in a shared --storage; open_study refused any existing one, so it is ours."""
+        if self.study is None or self.storage is None:
+            return
+        # The error being raised matters more; a left-over study only takes a name.
+        with contextlib.suppress(Exception):
+            optuna.delete_study(study_name=self.study_name, storage=self.storage)
+        self.study = None
+        self.storage = None
 
     def _run_json(self) -> dict[str, Any]:
         return {

@@ -35,6 +35,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.samplers import BaseSampler, RandomSampler, TPESampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
 
 from autotune import target
 from autotune.errors import AutotuneError
@@ -569,6 +570,18 @@ def make_sampler(name: str, seed: int | None, objective: str = "throughput") -> 
 # Storage
 
 
+# Seconds to wait for a database server before giving up (a firewalled host would otherwise hang).
+DB_CONNECT_TIMEOUT_S = 10
+
+
+def shown_url(url: str) -> str:
+    """The storage URL as messages and shared files show it: without its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy URL: nothing to hide that we could find
+        return url
+
+
 def open_study(
     storage_url: str,
     study_name: str,
@@ -583,18 +596,22 @@ def open_study(
     if resume and db_file and not Path(db_file).is_file():
         # Opening would create an empty database; there is nothing to continue.
         raise AutotuneError(f"--resume: no study named {study_name!r}: {db_file} does not exist")
+    shown = shown_url(storage_url)
+    engine_kwargs: dict[str, Any] = {}
+    if storage_url.startswith("postgresql"):
+        engine_kwargs["connect_args"] = {"connect_timeout": DB_CONNECT_TIMEOUT_S}
     try:
-        storage = optuna.storages.RDBStorage(storage_url)
+        storage = optuna.storages.RDBStorage(storage_url, engine_kwargs=engine_kwargs)
     except Exception as exc:  # SQLAlchemy, driver and URL errors all mean "cannot use it"
-        raise AutotuneError(f"cannot open --storage {storage_url}: {_first_line(exc)}") from None
+        raise AutotuneError(f"cannot open --storage {shown}: {_first_line(exc)}") from None
     try:
         names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
     except Exception as exc:
-        raise AutotuneError(f"cannot read --storage {storage_url}: {_first_line(exc)}") from None
+        raise AutotuneError(f"cannot read --storage {shown}: {_first_line(exc)}") from None
     if resume:
         if study_name not in names:
             raise AutotuneError(
-                f"--resume: no study named {study_name!r} in {storage_url}; nothing to continue"
+                f"--resume: no study named {study_name!r} in {shown}; nothing to continue"
             )
         study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
         if study.direction != direction:
@@ -605,7 +622,7 @@ def open_study(
         return study, storage
     if study_name in names:
         raise AutotuneError(
-            f"study {study_name!r} already exists in {storage_url}; pass --resume to continue it "
+            f"study {study_name!r} already exists in {shown}; pass --resume to continue it "
             "or choose another --study-name"
         )
     study = optuna.create_study(
@@ -1213,7 +1230,7 @@ def build_summary(
         "constraint": options.constraint,
         "repeats": options.repeats,
         "sampler": options.sampler,
-        "study": {"name": study_name, "storage": storage_url},
+        "study": {"name": study_name, "storage": shown_url(storage_url)},
         "trials": {
             "measured": sum(1 for r in records if r.state == "complete"),
             "duplicates": sum(1 for r in records if r.state == "duplicate"),

@@ -4,8 +4,11 @@ Generates a realistic Level1 trace_view.json (Python layer, CANN layer and Ascen
 of a 64-layer dense W8A8 decode with weight prefetch), then times each reader on that same
 file, each in a fresh subprocess.
 Reported per reader: wall time (best of `--repeat` runs, interleaved), MB/s, speed relative to
-`ijson.items(f, "item")`, and peak RSS (VmHWM). `autotune` is read+classify+analyze, `autotune-read`
-the reader alone.
+`ijson.items(f, "item")`, and peak RSS: the VmHWM of the process plus that of every worker process
+it started (sampled from /proc while it runs), an upper bound of the memory of the whole read, as
+pages shared between the parent and its forked workers count once per process. `autotune` is
+read+classify+analyze and `autotune-read` the reader alone, both with the default number of reader
+processes; `-w1` marks the same with one process (AUTOTUNE_READ_WORKERS=1).
 Usage: `python bench/parse_bench.py [--size-mb 320] [--repeat 3] [--out DIR] [--keep]`.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -266,8 +270,7 @@ def _events(w: _Writer, target: int) -> int:
     return step
 
 
-_READERS = {
-    "autotune": """
+_AUTOTUNE = """
 from pathlib import Path
 import autotune.profile.trace_view as tv
 from autotune.profile.classify import classify, load_rules
@@ -277,14 +280,19 @@ prof = tv.read_trace_view(Path(PATH))
 classify(prof, load_rules(None))
 res = analyze([prof])
 print(len(prof.tasks), f"read+classify+analyze: {len(res.prefetches)} prefetches")
-""",
-    "autotune-read": """
+"""
+_AUTOTUNE_READ = """
 from pathlib import Path
 import autotune.profile.trace_view as tv
 T_IMPORTED = time.perf_counter()
 prof = tv.read_trace_view(Path(PATH))
 print(len(prof.tasks), "read only")
-""",
+"""
+_READERS = {
+    "autotune": _AUTOTUNE,
+    "autotune-w1": _AUTOTUNE,
+    "autotune-read": _AUTOTUNE_READ,
+    "autotune-read-w1": _AUTOTUNE_READ,
     "ijson": """
 import ijson
 T_IMPORTED = time.perf_counter()
@@ -325,27 +333,76 @@ print("BENCH", dt, T_IMPORTED - t0, rss)
 class Run:
     seconds: float  # from before the reader's imports to the end
     imports: float  # of which importing its modules
-    rss: int  # peak resident set size, bytes
+    rss: int  # peak resident set size, bytes: the process's plus its workers'
+    procs: int  # processes counted in `rss`
     what: str  # the reader's own output
 
 
+def _children(pid: int) -> list[int]:
+    """Direct children of `pid`, from /proc (every thread's list)."""
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def _vm_hwm(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _measure(reader: str, path: Path) -> Run:
-    """Run one reader in a fresh subprocess."""
+    """Run one reader in a fresh subprocess; sample its workers' peak RSS while it runs."""
     code = _READERS[reader].replace("PATH", repr(str(path)))
-    proc = subprocess.run(
+    env = dict(os.environ)
+    if reader.endswith("-w1"):
+        env["AUTOTUNE_READ_WORKERS"] = "1"
+    proc = subprocess.Popen(
         [sys.executable, "-c", _WRAPPER.replace("CODE", repr(code))],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        check=False,
+        env=env,
     )
+    # A worker's VmHWM only grows, and workers live until the read is merged, so the last sample
+    # of each is its peak (give or take the last few milliseconds of its work).
+    peaks: dict[int, int] = {}
+    while proc.poll() is None:
+        todo = _children(proc.pid)
+        while todo:
+            pid = todo.pop()
+            hwm = _vm_hwm(pid)
+            if hwm:
+                peaks[pid] = max(peaks.get(pid, 0), hwm)
+            todo.extend(_children(pid))
+        time.sleep(0.005)
+    out, err = proc.communicate()
     if proc.returncode != 0:
-        raise SystemExit(f"{reader} failed:\n{proc.stderr}")
-    lines = proc.stdout.strip().splitlines()
+        raise SystemExit(f"{reader} failed:\n{err}")
+    lines = out.strip().splitlines()
     _, dt, imp, rss = lines[-1].split()
-    return Run(float(dt), float(imp), int(rss), " ".join(lines[:-1]))
+    return Run(
+        float(dt), float(imp), int(rss) + sum(peaks.values()), 1 + len(peaks), " ".join(lines[:-1])
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
+    import autotune.profile.trace_view as tv
+
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size-mb", type=float, default=320.0, help="size of the generated trace")
     ap.add_argument("--out", type=Path, default=None, help="directory for the trace (default: tmp)")
@@ -374,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             f"layers, {args.layout}) in {time.perf_counter() - t0:.1f}s"
         )
     size = path.stat().st_size
-    readers = ["autotune", "autotune-read", "ijson"] + (
+    readers = ["autotune", "autotune-w1", "autotune-read", "autotune-read-w1", "ijson"] + (
         [] if args.skip_json_load else ["json.load"]
     )
     runs: dict[str, list[Run]] = {r: [] for r in readers}
@@ -384,17 +441,23 @@ def main(argv: list[str] | None = None) -> int:
             runs[r].append(_measure(r, path))
     best = {r: min(rs, key=lambda x: x.seconds) for r, rs in runs.items()}
     base = best["ijson"]
+    from autotune.profile import _parallel
+
+    workers = _parallel.workers(None)
+    procs = max(1, min(workers, size // tv.PART_MIN_BYTES))
     print(
-        f"file {size / 1e6:.0f} MB; best of {args.repeat} runs per reader, each in a fresh process"
+        f"file {size / 1e6:.0f} MB; {_parallel.cores()} cores, default reader processes: "
+        f"{procs}; best of {args.repeat} runs per reader, each in a fresh process"
     )
     print(
-        f"{'reader':<14} {'s':>7} {'imports':>8} {'MB/s':>7} {'speed vs ijson':>15} "
-        f"{'peak RSS MB':>12} {'RSS/file':>9}  what"
+        f"{'reader':<17} {'s':>7} {'imports':>8} {'MB/s':>7} {'speed vs ijson':>15} "
+        f"{'peak RSS MB':>12} {'RSS/file':>9} {'procs':>6}  what"
     )
     for r, b in best.items():
         print(
-            f"{r:<14} {b.seconds:7.2f} {b.imports:8.2f} {size / 1e6 / b.seconds:7.1f} "
-            f"{base.seconds / b.seconds:15.2f} {b.rss / 1e6:12.0f} {b.rss / size:9.2f}  {b.what}"
+            f"{r:<17} {b.seconds:7.2f} {b.imports:8.2f} {size / 1e6 / b.seconds:7.1f} "
+            f"{base.seconds / b.seconds:15.2f} {b.rss / 1e6:12.0f} {b.rss / size:9.2f} "
+            f"{b.procs:6d}  {b.what}"
         )
     if not args.keep and args.out is None and args.trace is None:
         shutil.rmtree(out, ignore_errors=True)

@@ -268,3 +268,12 @@ def test_timeout_stops_before_the_search(tmp_path: Path) -> None:
     # The probe always runs: without it there is nothing to compare with.
     assert [r.role for r in outcome.records] == ["baseline", "default"]
     assert outcome.summary["finished"] is True and outcome.summary["stopped"] == "timeout"
+
+
+def test_shown_url_hides_the_password() -> None:
+    from autotune.search import shown_url
+
+    assert shown_url("postgresql+psycopg2://u:secret@h:5432/db") == (
+        "postgresql+psycopg2://u:***@h:5432/db"
+    )
+    assert shown_url("sqlite:////tmp/run/study.db") == "sqlite:////tmp/run/study.db"

@@ -267,7 +267,7 @@ def test_busy_out_dir_leaves_no_study_behind(pg_url: str, tmp_path: Path) -> Non
 def test_unreachable_postgres_is_one_clean_line(tmp_path: Path) -> None:
     _psycopg2()
     out = tmp_path / "out"
-    url = f"postgresql+psycopg2://{DB_USER}@127.0.0.1:{_free_port()}/{DB_NAME}"
+    url = f"postgresql+psycopg2://{DB_USER}:s3cret-pw@127.0.0.1:{_free_port()}/{DB_NAME}"
     cmd = [sys.executable, "-m", "autotune", *RUN, "--trials", "3", "--storage", url,
            "--study-name", "s9", "--out", str(out)]  # fmt: skip
     done = _run(cmd, timeout=120)
@@ -277,4 +277,5 @@ def test_unreachable_postgres_is_one_clean_line(tmp_path: Path) -> None:
     assert len(lines) == 1, done.stderr
     assert "Traceback" not in done.stderr
     assert lines[0].startswith("error: ") and "--storage" in lines[0], lines[0]
+    assert "s3cret-pw" not in done.stderr  # the message shows the URL without its password
     assert not out.exists()

@@ -9,6 +9,10 @@ converts in bulk; cheap counts and a bracket-depth check over the text between t
 that the matches are exactly the chunk's task events. A chunk that fails a check is split at event
 separators (`}, {`) and only the pieces that can matter are looked at (`_Reader.fast_chunk`);
 anything else falls back to decoding one event at a time with `json.JSONDecoder.raw_decode`.
+
+A large file is split into byte ranges read at once by worker processes, each returning columns;
+the split is checked to fall between events, else the file is read in one pass (see "parallel
+read" below). Rows are kept in file order on every path, so the table does not depend on chunking.
 """
 
 from __future__ import annotations
@@ -18,16 +22,21 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any, BinaryIO, TypeGuard
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
 from autotune.errors import AutotuneError
+from autotune.profile import _parallel
 from autotune.profile.tasks import TASK_COLUMNS, Profile, empty_tasks
 
 CHUNK_BYTES = 4 << 20
+# Smallest part of a file read by its own process (see `read_trace_view`): each process adds the
+# ~70 MB of interpreter and libraries it inherits to the read's resident memory, and its start-up
+# time, so parts are kept large. Files under twice this are read in one process.
+PART_MIN_BYTES = 64 << 20
 # Cap on one event's text: a longer incomplete tail means the file is not a trace.
 MAX_EVENT_CHARS = 64 << 20
 HARDWARE = "Ascend Hardware"
@@ -75,11 +84,12 @@ _CANON_RE = re.compile(
 
 @dataclass
 class _Columns:
-    """Candidate task rows of one pid (kept until we know whether the pid is Ascend Hardware)."""
+    """Task rows from decoded events, waiting to join `_Reader.batches` in file order."""
 
+    pid: list[int] = field(default_factory=list)
     stream: list[int] = field(default_factory=list)
-    name: list[str] = field(default_factory=list)
-    type: list[str] = field(default_factory=list)
+    name: list[int] = field(default_factory=list)
+    type: list[int] = field(default_factory=list)
     start: list[int] = field(default_factory=list)
     end: list[int] = field(default_factory=list)
     conn: list[int] = field(default_factory=list)
@@ -145,7 +155,7 @@ class _Batch:
 
     `name` and `type` are codes into `_Reader.strings`."""
 
-    pid: npt.NDArray[np.int64]
+    pid: npt.NDArray[Any]  # int64, or object when a pid does not fit
     stream: npt.NDArray[np.int64]
     name: npt.NDArray[np.int64]
     type: npt.NDArray[np.int64]
@@ -213,12 +223,11 @@ class _Reader:
         self.path = path
         self.process_names: dict[int, str] = {}
         self.process_labels: dict[int, str] = {}
-        self.cands: dict[int, _Columns] = {}
+        self.pending = _Columns()
         self.batches: list[_Batch] = []
         self.steps: set[str] = set()
         self.events = 0
         self.bad_tasks = 0
-        self.intern: dict[str, str] = {}
         self.strings: list[str] = []  # the names and types of `batches`, by code
         self.string_codes: dict[str, int] = {}
         self.decoder = json.JSONDecoder()
@@ -271,19 +280,41 @@ class _Reader:
             return
         ttype = args.get("Task Type", "")
         conn = args.get("connection_id", -1)
-        cols = self.cands.get(pid)
-        if cols is None:
-            cols = self.cands[pid] = _Columns()
+        cols = self.pending
+        cols.pid.append(pid)
         cols.stream.append(stream)
-        cols.name.append(self._s(name))
-        cols.type.append(self._s(ttype))
+        cols.name.append(self._code(self._s(name)))
+        cols.type.append(self._code(self._s(ttype)))
         cols.start.append(start)
         cols.end.append(start + dur)
         cols.conn.append(conn if _is_int(conn) and _I64_MIN <= conn < _I64_MAX else -1)
 
-    def _s(self, v: object) -> str:
-        s = v if isinstance(v, str) else ("" if v is None else json.dumps(v))
-        return self.intern.setdefault(s, s)
+    @staticmethod
+    def _s(v: object) -> str:
+        return v if isinstance(v, str) else ("" if v is None else json.dumps(v))
+
+    def _flush(self) -> None:
+        """Move the pending decoded rows into `batches`, so that batches stay in file order (the
+        table is then the same however the file was chunked or split)."""
+        c = self.pending
+        if not c.pid:
+            return
+        self.pending = _Columns()
+        try:
+            pid: npt.NDArray[Any] = np.array(c.pid, np.int64)
+        except OverflowError:
+            pid = np.array(c.pid, dtype=object)  # pids beyond int64 stay Python ints
+        self.batches.append(
+            _Batch(
+                pid=pid,
+                stream=np.array(c.stream, np.int64),
+                name=np.array(c.name, np.int64),
+                type=np.array(c.type, np.int64),
+                start=np.array(c.start, np.int64),
+                end=np.array(c.end, np.int64),
+                conn=np.array(c.conn, np.int64),
+            )
+        )
 
     # -- exact path: one event at a time -----------------------------------------------------
     def exact(self, text: str, pos: int, final: bool) -> int:
@@ -451,11 +482,13 @@ class _Reader:
         """Use the marked pieces of a chunk; False (nothing used) when one is not a valid event."""
         canon: list[tuple[str, ...]] = []
         other: list[str] = []
+        before: list[int] = []  # per other piece: canonical pieces before it
         match = _CANON_RE.fullmatch
         for p in marked:
             m = match(p)
             if m is None:
                 other.append(p)
+                before.append(len(canon))
             else:
                 canon.append(m.groups())
         decoded: list[Any] = []
@@ -466,17 +499,25 @@ class _Reader:
                 return False
             if len(decoded) != len(other):
                 return False
-        if canon:
-            name, pid, tid, ts_i, ts_f, dur, ttype, _stream, conn = (
-                list(c) for c in zip(*canon, strict=True)
-            )
-            nums = ",".join(
-                f"{p},{t},{a}.{b}" for p, t, a, b in zip(pid, tid, ts_i, ts_f, strict=True)
-            )
-            self._canon(_factorize(name), _factorize(ttype), nums, dur, conn)
-        for e in decoded:
+        # Rows in file order: canonical rows are taken in runs, cut where a decoded event may add
+        # a row.
+        done = 0
+        for k, e in zip(before, decoded, strict=True):
+            if k > done and isinstance(e, dict) and e.get("ph") == "X":
+                self._canon_rows(canon[done:k])
+                done = k
             self.event(e)
+        if done < len(canon):
+            self._canon_rows(canon[done:])
         return True
+
+    def _canon_rows(self, canon: list[tuple[str, ...]]) -> None:
+        """Rows from `_CANON_RE` matches."""
+        name, pid, tid, ts_i, ts_f, dur, ttype, _stream, conn = (
+            list(c) for c in zip(*canon, strict=True)
+        )
+        nums = ",".join(f"{p},{t},{a}.{b}" for p, t, a, b in zip(pid, tid, ts_i, ts_f, strict=True))
+        self._canon(_factorize(name), _factorize(ttype), nums, dur, conn)
 
     def _canon(
         self, name: _Factorized, ttype: _Factorized, nums: str, dur: list[str], conn: list[str]
@@ -524,6 +565,7 @@ class _Reader:
                 streams[keep],
             )
             name_codes, type_codes = name_codes[keep], type_codes[keep]
+        self._flush()
         self.batches.append(
             _Batch(
                 pid=pids,
@@ -554,6 +596,20 @@ class _Reader:
         return code
 
     # -- result ------------------------------------------------------------------------------
+    def merge(self, part: _Part) -> None:
+        """Append the next range's rows and tables (ranges are merged in file order)."""
+        self._flush()
+        lut = np.fromiter(map(self._code, part.strings), np.int64, len(part.strings))
+        for b in part.batches:
+            b.name, b.type = lut[b.name], lut[b.type]
+            self.batches.append(b)
+        # Later metadata wins, as in one sequential pass.
+        self.process_names.update(part.process_names)
+        self.process_labels.update(part.process_labels)
+        self.steps |= part.steps
+        self.events += part.events
+        self.bad_tasks += part.bad_tasks
+
     def hardware_pids(self) -> set[int]:
         return {pid for pid, n in self.process_names.items() if n == HARDWARE}
 
@@ -563,63 +619,60 @@ class _Reader:
         return int(m.group(1)) if m else pid & 31
 
     def table(self) -> pd.DataFrame:
+        self._flush()
         hw = self.hardware_pids()
-        hw_arr = np.fromiter(hw, np.int64, len(hw))
+        if not self.batches or not hw:
+            return empty_tasks()
+        try:
+            hw_arr: npt.NDArray[Any] = np.fromiter(hw, np.int64, len(hw))
+        except OverflowError:
+            hw_arr = np.array(list(hw), dtype=object)
+        pid = np.concatenate([b.pid for b in self.batches])
+        keep = pid == hw_arr[0] if len(hw_arr) == 1 else np.isin(pid, hw_arr)
+        n = int(np.count_nonzero(keep))
+        if not n:
+            return empty_tasks()
+        # Usually every row is kept: then no copy through an index. Temporaries are dropped as
+        # soon as possible, as this is the peak of the read's memory.
+        sel = None if n == len(pid) else np.flatnonzero(keep)
+        del keep
+
+        def col(name: str) -> npt.NDArray[Any]:
+            a = np.concatenate([getattr(b, name) for b in self.batches])
+            return a if sel is None else a[sel]
+
+        if len(hw) == 1:
+            device = np.full(n, self.device_of(next(iter(hw))), np.int64)
+        else:
+            inverse, pids = pd.factorize(pid if sel is None else pid[sel])
+            devs = np.fromiter((self.device_of(int(p)) for p in pids.tolist()), np.int64)
+            device = devs[inverse]
+        del pid
         strings = np.empty(len(self.strings), dtype=object)
         strings[:] = self.strings
-        parts: list[dict[str, Any]] = []
-        if self.batches:
-            pid = np.concatenate([b.pid for b in self.batches])
-            idx = np.flatnonzero(np.isin(pid, hw_arr))
-            if len(idx):
-                pids, inverse = np.unique(pid[idx], return_inverse=True)
-                devs = np.fromiter(
-                    (self.device_of(int(p)) for p in pids.tolist()), np.int64, len(pids)
-                )
-
-                def col(name: str) -> npt.NDArray[Any]:
-                    return np.concatenate([getattr(b, name) for b in self.batches])[idx]
-
-                parts.append(
-                    {
-                        "device": devs[inverse],
-                        "stream": col("stream"),
-                        "name": strings[col("name")],
-                        "type": strings[col("type")],
-                        "start_ns": col("start"),
-                        "end_ns": col("end"),
-                        "connection_id": col("conn"),
-                    }
-                )
-        for pid_, cand in self.cands.items():
-            if pid_ not in hw or not cand.start:
-                continue
-            names = np.empty(len(cand.name), dtype=object)
-            names[:] = cand.name
-            types = np.empty(len(cand.type), dtype=object)
-            types[:] = cand.type
-            parts.append(
-                {
-                    "device": np.full(len(cand.start), self.device_of(pid_), np.int64),
-                    "stream": np.array(cand.stream, np.int64),
-                    "name": names,
-                    "type": types,
-                    "start_ns": np.array(cand.start, np.int64),
-                    "end_ns": np.array(cand.end, np.int64),
-                    "connection_id": np.array(cand.conn, np.int64),
-                }
-            )
-        if not parts:
-            return empty_tasks()
-        n = sum(len(p["device"]) for p in parts)
         data: dict[str, pd.Series] = {}
         for c in TASK_COLUMNS:
             if c == "op_type" or c == "source":
-                values = np.full(n, "" if c == "op_type" else "trace_view", dtype=object)
+                # fill() repeats one str object; np.full would make one per row.
+                values = np.empty(n, dtype=object)
+                values.fill("" if c == "op_type" else "trace_view")
+            elif c == "device":
+                values = device
+            elif c == "name" or c == "type":
+                values = strings[col(c)]
             else:
-                values = np.concatenate([p[c] for p in parts])
+                values = col(_BATCH_FIELD[c])
             data[c] = pd.Series(values, dtype=values.dtype, copy=False)
-        return pd.DataFrame(data)
+        return pd.DataFrame(data, copy=False)
+
+
+# The `_Batch` field of each tasks column read from batches.
+_BATCH_FIELD = {
+    "stream": "stream",
+    "start_ns": "start",
+    "end_ns": "end",
+    "connection_id": "conn",
+}
 
 
 def _factorize(values: list[str]) -> _Factorized:
@@ -726,62 +779,98 @@ def _ints(joined: str, n: int) -> npt.NDArray[np.int64]:
     return out
 
 
-def read_trace_view(path: Path) -> Profile:
-    """Read one trace_view.json into an (unclassified) Profile; `path` is the file."""
+def read_trace_view(path: Path, *, workers: int | None = None) -> Profile:
+    """Read one trace_view.json into an (unclassified) Profile; `path` is the file.
+
+    A large file is read in parts of at least `PART_MIN_BYTES` by up to `workers` processes
+    (default: $AUTOTUNE_READ_WORKERS, else min(cores, 8); 1 reads in this process only). The
+    result is the same either way: when the parts cannot be proven to be the file's own events,
+    or the file is cut off or invalid, it is read again in this process."""
+    n = _parallel.workers(workers)
+    if n > 1:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = 0
+        if PART_MIN_BYTES:
+            n = min(n, size // PART_MIN_BYTES)
+        if n > 1:
+            r = _read_parallel(path, size, n)
+            if r is not None:
+                return _profile(r, [])
+    return _profile(*_read_sequential(path))
+
+
+def _scan(r: _Reader, fh: BinaryIO, size: int | None, opened: bool) -> tuple[str, int]:
+    """Read events from `fh`'s position: `size` bytes, or to the end when None. Return the text
+    left after the last chunk and where its undecoded rest starts (a `]` at the end of the array).
+
+    `opened`: the position is inside the array, at an event; else the array's `[` comes first.
+    """
+    path = r.path
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    text = ""
+    pos = 0
+    left = size
+    while True:
+        want = CHUNK_BYTES if left is None else min(CHUNK_BYTES, left)
+        raw = fh.read(want) if want else b""
+        if left is not None:
+            left -= len(raw)
+        final = not raw
+        text = text[pos:] + decoder.decode(raw, final=final)
+        pos = 0
+        if not opened:
+            head = text.lstrip(" \t\n\r\ufeff")
+            if not head:
+                if final:
+                    raise AutotuneError(f"{path}: empty file, expected a JSON array of events")
+                continue
+            if head[0] != "[":
+                what = "a JSON object" if head[0] == "{" else "not JSON"
+                raise AutotuneError(
+                    f"{path}: not a trace_view.json (expected a JSON array of events, found {what})"
+                )
+            pos = len(text) - len(head) + 1
+            opened = True
+        if final:
+            return text, r.exact(text, pos, True)
+        cut = r.bulk(text, pos)
+        pos = r.fast_chunk(text, pos) if cut is None else cut
+        if len(text) - pos > MAX_EVENT_CHARS:
+            pos = r.exact(text, pos, False)
+            if len(text) - pos > MAX_EVENT_CHARS:
+                raise AutotuneError(
+                    f"{path}: invalid JSON after event {r.events} (no complete event in "
+                    f"{MAX_EVENT_CHARS >> 20} MiB)"
+                )
+
+
+def _read_sequential(path: Path) -> tuple[_Reader, list[str]]:
     try:
         fh = path.open("rb")
     except OSError as exc:
         raise AutotuneError(f"{path}: cannot open trace ({exc.strerror or exc})") from None
     r = _Reader(path)
     warnings: list[str] = []
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    text = ""
-    pos = 0
-    opened = False
     with fh:
-        while True:
-            raw = fh.read(CHUNK_BYTES)
-            final = not raw
-            text = text[pos:] + decoder.decode(raw, final=final)
-            pos = 0
-            if not opened:
-                head = text.lstrip(" \t\n\r\ufeff")
-                if not head:
-                    if final:
-                        raise AutotuneError(f"{path}: empty file, expected a JSON array of events")
-                    continue
-                if head[0] != "[":
-                    what = "a JSON object" if head[0] == "{" else "not JSON"
-                    raise AutotuneError(
-                        f"{path}: not a trace_view.json (expected a JSON array of events, "
-                        f"found {what})"
-                    )
-                pos = len(text) - len(head) + 1
-                opened = True
-            if not final:
-                cut = r.bulk(text, pos)
-                pos = r.fast_chunk(text, pos) if cut is None else cut
-                if len(text) - pos > MAX_EVENT_CHARS:
-                    pos = r.exact(text, pos, False)
-                    if len(text) - pos > MAX_EVENT_CHARS:
-                        raise AutotuneError(
-                            f"{path}: invalid JSON after event {r.events} (no complete event in "
-                            f"{MAX_EVENT_CHARS >> 20} MiB)"
-                        )
-                continue
-            pos = r.exact(text, pos, True)
-            rest = text[pos:].strip(" \t\n\r")
-            if rest.startswith("]"):
-                if rest[1:].strip(" \t\n\r,"):
-                    raise AutotuneError(f"{path}: unexpected data after the closing bracket")
-            elif _looks_truncated(r.decoder, text, pos):
-                warnings.append(
-                    f"{path}: file is cut off (no closing bracket); read {r.events} events up to "
-                    "the last complete one"
-                )
-            else:
-                raise AutotuneError(f"{path}: invalid JSON after event {r.events}")
-            break
+        text, pos = _scan(r, fh, None, False)
+    rest = text[pos:].strip(" \t\n\r")
+    if rest.startswith("]"):
+        if rest[1:].strip(" \t\n\r,"):
+            raise AutotuneError(f"{path}: unexpected data after the closing bracket")
+    elif _looks_truncated(r.decoder, text, pos):
+        warnings.append(
+            f"{path}: file is cut off (no closing bracket); read {r.events} events up to "
+            "the last complete one"
+        )
+    else:
+        raise AutotuneError(f"{path}: invalid JSON after event {r.events}")
+    return r, warnings
+
+
+def _profile(r: _Reader, warnings: list[str]) -> Profile:
+    path = r.path
     if r.bad_tasks:
         warnings.append(f"{path}: skipped {r.bad_tasks} task events with unusable ts/dur/stream")
     if not r.hardware_pids():
@@ -799,6 +888,96 @@ def read_trace_view(path: Path) -> Profile:
         steps=len(r.steps) if r.steps else None,
         warnings=warnings,
     )
+
+
+# -- parallel read -------------------------------------------------------------------------------
+#
+# The file is split into byte ranges at candidate separators `}, {` (`_parallel.split`); such a
+# candidate may lie inside a string or a nested array, so each range is read as if it started
+# at an event, and the split is used only when it is proven right, by induction over the ranges:
+# the first range starts at the array's `[`. When range k starts at an event boundary, its reading
+# is the sequential reader's reading of those bytes (the same paths and checks), so if its events
+# end exactly at its end (the `}` of the candidate: the final exact pass consumed everything),
+# that `}` closes a top-level event and the `, {` after it starts the next one: range k + 1 starts
+# at an event boundary. Only the last range reads the closing `]`. If it is missing (a cut-off
+# file, whose warning counts the events the way one sequential pass does) or any check fails, the
+# whole file is read in one pass.
+
+
+@dataclass
+class _Part:
+    """What a worker sends back for one range: columns and tables, no per-event objects."""
+
+    batches: list[_Batch]
+    strings: list[str]
+    process_names: dict[int, str]
+    process_labels: dict[int, str]
+    steps: set[str]
+    events: int
+    bad_tasks: int
+
+
+def _read_range(path: Path, start: int, end: int, last: bool) -> _Reader | None:
+    """Read the events of bytes `start:end` (to the end of the file when `last`); None unless
+    they end exactly at `end` (or at the array's closing bracket when `last`)."""
+    r = _Reader(path)
+    try:
+        with path.open("rb") as fh:
+            fh.seek(start)
+            text, pos = _scan(r, fh, None if last else end - start, start > 0)
+    except (AutotuneError, OSError):
+        return None
+    if last:
+        rest = text[pos:].strip(" \t\n\r")
+        if not rest.startswith("]") or rest[1:].strip(" \t\n\r,"):
+            return None
+    elif pos != len(text):
+        return None
+    r._flush()
+    return r
+
+
+def _read_part(path: Path, start: int, end: int, last: bool) -> _Part | None:
+    """`_read_range` in a worker process."""
+    r = _read_range(path, start, end, last)
+    if r is None:
+        return None
+    return _Part(
+        batches=r.batches,
+        strings=r.strings,
+        process_names=r.process_names,
+        process_labels=r.process_labels,
+        steps=r.steps,
+        events=r.events,
+        bad_tasks=r.bad_tasks,
+    )
+
+
+def _read_parallel(path: Path, size: int, n: int) -> _Reader | None:
+    """The file read in up to `n` ranges at once, merged in order; None when not proven exact."""
+    try:
+        ranges = _parallel.split(path, size, n)
+    except OSError:
+        return None
+    if len(ranges) < 2:
+        return None
+    jobs = [(path, a, b, k == len(ranges) - 1) for k, (a, b) in enumerate(ranges)]
+    done = _parallel.run_parts(_first_or_part, jobs)
+    if done is None:
+        return None
+    r = done[0]
+    assert isinstance(r, _Reader)
+    for part in done[1:]:
+        assert isinstance(part, _Part)
+        r.merge(part)
+    return r
+
+
+def _first_or_part(path: Path, start: int, end: int, last: bool) -> _Reader | _Part | None:
+    """The first range is read here (no copy of its columns); the others in workers."""
+    if start == 0:
+        return _read_range(path, start, end, last)
+    return _read_part(path, start, end, last)
 
 
 def _looks_truncated(decoder: json.JSONDecoder, text: str, pos: int) -> bool:

@@ -21,13 +21,13 @@ from autotune.search import (
     SiteSpace,
     SiteTiming,
     Tuner,
-    _Point,
     estimates,
     profile_inert,
     propose,
     site_levels,
     static_space,
 )
+from autotune.search.sampler import _Point
 from autotune.workloads.base import Workload, setup_of
 from autotune.workloads.simulate import SimulateBackend, simulate_throughput
 

@@ -1,0 +1,140 @@
+"""The best trial, gains over the reference trials, and the run summary."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from optuna.study import StudyDirection
+
+from autotune.rundir import MIB, RunDir, TrialRecord
+from autotune.search.measure import estimates
+from autotune.search.options import OBJECTIVES, SearchOptions
+from autotune.search.space import SearchSpace
+from autotune.search.storage import shown_url
+from autotune.workloads.base import Workload
+
+
+def best_record(records: Sequence[TrialRecord], objective: str) -> TrialRecord | None:
+    """The feasible measured trial with the best estimate (`estimates`); updates every estimate."""
+    est = estimates(records, objective)
+    for r in records:
+        r.estimate = est.get(r.number)
+        if r.state == "duplicate" and r.duplicate_of is not None:
+            r.estimate = est.get(r.duplicate_of)
+    measured = [r for r in records if r.state == "complete" and r.estimate is not None]
+    if not measured:
+        return None
+    pool = [r for r in measured if r.feasible is not False] or measured
+    sign = 1.0 if OBJECTIVES[objective] == StudyDirection.MAXIMIZE else -1.0
+    return max(pool, key=lambda r: (sign * (r.estimate or 0.0), -r.number))
+
+
+def site_json(summary: Any) -> dict[str, Any]:
+    return {k: v for k, v in summary.__dict__.items() if k != "site"}
+
+
+def gain(best: TrialRecord, ref: TrialRecord, objective: str) -> dict[str, float | None] | None:
+    """Gain of `best` over `ref` in %: measured medians, the spread over repeats (low, high), and
+    from the estimates (`estimated_pct`, None without them). Positive is better for both
+    objectives (for TPOT: the share of TPOT saved)."""
+    if objective == "throughput":
+        b, r, mb, mr = best.throughputs, ref.throughputs, best.throughput, ref.throughput
+    else:
+        b, r, mb, mr = best.tpots_ms, ref.tpots_ms, best.tpot_ms, ref.tpot_ms
+    if not b or not r or not mb or not mr:
+        return None
+
+    def rel(x: float, y: float) -> float:
+        return 100.0 * (x / y - 1.0) if objective == "throughput" else 100.0 * (1.0 - x / y)
+
+    est = None
+    if best.estimate and ref.estimate:
+        est = rel(best.estimate, ref.estimate)
+    lows = (min(b), max(r)) if objective == "throughput" else (max(b), min(r))
+    highs = (max(b), min(r)) if objective == "throughput" else (min(b), max(r))
+    return {
+        "pct": rel(mb, mr),
+        "low_pct": rel(*lows),
+        "high_pct": rel(*highs),
+        "estimated_pct": est,
+    }
+
+
+def _trial_brief(r: TrialRecord | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {
+        "trial": r.number,
+        "role": r.role,
+        "throughput": r.throughput,
+        "throughputs": r.throughputs,
+        "tpot_ms": r.tpot_ms,
+        "estimate": r.estimate,
+        "effective_mib": {s: round(v, 4) for s, v in r.effective_mib.items()},
+        "late_sites": r.late_sites,
+        "feasible": r.feasible,
+    }
+
+
+def build_summary(
+    *,
+    records: Sequence[TrialRecord],
+    best: TrialRecord | None,
+    baseline: TrialRecord | None,
+    default: TrialRecord | None,
+    space: SearchSpace,
+    workload: Workload,
+    backend: str,
+    simulated: bool,
+    options: SearchOptions,
+    study_name: str,
+    storage_url: str,
+    finished: bool,
+    stopped: str,
+    rundir: RunDir,
+) -> dict[str, Any]:
+    """summary.json: what the run found, against what, and where it is."""
+    best_brief = _trial_brief(best)
+    if best_brief is not None and best is not None:
+        best_brief["config"] = best.config
+    return {
+        "simulated": simulated,
+        "note": "SIMULATED (modelled): numbers come from a model, not an NPU" if simulated else "",
+        "backend": backend,
+        "finished": finished,
+        "stopped": stopped,
+        "model": workload.model,
+        "max_num_seqs": workload.max_num_seqs,
+        "workload": dict(workload.__dict__),
+        "objective": options.objective,
+        "direction": OBJECTIVES[options.objective].name.lower(),
+        "late_tolerance_us": options.late_tolerance_us,
+        "constraint": options.constraint,
+        "repeats": options.repeats,
+        "sampler": options.sampler,
+        "study": {"name": study_name, "storage": shown_url(storage_url)},
+        "trials": {
+            "measured": sum(1 for r in records if r.state == "complete"),
+            "duplicates": sum(1 for r in records if r.state == "duplicate"),
+            "failed": sum(1 for r in records if r.state == "failed"),
+            "budget": options.trials,
+        },
+        "active_sites": list(space.names),
+        "inert_sites": dict(sorted(space.inert.items())),
+        "search_space": {s.site: [round(b / MIB, 4) for b in s.levels] for s in space.sites},
+        "baseline": _trial_brief(baseline),
+        "vendor_default": _trial_brief(default),
+        "best": best_brief,
+        "gain_over_baseline": gain(best, baseline, options.objective)
+        if best and baseline
+        else None,
+        "gain_over_default": gain(best, default, options.objective) if best and default else None,
+        "files": {
+            "run_dir": str(rundir.path),
+            "best_config": "best_config.json",
+            "trials_csv": "trials.csv",
+            "summary": "summary.json",
+            "profiles": {str(r.number): r.profile for r in records if r.profile is not None},
+        },
+    }

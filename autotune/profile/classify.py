@@ -171,6 +171,15 @@ def _object_array(values: list[str | None]) -> npt.NDArray[np.object_]:
     return out
 
 
+def _codes(column: pd.Series) -> tuple[npt.NDArray[np.intp], npt.NDArray[Any]]:
+    """Integer codes and the values they stand for; free when the column is a Categorical."""
+    if isinstance(column.dtype, pd.CategoricalDtype) and not column.isna().any():
+        codes = np.asarray(column.cat.codes.to_numpy(), dtype=np.intp)
+        return codes, column.cat.categories.to_numpy(object)
+    codes, uniques = pd.factorize(column, use_na_sentinel=False)
+    return np.asarray(codes, dtype=np.intp), np.asarray(uniques, dtype=object)
+
+
 def classify(profile: Profile, rules: Rules | None = None) -> Profile:
     """Add the role column to `profile.tasks` and count unmatched task types; returns `profile`.
 
@@ -185,7 +194,7 @@ def classify(profile: Profile, rules: Rules | None = None) -> Profile:
         profile.tasks = t
         return profile
     # One code per distinct (type, op_type, name) key.
-    parts = [pd.factorize(t[c], use_na_sentinel=False) for c in ("type", "op_type", "name")]
+    parts = [_codes(t[c]) for c in ("type", "op_type", "name")]
     key_codes = np.zeros(len(t), np.int64)
     for codes, uniques in parts:
         key_codes, _ = pd.factorize(key_codes * len(uniques) + codes)  # stays < len(t)
@@ -222,9 +231,9 @@ def classify(profile: Profile, rules: Rules | None = None) -> Profile:
             k = keys[p >> 1]
             unmatched[k[0] or k[2] or "<empty>"] += n
     roles = _object_array([r if r is not None else "other" for r in pair_roles])
-    t = t.copy()
-    t[ROLE_COLUMN] = pd.Series(roles[pair_codes], index=t.index, dtype=object)
-    profile.tasks = t
+    profile.tasks = t.assign(
+        **{ROLE_COLUMN: pd.Series(roles[pair_codes], index=t.index, dtype=object)}
+    )
     merged = Counter(profile.unclassified_types)
     merged.update(unmatched)
     profile.unclassified_types = dict(merged)

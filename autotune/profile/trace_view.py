@@ -216,6 +216,19 @@ def dur_to_ns(value: object) -> int | None:
     return None
 
 
+
+def _categorical(codes: npt.NDArray[np.int64], strings: npt.NDArray[Any]) -> pd.Categorical:
+    """Codes into `strings` as a Categorical of the used strings in sorted order.
+
+    Canonical categories make the table the same whatever order the strings were met in.
+    """
+    used = np.flatnonzero(np.bincount(codes, minlength=len(strings)))
+    order = used[np.argsort(strings[used].astype(str), kind="stable")]
+    remap = np.full(len(strings), -1, np.int64)
+    remap[order] = np.arange(len(order))
+    cats = pd.Index(strings[order], dtype=object)
+    return pd.Categorical.from_codes(remap[codes], categories=cats)
+
 class _Reader:
     """State of one streaming read."""
 
@@ -659,7 +672,10 @@ class _Reader:
             elif c == "device":
                 values = device
             elif c == "name" or c == "type":
-                values = strings[col(c)]
+                # Already interned: hand the codes over as a Categorical, so later grouping by
+                # name (classify) needs no string hashing.
+                data[c] = pd.Series(_categorical(col(c), strings), copy=False)
+                continue
             else:
                 values = col(_BATCH_FIELD[c])
             data[c] = pd.Series(values, dtype=values.dtype, copy=False)

@@ -8,13 +8,13 @@ decide how many bytes a ratio stands for.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autotune._io import read_json_object
 from autotune.errors import AutotuneError
 
 # Quantization schemes as ModelSlim writes them, plus "BF16" for unquantized linears ("FLOAT").
@@ -146,18 +146,6 @@ def load_model(name_or_path: str) -> ModelSpec:
     )
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise AutotuneError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AutotuneError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise AutotuneError(f"{path} must hold a JSON object, not {type(data).__name__}")
-    return data
-
-
 def _int_field(cfg: dict[str, Any], key: str, path: Path, default: int | None = None) -> int:
     value = cfg.get(key, default)
     if value is None:
@@ -171,7 +159,7 @@ def _load_dir(directory: Path) -> ModelSpec:
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise AutotuneError(f"{config_path} not found: a model directory needs a {CONFIG_FILE}")
-    cfg = _read_json(config_path)
+    cfg = read_json_object(config_path)
     # Multimodal checkpoints nest the language model's config.
     if "hidden_size" not in cfg and isinstance(cfg.get("text_config"), dict):
         cfg = cfg["text_config"]
@@ -203,7 +191,7 @@ def _load_dir(directory: Path) -> ModelSpec:
     notes: list[str] = []
     quant_path = directory / QUANT_FILE
     if quant_path.is_file():
-        attn_q, o_q, mlp_q, quant_notes = _read_schemes(_read_json(quant_path), quant_path)
+        attn_q, o_q, mlp_q, quant_notes = _read_schemes(read_json_object(quant_path), quant_path)
         notes.extend(quant_notes)
     else:
         attn_q = o_q = STATIC_W8A8

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from autotune._io import read_json
 from autotune.errors import AutotuneError
 
 RUN_FILE = "run.json"
@@ -67,18 +68,6 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_json(path: Path, data: Any) -> None:
     """Write `data` as indented JSON, atomically."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    """Read a JSON file; AutotuneError (one line) when it is missing or broken."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AutotuneError(f"{path} not found") from None
-    except OSError as exc:
-        raise AutotuneError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AutotuneError(f"{path} is not valid JSON: {exc}") from None
 
 
 @dataclass

@@ -14,10 +14,11 @@ from typing import Any
 from rich.console import Console
 
 from autotune import target
+from autotune._io import read_json
 from autotune.errors import AutotuneError
 from autotune.report.html import write_run_report
 from autotune.report.terminal_run import TerminalRunView, print_result
-from autotune.rundir import BEST_FILE, RunDir, TrialRecord, load_run, read_json
+from autotune.rundir import BEST_FILE, RunDir, TrialRecord, load_run
 from autotune.search import RunObserver, SearchOptions, Tuner, static_space
 from autotune.workloads.base import Backend, Workload, setup_of
 

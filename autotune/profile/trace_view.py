@@ -216,7 +216,6 @@ def dur_to_ns(value: object) -> int | None:
     return None
 
 
-
 def _categorical(codes: npt.NDArray[np.int64], strings: npt.NDArray[Any]) -> pd.Categorical:
     """Codes into `strings` as a Categorical of the used strings in sorted order.
 
@@ -228,6 +227,7 @@ def _categorical(codes: npt.NDArray[np.int64], strings: npt.NDArray[Any]) -> pd.
     remap[order] = np.arange(len(order))
     cats = pd.Index(strings[order], dtype=object)
     return pd.Categorical.from_codes(remap[codes], categories=cats)
+
 
 class _Reader:
     """State of one streaming read."""

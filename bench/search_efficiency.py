@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
 import json
 import multiprocessing
 import statistics
@@ -41,8 +40,9 @@ import optuna
 
 from autotune import target
 from autotune.rundir import RunDir, TrialRecord
-from autotune.search import SearchOptions, Tuner, static_space
-from autotune.workloads.base import Workload, setup_of
+from autotune.search import SearchOptions, Tuner
+from autotune.search.grid import grid_optimum as search_grid_optimum
+from autotune.workloads.base import Workload
 from autotune.workloads.simulate import SimulateBackend, simulate_throughput
 
 WITHIN = 0.005
@@ -87,16 +87,7 @@ def workload(model: str, mns: int) -> Workload:
 @lru_cache(maxsize=32)
 def grid_optimum(model: str, mns: int) -> float:
     """Best noiseless throughput over the effective-bytes ladder of every site that can matter."""
-    w = workload(model, mns)
-    setup = setup_of(w)
-    space = static_space(setup)
-    best = 0.0
-    for combo in itertools.product(*[s.levels for s in space.sites]):
-        wanted = dict.fromkeys(target.SITES, 0)
-        wanted.update(zip(space.names, combo, strict=True))
-        cfg = target.compile_config(wanted, setup, EXTRA)
-        best = max(best, simulate_throughput(w, cfg))
-    return best
+    return search_grid_optimum(workload(model, mns), EXTRA)
 
 
 def noisy(w: Workload, config: dict[str, Any], seed: int, noise: float) -> float:

@@ -27,6 +27,7 @@ from autotune.search import (
     site_levels,
     static_space,
 )
+from autotune.search.grid import grid_optimum as search_grid_optimum
 from autotune.search.sampler import _Point
 from autotune.workloads.base import Workload, setup_of
 from autotune.workloads.simulate import SimulateBackend, simulate_throughput
@@ -41,15 +42,7 @@ def _workload(model: str = "Qwen3-32B-W8A8", mns: int = 72) -> Workload:
 @cache
 def grid_optimum(model: str, mns: int) -> float:
     """Exhaustive grid over the same effective-bytes ladder the search uses."""
-    w = _workload(model, mns)
-    setup = setup_of(w)
-    space = static_space(setup)
-    best = 0.0
-    for combo in itertools.product(*[s.levels for s in space.sites]):
-        wanted = dict.fromkeys(target.SITES, 0)
-        wanted.update(zip(space.names, combo, strict=True))
-        best = max(best, simulate_throughput(w, target.compile_config(wanted, setup, EXTRA)))
-    return best
+    return search_grid_optimum(_workload(model, mns), EXTRA)
 
 
 def _tune(tmp_path: Path, w: Workload, **options: object) -> Tuner:

@@ -187,6 +187,16 @@ def _fmt_tick(v: float) -> str:
     return f"{v:g}"
 
 
+def _svg(svg_id: str, label: str, width: float, height: float, parts: Sequence[str]) -> str:
+    """An inline SVG figure of the given size around `parts` (already escaped markup)."""
+    return (
+        f"<svg id='{svg_id}' xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {width} {height}' "
+        f"width='{width}' height='{height}' role='img' aria-label='{label}'>"
+        + "".join(parts)
+        + "</svg>"
+    )
+
+
 def _legend(items: Iterable[tuple[str, str]]) -> str:
     spans = "".join(
         f'<span><i style="background:{esc(c)}"></i>{esc(label)}</span>' for label, c in items
@@ -407,12 +417,7 @@ def timeline_svg(layers: Sequence[TimelineLayer]) -> str:
         "fill='#5b6475'>µs from the layer's input norm</text>"
     )
     height = y + axis_h
-    return (
-        f"<svg id='timeline' xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {width} {height}' "
-        f"width='{width}' height='{height}' role='img' aria-label='decoder layer timeline'>"
-        + "".join(parts)
-        + "</svg>"
-    )
+    return _svg("timeline", "decoder layer timeline", width, height, parts)
 
 
 def timeline_ops_table(layer: TimelineLayer, *, table_id: str) -> str:
@@ -540,12 +545,7 @@ def slack_svg(fig: SlackFigure) -> str:
         "fill='#5b6475'>slack µs (window end − prefetch end); left of 0 is late</text>"
     )
     height = y + axis_h
-    return (
-        f"<svg id='slack' xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {width} {height}' "
-        f"width='{width}' height='{height}' role='img' aria-label='slack distribution per site'>"
-        + "".join(parts)
-        + "</svg>"
-    )
+    return _svg("slack", "slack distribution per site", width, height, parts)
 
 
 def slack_section(fig: SlackFigure) -> str:
@@ -776,12 +776,7 @@ def history_svg(h: History, *, objective_name: str, best_number: int | None = No
             f"<circle id='best-mark' cx='{x(best_pt.number):.2f}' cy='{y(best_pt.objective):.2f}' "
             "r='9' fill='none' stroke='#2e7d32' stroke-width='2' pointer-events='none'/>"
         )
-    return (
-        f"<svg id='history' xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {width} {height}' "
-        f"width='{width}' height='{height}' role='img' aria-label='optimisation history'>"
-        + "".join(parts)
-        + "</svg>"
-    )
+    return _svg("history", "optimisation history", width, height, parts)
 
 
 def scatter_svg(points: Sequence[TrialPoint], sites: Sequence[str]) -> str:
@@ -845,12 +840,7 @@ def scatter_svg(points: Sequence[TrialPoint], sites: Sequence[str]) -> str:
         f"<text x='12' y='{top + ph / 2:.0f}' font-size='11' text-anchor='middle' fill='#5b6475' "
         f"transform='rotate(-90 12 {top + ph / 2:.0f})'>throughput tok/s</text>"
     )
-    return (
-        f"<svg id='scatter' xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {width} {height}' "
-        f"width='{width}' height='{height}' role='img' aria-label='throughput vs effective bytes'>"
-        + "".join(parts)
-        + "</svg>"
-    )
+    return _svg("scatter", "throughput vs effective bytes", width, height, parts)
 
 
 def importance_svg(imp: Importance) -> str:
@@ -871,12 +861,7 @@ def importance_svg(imp: Importance) -> str:
             f"<title>{esc(f'{name}: {v:.3f} ({imp.method})')}</title></rect>"
             f"<text x='{left + w + 6:.2f}' y='{y + 14}' font-size='11.5'>{v:.3f}</text>"
         )
-    return (
-        f"<svg id='importance' xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {width} {height}' "
-        f"width='{width}' height='{height}' role='img' aria-label='parameter importance'>"
-        + "".join(parts)
-        + "</svg>"
-    )
+    return _svg("importance", "parameter importance", width, height, parts)
 
 
 def _feasible(v: bool | None) -> str:

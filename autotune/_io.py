@@ -1,4 +1,4 @@
-"""Reading the user's and the run directory's JSON files with one-line errors."""
+"""Reading the user's files and the run directory's JSON files with one-line errors."""
 
 from __future__ import annotations
 
@@ -7,6 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import AutotuneError
+
+
+def read_text(path: Path, where: str) -> str:
+    """A user file's text; AutotuneError naming `where` (e.g. "--config x.json") if unreadable."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise AutotuneError(f"{where}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AutotuneError(f"{where}: cannot read it ({exc})") from None
 
 
 def read_json(path: Path) -> Any:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autotune._io import read_text
 from autotune.errors import AutotuneError
 
 MIB = 1024 * 1024
@@ -170,12 +171,9 @@ def load_hardware(name_or_toml_path: str | Path) -> Hardware:
     if not (text.lower().endswith(".toml") or (path.suffix and path.exists())):
         return _preset_named(text, "--hardware")
     where = f"hardware file {text}"
+    toml_text = read_text(path, where)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AutotuneError(f"{where}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AutotuneError(f"{where}: cannot read it ({exc})") from None
+        data = tomllib.loads(toml_text)
     except tomllib.TOMLDecodeError as exc:
         raise AutotuneError(f"{where}: invalid TOML ({exc})") from None
     base_name = data.pop("base", "910B2")

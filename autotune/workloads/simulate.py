@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from autotune._io import read_text
 from autotune.errors import AutotuneError
 from autotune.hardware import Hardware, load_hardware
 from autotune.models import ModelSpec, weight_bytes
@@ -1123,12 +1124,9 @@ def read_config(path: Path | None) -> dict[str, Any]:
     """The --config file as an additional-config dict; None gives 0.23's defaults, prefetch on."""
     if path is None:
         return vendor_default_config()
+    text = read_text(path, f"--config {path}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AutotuneError(f"--config {path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AutotuneError(f"--config {path}: cannot read it ({exc})") from None
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise AutotuneError(f"--config {path}: invalid JSON ({exc})") from None
     if not isinstance(data, dict):

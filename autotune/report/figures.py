@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import pandas as pd
 
 from autotune.overlap import OverlapResult, SiteSummary
 from autotune.profile.tasks import ROLES, Profile
+from autotune.rundir import RunRecord
 
 # Roles that run on the compute stream as real work (not record/wait bookkeeping).
 _WORK_ROLES = tuple(r for r in ROLES if r not in ("prefetch", "wait", "record"))
@@ -527,3 +529,59 @@ def rank_correlation_importance(points: Sequence[TrialPoint], sites: Sequence[st
             values.append((s, abs(rho)))
     values.sort(key=lambda kv: (-kv[1], kv[0]))
     return Importance("|Spearman ρ| with the objective", values, f"{len(rows)} complete trials")
+
+
+def _readable_storage(record: RunRecord, url: object) -> str | None:
+    """The study's storage URL, or None when it is an SQLite file that is gone.
+
+    Opening a missing SQLite file would create an empty database, so it is checked first; a run
+    directory that was moved still finds its own study.db.
+    """
+    if not isinstance(url, str) or not url:
+        return None
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return url
+    if Path(url[len(prefix) :]).is_file():
+        return url
+    local = record.path / "study.db"
+    return f"{prefix}{local.resolve()}" if local.is_file() else None
+
+
+def search_importance(
+    record: RunRecord, points: Sequence[TrialPoint], sites: Sequence[str]
+) -> Importance:
+    """optuna's importance on the run's study when it can be read, else a rank correlation."""
+    complete = [p for p in points if p.state == "complete" and p.objective is not None]
+    if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
+        return Importance(
+            "", [], f"{len(complete)} complete trials; needs at least {MIN_TRIALS_FOR_IMPORTANCE}"
+        )
+    study = record.summary.get("study") or {}
+    # An unfinished run has no summary yet; run.json names the study too.
+    name = study.get("name") or record.run.get("study_name")
+    storage = _readable_storage(record, study.get("storage") or record.run.get("storage"))
+    if name and storage:
+        try:
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            st = optuna.load_study(study_name=str(name), storage=str(storage))
+            # PED-ANOVA: deterministic and needs neither scikit-learn nor scipy (fANOVA does).
+            evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+            values = optuna.importance.get_param_importances(st, evaluator=evaluator)
+            pairs = sorted(
+                ((str(k), float(v)) for k, v in values.items()), key=lambda kv: (-kv[1], kv[0])
+            )
+            if pairs:
+                return Importance(
+                    "optuna PED-ANOVA importance on the run's study",
+                    pairs,
+                    f"{len(complete)} complete trials",
+                )
+        except Exception:
+            pass  # storage moved, locked, or too few distinct params: use the rank correlation
+    return rank_correlation_importance(points, sites)
+
+
+MIN_TRIALS_FOR_IMPORTANCE = 8

@@ -18,10 +18,10 @@ from autotune.profile.tasks import Profile
 from autotune.report.figures import choose_layer, layer_spans, timeline_layer
 from autotune.report.html import (
     SIMULATED_BANNER,
-    esc,
     safe_json,
     write_analyze_report,
 )
+from autotune.report.svg import esc
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@
 This module only lays out. Numbers come from `autotune.overlap` (per-site metrics), the run
 directory written by `autotune run` (search results) and `autotune.report.figures` (which picks the
 representative layer and reshapes data for the figures); `autotune.report.svg` draws the figures.
-Every string that comes from a profile or
-a config is escaped; data handed to JS is embedded as JSON that cannot close its <script> element.
+Every string that comes from a profile or a config is escaped; data handed to JS is embedded as
+JSON that cannot close its <script> element.
 """
 
 from __future__ import annotations

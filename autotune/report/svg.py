@@ -210,18 +210,7 @@ def timeline_svg(layers: Sequence[TimelineLayer]) -> str:
             )
         y = y_p + lane_h + 23 + panel_gap
     # Shared axis.
-    parts.append(f"<line x1='{left}' x2='{left + plot_w}' y1='{y}' y2='{y}' stroke='#5b6475'/>")
-    for tv in _nice_ticks(0.0, dur):
-        tx = x(tv)
-        parts.append(
-            f"<line x1='{tx:.2f}' x2='{tx:.2f}' y1='{y}' y2='{y + 5}' stroke='#5b6475'/>"
-            f"<text x='{tx:.2f}' y='{y + 17}' font-size='11' text-anchor='middle'>"
-            f"{_fmt_tick(tv)}</text>"
-        )
-    parts.append(
-        f"<text x='{left + plot_w / 2:.0f}' y='{y + 31}' font-size='11.5' text-anchor='middle' "
-        "fill='#5b6475'>µs from the layer's input norm</text>"
-    )
+    _axis_x(parts, 0.0, dur, x, left, plot_w, y, "µs from the layer's input norm")
     height = y + axis_h
     return _svg("timeline", "decoder layer timeline", width, height, parts)
 
@@ -286,9 +275,27 @@ def slack_svg(fig: SlackFigure) -> str:
         "fill='#c62828'>late ←</text>"
     )
     y -= gap - 6
+    _axis_x(
+        parts, lo, hi, x, left, plot_w, y, "slack µs (window end − prefetch end); left of 0 is late"
+    )
+    height = y + axis_h
+    return _svg("slack", "slack distribution per site", width, height, parts)
+
+
+def _axis_x(
+    parts: list[str],
+    lo: float,
+    hi: float,
+    x_of: Any,
+    left: int,
+    plot_w: int,
+    y: float,
+    caption: str,
+) -> None:
+    """A bottom axis at height `y`: baseline, ticks with labels, and a caption below."""
     parts.append(f"<line x1='{left}' x2='{left + plot_w}' y1='{y}' y2='{y}' stroke='#5b6475'/>")
     for tv in _nice_ticks(lo, hi):
-        tx = x(tv)
+        tx = x_of(tv)
         parts.append(
             f"<line x1='{tx:.2f}' x2='{tx:.2f}' y1='{y}' y2='{y + 5}' stroke='#5b6475'/>"
             f"<text x='{tx:.2f}' y='{y + 17}' font-size='11' text-anchor='middle'>"
@@ -296,10 +303,8 @@ def slack_svg(fig: SlackFigure) -> str:
         )
     parts.append(
         f"<text x='{left + plot_w / 2:.0f}' y='{y + 31}' font-size='11.5' text-anchor='middle' "
-        "fill='#5b6475'>slack µs (window end − prefetch end); left of 0 is late</text>"
+        f"fill='#5b6475'>{esc(caption)}</text>"
     )
-    height = y + axis_h
-    return _svg("slack", "slack distribution per site", width, height, parts)
 
 
 def _axis_y(parts: list[str], lo: float, hi: float, y_of: Any, left: int, plot_w: int) -> None:

@@ -48,24 +48,18 @@ def load_seconds(html: Path) -> tuple[float, float]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_bin = shutil.which("chromedriver")
+    sys.path.insert(0, str(REPO / "tests" / "report"))
+    from report_helpers import CHROMIUM_ARGS, find_binary  # the flags the browser tests use
+
+    chromium = find_binary("chromium", "chromium-browser")
+    driver_bin = find_binary("chromedriver")
     if chromium is None or driver_bin is None:
         raise SystemExit(
             "needs chromium and chromedriver (apt-get install chromium chromium-driver)"
         )
     user_dir = tempfile.mkdtemp(prefix="autotune-bench-")
     options = webdriver.ChromeOptions()
-    for arg in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={user_dir}",
-    ):
+    for arg in (*CHROMIUM_ARGS, f"--user-data-dir={user_dir}"):
         options.add_argument(arg)
     options.binary_location = chromium
     driver = webdriver.Chrome(options=options, service=Service(driver_bin))

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from autotune._io import read_json
+from autotune._io import read_json, read_json_object
 from autotune.errors import AutotuneError
 
 RUN_FILE = "run.json"
@@ -184,10 +184,7 @@ class RunDir:
         atomic_write_json(self.path / RUN_FILE, dict(data))
 
     def read_run(self) -> dict[str, Any]:
-        data = read_json(self.path / RUN_FILE)
-        if not isinstance(data, dict):
-            raise AutotuneError(f"{self.path / RUN_FILE} must hold a JSON object")
-        return data
+        return read_json_object(self.path / RUN_FILE)
 
     def write_trial_config(self, number: int, config: Mapping[str, Any]) -> Path:
         path = self.trial_dir(number) / CONFIG_FILE
@@ -298,13 +295,9 @@ def load_run(run_dir: Path) -> RunRecord:
         raise AutotuneError(f"{rundir.path} holds no autotune run ({RUN_FILE} missing)")
     run = rundir.read_run()
     summary_path = rundir.path / SUMMARY_FILE
-    summary = read_json(summary_path) if summary_path.is_file() else {}
-    if not isinstance(summary, dict):
-        raise AutotuneError(f"{summary_path} must hold a JSON object")
+    summary = read_json_object(summary_path) if summary_path.is_file() else {}
     best_path = rundir.path / BEST_FILE
-    best = read_json(best_path) if best_path.is_file() else None
-    if best is not None and not isinstance(best, dict):
-        raise AutotuneError(f"{best_path} must hold a JSON object")
+    best = read_json_object(best_path) if best_path.is_file() else None
     trials = rundir.read_trials()
     profiles = {
         t.number: rundir.path / t.profile

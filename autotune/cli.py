@@ -117,8 +117,12 @@ def run(
     late_tolerance_us: Annotated[
         float, typer.Option(help="A site is late when its prefetch ends this far past its window.")
     ] = 2.0,
-    no_constraint: Annotated[
-        bool, typer.Option("--no-constraint", help="Do not treat late sites as infeasible.")
+    late_is_infeasible: Annotated[
+        bool,
+        typer.Option(
+            "--late-is-infeasible",
+            help="Vendor criterion as a hard rule: a trial with a late site cannot win.",
+        ),
     ] = False,
     repeats: Annotated[
         int | None,
@@ -191,7 +195,7 @@ def run(
         timeout_s=timeout,
         objective=objective,
         late_tolerance_us=late_tolerance_us,
-        constraint=not no_constraint,
+        constraint=late_is_infeasible,
         repeats=repeats if repeats is not None else (1 if backend == "simulate" else 3),
         sampler=sampler,
         seed=seed,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,3 +192,53 @@ def load_hardware(name_or_toml_path: str | Path) -> Hardware:
         )
     overrides: dict[str, Any] = {key: _coerce(key, value, where) for key, value in data.items()}
     return dataclasses.replace(base, name=name, **overrides)
+
+
+# How far each estimated field may plausibly be off, as (low, high) multipliers of the preset's
+# value; drawn log-uniformly. Ini values (core counts, L2 size) and the derived int8 peak stay.
+FAMILY_FACTORS: dict[str, tuple[float, float]] = {
+    "clock_ghz": (0.9, 1.1),
+    "hbm_peak_gbs": (0.5, 1.5),
+    "mm_gbs": (0.5, 1.5),
+    "l2_read_gbs": (0.5, 1.5),
+    "cmo_gbs": (0.5, 1.5),
+    "vec_gbs": (0.5, 1.5),
+    "t0_vec_us": (0.3, 3.0),
+    "t0_mm_us": (0.3, 3.0),
+    "gap_graph_us": (0.3, 3.0),
+    "gap_eager_us": (0.3, 3.0),
+    "t_sync_us": (0.3, 3.0),
+    "t0_cmo_us": (0.3, 3.0),
+    "t_comm_us": (0.3, 3.0),
+    "t_dispatch_us": (0.3, 3.0),
+    "t_combine_us": (0.3, 3.0),
+    "step_overhead_us": (0.3, 3.0),
+    "eff_cube": (0.5, 1.5),
+    "gamma": (0.5, 2.0),
+}
+# Fields drawn uniformly within absolute bounds instead.
+FAMILY_RANGES: dict[str, tuple[float, float]] = {"l2_usable_fraction": (0.2, 0.9)}
+
+
+def hardware_family(count: int, seed: int) -> list[Hardware]:
+    """`count` hardware sets around the presets: each estimated field drawn independently.
+
+    Multipliers come from FAMILY_FACTORS (log-uniform), absolute values from FAMILY_RANGES
+    (uniform); the base preset is drawn too. The same (count, seed) gives the same sets.
+    """
+    rng = random.Random(seed)
+    out: list[Hardware] = []
+    for i in range(count):
+        base = PRESETS[rng.choice(sorted(PRESETS))]
+        changes: dict[str, Any] = {}
+        for name, (lo, hi) in FAMILY_FACTORS.items():
+            factor = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+            changes[name] = getattr(base, name) * factor
+        for name, (lo, hi) in FAMILY_RANGES.items():
+            changes[name] = rng.uniform(lo, hi)
+        changes["eff_cube"] = min(1.0, changes["eff_cube"])
+        # A matmul or vector kernel cannot stream faster than HBM's peak.
+        changes["mm_gbs"] = min(changes["mm_gbs"], 0.95 * changes["hbm_peak_gbs"])
+        changes["vec_gbs"] = min(changes["vec_gbs"], 0.95 * changes["hbm_peak_gbs"])
+        out.append(dataclasses.replace(base, name=f"{base.name}~f{seed}.{i}", **changes))
+    return out

@@ -596,3 +596,82 @@ def analyze(profiles: Sequence[Profile], *, late_tolerance_ns: int = 0) -> Overl
         simulated=any(p.simulated for p in profiles),
         warnings=warnings,
     )
+
+
+@dataclass(frozen=True)
+class SiteSegment:
+    """One site's stretch of the compute stream, medians over its windows (ns).
+
+    The segment runs from the end of the op before the window to the end of the matmul that
+    consumes the prefetched weight: `work` is its window ops and that matmul, `other` the rest
+    (kernel gaps, the event record, the join wait). Prefetching a site changes only this stretch,
+    so segments of one site compare across trials, with or without a prefetch.
+    """
+
+    site: str
+    windows: int
+    total_ns: float
+    work_ns: float
+    other_ns: float
+
+
+# The window whose consumer matmul each site's segment ends at (attn.o: its o_proj window).
+_SEGMENT_CODES: dict[int, str] = {
+    _W_QKV: "attn.qkv",
+    _W_O: "attn.o",
+    _W_GATE_UP: "mlp.gate_up",
+    _W_DOWN: "mlp.down",
+    _W_MOE: "moe.gate_up",
+}
+
+
+def _device_segments(tasks: pd.DataFrame, out: dict[str, list[tuple[int, int]]]) -> None:
+    role = pd.Categorical(tasks[ROLE_COLUMN], categories=list(ROLES)).codes.astype(np.int64)
+    stream = _col(tasks, "stream")
+    start = _col(tasks, "start_ns")
+    end = _col(tasks, "end_ns")
+    compute = np.isin(role, _COMPUTE)
+    if not compute.any():
+        return
+    ids, counts = np.unique(stream[compute], return_counts=True)
+    on_c = np.flatnonzero(stream == int(ids[np.argmax(counts)]))
+    on_c = on_c[np.argsort(start[on_c], kind="stable")]
+    ops = on_c[~np.isin(role[on_c], (_RECORD, _WAIT, _PREFETCH))]
+    op_role = role[ops]
+    is_attn = np.zeros(len(ops), dtype=bool)
+    cube = op_role == _CUBE
+    if cube.any():
+        sub = tasks.iloc[ops[cube]]
+        hit = sub["op_type"].astype(str).str.contains("Attention", regex=False) | sub[
+            "name"
+        ].astype(str).str.contains("Attention", regex=False)
+        is_attn[cube] = hit.to_numpy(dtype=bool)
+    win = _find_windows(op_role, is_attn)
+    plain_cube = np.flatnonzero(cube & ~is_attn).astype(np.int64)
+    consumer = _first_after(plain_cube, win.last, len(ops))
+    op_start, op_end = start[ops], end[ops]
+    op_dur = op_end - op_start
+    busy = np.concatenate(([0], np.cumsum(op_dur)))
+    for k in range(len(win.first)):
+        site = _SEGMENT_CODES.get(int(win.code[k]))
+        first, last_op = int(win.first[k]), int(consumer[k])
+        if site is None or first == 0 or last_op >= len(ops):
+            continue
+        total = int(op_end[last_op] - op_end[first - 1])
+        work = int(busy[int(win.last[k]) + 1] - busy[first]) + int(op_dur[last_op])
+        out.setdefault(site, []).append((total, work))
+
+
+def site_segments(profiles: Sequence[Profile]) -> dict[str, SiteSegment]:
+    """Per site: the median compute-stream stretch from its window to its consumer matmul."""
+    found: dict[str, list[tuple[int, int]]] = {}
+    for p in profiles:
+        for _, dev_tasks in p.tasks.groupby("device", sort=True):
+            _device_segments(dev_tasks.reset_index(drop=True), found)
+    out: dict[str, SiteSegment] = {}
+    for site, rows in found.items():
+        arr = np.array(rows, dtype=np.float64)
+        total = float(np.median(arr[:, 0]))
+        work = float(np.median(arr[:, 1]))
+        out[site] = SiteSegment(site, len(rows), total, work, total - work)
+    return out

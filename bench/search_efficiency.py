@@ -16,7 +16,13 @@ when the noiseless modelled throughput of that config (`simulate_throughput`) is
 the optimum of an exhaustive grid over the effective-bytes ladder. Reported: the median over seeds
 of the first k at which that holds (">B" when not within the budget B).
 
+With `--hardware-family N --family-seed S` every case runs on N hardware sets drawn around the
+presets (`autotune.hardware.hardware_family`: each estimated field varied independently), one
+seed per set, each set measured against its own grid optimum; the table then also gives the
+share of runs within after 12 trials.
+
 Usage: python bench/search_efficiency.py [--seeds 20] [--quick] [--jobs 2] [--methods ...]
+       python bench/search_efficiency.py --hardware-family 20 --family-seed 1 [--jobs 2]
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import numpy as np
 import optuna
 
 from autotune import target
+from autotune.hardware import Hardware, hardware_family
 from autotune.rundir import RunDir, TrialRecord
 from autotune.search import SearchOptions, Tuner
 from autotune.search.grid import grid_optimum as search_grid_optimum
@@ -71,6 +78,13 @@ METHODS: tuple[str, ...] = (
     "vendor",
 )
 DEFAULT_METHODS: tuple[str, ...] = ("ours", "tpe-raw", "random", "vendor")
+FAMILY_METHODS: tuple[str, ...] = ("ours", "ours-tpe", "ours-gp", "tpe-raw", "random", "vendor")
+FAMILY_CASES: tuple[tuple[str, int], ...] = (
+    ("Qwen3-32B-W8A8", 32),
+    ("Qwen3-32B-W8A8", 72),
+    ("Qwen3-32B-W8A8", 128),
+    ("Qwen3-30B-A3B-W8A8", 144),
+)
 # Our runs write and parse a profile per trial, so they get the budget of `autotune run`; the
 # others cost microseconds a trial and get a long one.
 OURS_BUDGET = 12
@@ -84,18 +98,33 @@ def workload(model: str, mns: int) -> Workload:
     return Workload(model=model, max_num_seqs=mns, profile_steps=1)
 
 
-@lru_cache(maxsize=32)
-def grid_optimum(model: str, mns: int) -> float:
+# The hardware set of the running jobs (None: the workload's preset).
+Family = tuple[int, int, int] | None  # (N, family seed, index)
+
+
+@lru_cache(maxsize=8)
+def _family(count: int, seed: int) -> list[Hardware]:
+    return hardware_family(count, seed)
+
+
+def hardware_of(family: Family) -> Hardware | None:
+    return None if family is None else _family(family[0], family[1])[family[2]]
+
+
+@lru_cache(maxsize=256)
+def grid_optimum(model: str, mns: int, family: Family = None) -> float:
     """Best noiseless throughput over the effective-bytes ladder of every site that can matter."""
-    return search_grid_optimum(workload(model, mns), EXTRA)
+    return search_grid_optimum(workload(model, mns), EXTRA, hardware_of(family))
 
 
-def noisy(w: Workload, config: dict[str, Any], seed: int, noise: float) -> float:
+def noisy(
+    w: Workload, config: dict[str, Any], seed: int, noise: float, hw: Hardware | None
+) -> float:
     """A bench throughput with the simulator's noise model: one seeded Gaussian factor per run."""
     blob = json.dumps(config, sort_keys=True).encode()
     h = int.from_bytes(hashlib.sha256(blob).digest()[:8], "big")
     eps = float(np.clip(np.random.default_rng([seed, h, 0]).normal(0.0, noise), -0.5, 0.5))
-    return simulate_throughput(w, config) / (1.0 + eps)
+    return simulate_throughput(w, config, hw) / (1.0 + eps)
 
 
 def raw_config(ratios: dict[str, float]) -> dict[str, Any]:
@@ -106,7 +135,7 @@ def raw_config(ratios: dict[str, float]) -> dict[str, Any]:
 
 
 def run_optuna_raw(
-    w: Workload, seed: int, budget: int, noise: float, sampler: str
+    w: Workload, seed: int, budget: int, noise: float, hw: Hardware | None, sampler: str
 ) -> list[dict[str, Any]]:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     smp: optuna.samplers.BaseSampler = (
@@ -121,7 +150,7 @@ def run_optuna_raw(
         trial = study.ask()
         ratios = {f"{m}.{k}": trial.suggest_float(f"{m}.{k}", 0.0, 1.0) for m, k in RAW_KEYS}
         cfg = raw_config(ratios)
-        value = noisy(w, cfg, seed, noise)
+        value = noisy(w, cfg, seed, noise, hw)
         study.tell(trial, value)
         if best is None or value > best[0]:
             best = (value, cfg)
@@ -136,11 +165,13 @@ def vendor_configs() -> list[dict[str, Any]]:
     return out
 
 
-def run_vendor(w: Workload, seed: int, budget: int, noise: float) -> list[dict[str, Any]]:
+def run_vendor(
+    w: Workload, seed: int, budget: int, noise: float, hw: Hardware | None
+) -> list[dict[str, Any]]:
     incumbents: list[dict[str, Any]] = []
     best: tuple[float, dict[str, Any]] | None = None
     for cfg in vendor_configs()[:budget]:
-        value = noisy(w, cfg, seed, noise)
+        value = noisy(w, cfg, seed, noise, hw)
         if best is None or value > best[0]:
             best = (value, cfg)
         incumbents.append(best[1])
@@ -165,13 +196,13 @@ class _Incumbents:
 
 
 def run_ours(
-    w: Workload, seed: int, budget: int, noise: float, sampler: str
+    w: Workload, seed: int, budget: int, noise: float, hw: Hardware | None, sampler: str
 ) -> list[dict[str, Any]]:
     obs = _Incumbents()
     with tempfile.TemporaryDirectory(prefix="autotune-bench-") as tmp:
         tuner = Tuner(
             workload=w,
-            backend=SimulateBackend(w, seed=seed, noise=noise),
+            backend=SimulateBackend(w, seed=seed, noise=noise, hardware=hw),
             rundir=RunDir(Path(tmp) / "run"),
             options=SearchOptions(
                 trials=budget, sampler=sampler, seed=seed, keep_profiles="none", extra=EXTRA
@@ -183,13 +214,14 @@ def run_ours(
     return obs.configs
 
 
-RUNNERS: dict[str, Callable[[Workload, int, int, float], list[dict[str, Any]]]] = {
-    "ours": lambda w, s, b, n: run_ours(w, s, b, n, "guided"),
-    "ours-tpe": lambda w, s, b, n: run_ours(w, s, b, n, "tpe"),
-    "ours-gp": lambda w, s, b, n: run_ours(w, s, b, n, "gp"),
-    "ours-random": lambda w, s, b, n: run_ours(w, s, b, n, "random"),
-    "tpe-raw": lambda w, s, b, n: run_optuna_raw(w, s, b, n, "tpe"),
-    "random": lambda w, s, b, n: run_optuna_raw(w, s, b, n, "random"),
+Runner = Callable[[Workload, int, int, float, Hardware | None], list[dict[str, Any]]]
+RUNNERS: dict[str, Runner] = {
+    "ours": lambda w, s, b, n, h: run_ours(w, s, b, n, h, "guided"),
+    "ours-tpe": lambda w, s, b, n, h: run_ours(w, s, b, n, h, "tpe"),
+    "ours-gp": lambda w, s, b, n, h: run_ours(w, s, b, n, h, "gp"),
+    "ours-random": lambda w, s, b, n, h: run_ours(w, s, b, n, h, "random"),
+    "tpe-raw": lambda w, s, b, n, h: run_optuna_raw(w, s, b, n, h, "tpe"),
+    "random": lambda w, s, b, n, h: run_optuna_raw(w, s, b, n, h, "random"),
     "vendor": run_vendor,
 }
 
@@ -203,32 +235,39 @@ class Job:
     budget: int
     noise: float
     within: float = WITHIN
+    family: Family = None
 
 
-def run_job(job: Job) -> tuple[Job, int | None, bool, list[float]]:
-    """(job, first trial count within the target or None, final pick within, gap % per trial)."""
+def run_job(job: Job) -> tuple[Job, int | None, list[bool], list[float]]:
+    """(job, first trial count within the target or None, within per trial, gap % per trial)."""
     w = workload(job.model, job.mns)
-    optimum = _PRIMED.get((job.model, job.mns)) or grid_optimum(job.model, job.mns)
-    incumbents = RUNNERS[job.method](w, job.seed, job.budget, job.noise)
-    hit: int | None = None
+    hw = hardware_of(job.family)
+    optimum = _PRIMED.get((job.model, job.mns, job.family)) or grid_optimum(
+        job.model, job.mns, job.family
+    )
+    incumbents = RUNNERS[job.method](w, job.seed, job.budget, job.noise, hw)
     cache: dict[str, float] = {}
     within: list[bool] = []
     gaps: list[float] = []
     for cfg in incumbents:
         blob = json.dumps(cfg, sort_keys=True)
         if blob not in cache:
-            cache[blob] = simulate_throughput(w, cfg)
+            cache[blob] = simulate_throughput(w, cfg, hw)
         within.append(cache[blob] >= (1.0 - job.within) * optimum)
         gaps.append(100.0 * (1.0 - cache[blob] / optimum))
     hit = next((k for k, ok in enumerate(within, start=1) if ok), None)
-    final = bool(within and within[-1])
-    return job, hit, final, gaps
+    return job, hit, within, gaps
 
 
 def median_trials(hits: Sequence[int | None], budget: int) -> str:
     values = [budget + 1 if h is None else h for h in hits]
     med = statistics.median(values)
     return f">{budget}" if med > budget else f"{med:g}"
+
+
+def within_after(runs: Sequence[list[bool]], k: int) -> float:
+    """Share of runs whose pick after k trials (or their last, if shorter) is within."""
+    return sum(bool(r) and r[min(k, len(r)) - 1] for r in runs) / max(1, len(runs))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -242,15 +281,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cases", nargs="+", default=None, help="MODEL:SEQS, e.g. Qwen3-32B-W8A8:72"
     )
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=None, choices=METHODS)
     parser.add_argument(
         "--gaps", action="store_true", help="also print the mean gap of the pick after k trials"
     )
+    parser.add_argument(
+        "--hardware-family",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run every case on N hardware sets drawn around the presets (one seed each)",
+    )
+    parser.add_argument("--family-seed", type=int, default=1, metavar="S")
     args = parser.parse_args(argv)
-    cases = QUICK_CASES if args.quick else CASES
+    family = args.hardware_family
+    cases = QUICK_CASES if args.quick else (FAMILY_CASES if family else CASES)
     if args.cases:
         cases = tuple((c.split(":")[0], int(c.split(":")[1])) for c in args.cases)
+    methods = args.methods or list(FAMILY_METHODS if family else DEFAULT_METHODS)
     seeds = args.seeds if args.seeds is not None else (5 if args.quick else 20)
+    if family:
+        runs = [(i, (family, args.family_seed, i)) for i in range(family)]
+    else:
+        runs = [(seed, None) for seed in range(seeds)]
     jobs = [
         Job(
             m,
@@ -260,49 +313,55 @@ def main(argv: Sequence[str] | None = None) -> int:
             OURS_BUDGET if m.startswith("ours") else args.budget,
             args.noise,
             args.within,
+            fam,
         )
         for model, mns in cases
-        for m in args.methods
-        for seed in range(seeds)
+        for m in methods
+        for seed, fam in runs
     ]
     start = time.perf_counter()
-    # Grid optima first, once per case, so worker processes do not all recompute them.
+    # Grid optima first, once per case and hardware set, so workers do not all recompute them.
+    keys = sorted({(j.model, j.mns, j.family) for j in jobs}, key=str)
     with multiprocessing.Pool(args.jobs) as pool:
-        optima = dict(zip(cases, pool.starmap(grid_optimum, cases), strict=True))
+        optima = dict(zip(keys, pool.starmap(grid_optimum, keys), strict=True))
     with multiprocessing.Pool(args.jobs, initializer=_prime, initargs=(optima,)) as pool:
         results = pool.map(run_job, jobs, chunksize=1)
     hits: dict[tuple[str, str, int], list[int | None]] = {}
-    finals: dict[tuple[str, str, int], list[bool]] = {}
+    withins: dict[tuple[str, str, int], list[list[bool]]] = {}
     gaps: dict[tuple[str, str, int], list[list[float]]] = {}
     budgets: dict[str, int] = {}
-    for job, hit, final, gap in results:
+    for job, hit, within, gap in results:
         key = (job.method, job.model, job.mns)
         hits.setdefault(key, []).append(hit)
-        finals.setdefault(key, []).append(final)
+        withins.setdefault(key, []).append(within)
         gaps.setdefault(key, []).append(gap)
         budgets[job.method] = job.budget
+    where = (
+        f"{family} hardware sets (family seed {args.family_seed}), one seed each"
+        if family
+        else f"{seeds} seeds"
+    )
     print(
         f"median trials to within {args.within:.1%} of the grid optimum; in brackets the share of "
-        f"seeds whose final pick is within ({seeds} seeds, noise {args.noise:.1%}, budgets "
-        + ", ".join(f"{m} {budgets[m]}" for m in args.methods)
-        + "; SIMULATED)"
+        f"runs whose pick after {OURS_BUDGET} trials is within ({where}, noise {args.noise:.1%}, "
+        "budgets " + ", ".join(f"{m} {budgets[m]}" for m in methods) + "; SIMULATED)"
     )
-    header = f"{'model':<22} {'seqs':>5} " + " ".join(f"{m:>12}" for m in args.methods)
+    header = f"{'model':<22} {'seqs':>5} " + " ".join(f"{m:>12}" for m in methods)
     print(header)
     for model, mns in cases:
         row = f"{model:<22} {mns:>5} "
-        for m in args.methods:
+        for m in methods:
             key = (m, model, mns)
-            share = sum(finals[key]) / len(finals[key])
+            share = within_after(withins[key], OURS_BUDGET)
             row += f" {median_trials(hits[key], budgets[m]):>5} ({share:4.0%})"
         print(row)
     if args.gaps:
         print("mean gap (%) to the grid optimum of the pick after k trials, k = 3 4 6 8 12")
         for model, mns in cases:
-            for m in args.methods:
-                runs = gaps[(m, model, mns)]
+            for m in methods:
+                runs_ = gaps[(m, model, mns)]
                 cells = [
-                    statistics.fmean(g[min(k, len(g)) - 1] for g in runs if g)
+                    statistics.fmean(g[min(k, len(g)) - 1] for g in runs_ if g)
                     for k in (3, 4, 6, 8, 12)
                 ]
                 print(f"{model:<22} {mns:>5} {m:<12} " + " ".join(f"{c:6.2f}" for c in cells))
@@ -311,10 +370,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # Grid optima computed once in the parent, handed to every worker.
-_PRIMED: dict[tuple[str, int], float] = {}
+_PRIMED: dict[tuple[str, int, Family], float] = {}
 
 
-def _prime(optima: dict[tuple[str, int], float]) -> None:
+def _prime(optima: dict[tuple[str, int, Family], float]) -> None:
     _PRIMED.update(optima)
 
 

@@ -1,5 +1,6 @@
-"""The search: space and quantisation, the estimates, the guided proposals, and whole studies on the
-simulator (the real backend for tests)."""
+"""The search: space and quantisation, the estimates, the pick rule, the profile-guided seed and
+candidates, and whole studies on the simulator (the real backend for tests), on the presets and on
+constructed hardware (tests/data/hardware/*.toml)."""
 
 from __future__ import annotations
 
@@ -21,14 +22,18 @@ from autotune.search import (
     SiteSpace,
     SiteTiming,
     Tuner,
+    candidates,
     estimates,
     profile_inert,
-    propose,
+    seed_site,
     site_levels,
     static_space,
 )
+from autotune.hardware import Hardware, load_hardware
+from autotune.search.grid import grid_best
 from autotune.search.grid import grid_optimum as search_grid_optimum
-from autotune.search.sampler import _Point
+from autotune.search.guide import Observation, Segment
+from autotune.search.summary import RULE_LATE_FASTER, RULE_ON_TIME, RULE_STRICT, pick_best
 from autotune.workloads.base import Workload, setup_of
 from autotune.workloads.simulate import SimulateBackend, simulate_throughput
 
@@ -45,11 +50,17 @@ def grid_optimum(model: str, mns: int) -> float:
     return search_grid_optimum(_workload(model, mns), EXTRA)
 
 
-def _tune(tmp_path: Path, w: Workload, **options: object) -> Tuner:
+HARDWARE = Path(__file__).parent / "data" / "hardware"
+
+
+def _tune(
+    tmp_path: Path, w: Workload, hardware: Hardware | None = None, **options: object
+) -> Tuner:
     opts = {"trials": 12, "extra": EXTRA, "seed": 0, **options}
+    noise_seed = int(opts.pop("noise_seed", 0))  # type: ignore[call-overload]
     return Tuner(
         workload=w,
-        backend=SimulateBackend(w, seed=int(opts.pop("noise_seed", 0)), noise=0.01),  # type: ignore[call-overload]
+        backend=SimulateBackend(w, seed=noise_seed, noise=0.01, hardware=hardware),
         rundir=RunDir(tmp_path / "run"),
         options=SearchOptions(**opts),  # type: ignore[arg-type]
         study_name="test",
@@ -144,41 +155,80 @@ def test_estimates_trust_measurements_when_repeats_are_tight() -> None:
     assert max(est, key=lambda n: est[n]) == 1
 
 
-def test_propose_tries_the_fill_point_then_single_steps_then_sites_off() -> None:
+def _late(n: int, tput: float, step: float, late: bool) -> TrialRecord:
+    r = _rec(n, tput, step)
+    r.feasible = not late
+    r.late_sites = ["attn.o"] if late else []
+    return r
+
+
+def test_a_late_trial_wins_only_when_faster_beyond_the_noise() -> None:
+    # Throughput = 1000/step with +-0.2 % bench noise; trial 3 is late and 2 % faster.
+    steps = [(0, 20.0, False), (1, 19.8, False), (2, 19.9, False), (3, 19.4, True)]
+    wobble = [1.002, 0.998, 1.0, 1.001]
+    recs = [_late(n, 1000 / s * k, s, late) for (n, s, late), k in zip(steps, wobble, strict=True)]
+    best, rule = pick_best(recs, "throughput")
+    assert best is not None and best.number == 3 and rule == RULE_LATE_FASTER
+    # The vendor criterion as a hard rule refuses it.
+    best, rule = pick_best(recs, "throughput", late_is_infeasible=True)
+    assert best is not None and best.number == 1 and rule == RULE_STRICT
+    # Late and 0.1 % faster by its profiled step, but with benches scattered by 1 % the fitted
+    # line's slope is too uncertain to tell: the on-time trial stays.
+    steps = [(0, 20.0, False), (1, 19.9, False), (2, 19.95, False), (3, 19.88, True)]
+    wobble = [0.99, 1.01, 1.0, 0.995]
+    recs = [_late(n, 1000 / s * k, s, late) for (n, s, late), k in zip(steps, wobble, strict=True)]
+    best, rule = pick_best(recs, "throughput")
+    assert best is not None and best.number == 1 and rule == RULE_ON_TIME
+
+
+def test_seed_leaves_a_site_off_when_its_window_cannot_repay_the_fixed_cost() -> None:
+    # Off: 10 µs of work, 1 µs of gaps. The default's 8 MiB saved 2 µs of work and added 3 µs of
+    # record + join beyond the off trial's gaps, 1 µs of it lateness: a 2 µs fixed cost.
+    off, on = Segment(11_000.0, 10_000.0), Segment(12_000.0, 8_000.0)
+    choice = seed_site(off, on, 8 * MIB, 2 * MIB, 1_000.0)
+    # The 2 MiB the window hides save 0.5 µs: less than the fixed cost, so off.
+    assert choice.nbytes == 0 and choice.reason == "off"
+    # A longer window (6 MiB hidden save 1.5 µs) still does not pay 2 µs.
+    assert seed_site(off, on, 8 * MIB, 6 * MIB, 1_000.0).reason == "off"
+    cheap = Segment(10_500.0, 8_000.0)  # 1.5 µs more non-work time, 1 µs of it late: 0.5 µs fixed
+    choice = seed_site(off, cheap, 8 * MIB, 6 * MIB, 1_000.0)
+    assert choice.reason == "fill" and choice.nbytes == 6 * MIB
+
+
+def test_seed_keeps_the_default_bytes_when_their_late_bytes_pay() -> None:
+    # The default's 8 MiB are late by 2 µs yet save 6 µs of work: its segment is the shortest.
+    off, on = Segment(11_000.0, 10_000.0), Segment(8_500.0, 4_000.0)
+    choice = seed_site(off, on, 8 * MIB, 4 * MIB, 2_000.0)
+    assert choice.reason == "default" and choice.nbytes == 8 * MIB
+    # With lateness as a hard rule the late default is not an option.
+    choice = seed_site(off, on, 8 * MIB, 4 * MIB, 2_000.0, allow_default=False)
+    assert choice.reason == "fill"
+
+
+def test_candidates_combine_each_sites_best_level_then_probe_the_knee() -> None:
     space = SearchSpace(
         sites=(
             SiteSpace("attn.qkv", tuple(k * MIB for k in range(5))),
-            SiteSpace("mlp.down", tuple(2 * k * MIB for k in range(5))),
+            SiteSpace("mlp.gate_up", tuple(2 * k * MIB for k in range(5))),
         ),
         inert={},
     )
-    seed = _Point(
-        key=(2, 2),
-        score=1.0,
-        feasible=True,
-        fill={"attn.qkv": 3 * MIB, "mlp.down": 4 * MIB},
-        lateness={"attn.qkv": -1.0, "mlp.down": 0.5},
-    )
-    tried = [seed]
-    expected = [
-        (3, 2),  # every site at its window-filling size
-        (2, 1),  # qkv's step up is the fill point, already tried; down is late: one step down
-        (1, 2),  # then the other directions
-        (2, 3),
-        (0, 2),  # then each site off, the one with the smaller fill first
-        (2, 0),
-        (4, 2),  # then two steps
-    ]
-    for key in expected:
-        assert propose(tried, space) == key
-        tried.append(_Point(key, 0.5, True, {}, {}))
-
-
-def test_propose_prefers_feasible_incumbents() -> None:
-    space = SearchSpace(sites=(SiteSpace("attn.o", tuple(k * MIB for k in range(4))),), inert={})
-    late = _Point((3,), 2.0, False, {}, {"attn.o": 5.0})
-    ok = _Point((1,), 1.0, True, {}, {})
-    assert propose([late, ok], space) == (2,)  # around the feasible one, not the faster late one
+    off = Observation((0, 0), {"attn.qkv": 10.0, "mlp.gate_up": 20.0})
+    cap = Observation((4, 4), {"attn.qkv": 12.0, "mlp.gate_up": 15.0})
+    # qkv is best off, gate_up at its cap: that combination first; then the knees (from the
+    # window-filling bytes) of both sites at once, then one site at a time.
+    fill = {"attn.qkv": 2.2 * MIB, "mlp.gate_up": 5.0 * MIB}
+    got = candidates([off, cap], space, fill=fill)
+    assert got[:3] == [(0, 4), (2, 2), (2, 4)]
+    # Measured knees: qkv's knee beat off, gate_up's lost to the cap -> step from the best.
+    knee = Observation((2, 2), {"attn.qkv": 9.0, "mlp.gate_up": 16.0})
+    got = candidates([off, cap, knee, Observation((0, 4), {})], space, fill=fill)
+    assert got[0] == (2, 4)
+    assert got[1] == (1, 3)  # one step towards the cheaper measured neighbour of each
+    # Lateness as a hard rule: a level seen late counts as infinitely slow.
+    late_cap = Observation((4, 4), {"attn.qkv": 12.0, "mlp.gate_up": 15.0}, frozenset({"mlp.gate_up"}))
+    got = candidates([off, late_cap, knee], space, fill=fill, late_is_infeasible=True)
+    assert got[0] == (2, 2) or got[0][1] != 4
 
 
 # -- whole studies on the simulator -------------------------------------------------------------
@@ -197,6 +247,37 @@ def test_twelve_trials_get_within_half_a_percent_of_the_grid_optimum(
     assert outcome.records[0].config["weight_prefetch_config"] == {"enabled": False}
     assert outcome.summary["simulated"] is True
     assert sum(r.state == "complete" for r in outcome.records) == 12
+
+
+@cache
+def _constructed(name: str) -> tuple[Hardware, float, dict[str, int]]:
+    hw = load_hardware(HARDWARE / f"{name}.toml")
+    return (hw, *grid_best(_workload(), EXTRA, hw))
+
+
+def test_a_site_off_optimum_is_found_on_constructed_hardware(tmp_path: Path) -> None:
+    hw, optimum, best_bytes = _constructed("slow-cmo")
+    off = [s for s, b in best_bytes.items() if b == 0]
+    assert off, "the fixture no longer has a site-off optimum"
+    w = _workload()
+    outcome = _tune(tmp_path, w, hw).run()
+    assert outcome.best is not None
+    assert simulate_throughput(w, outcome.best.config, hw) >= 0.995 * optimum
+    assert all(outcome.best.effective_bytes[s] == 0 for s in off)
+
+
+def test_a_late_but_faster_optimum_is_found_and_strict_mode_refuses_it(tmp_path: Path) -> None:
+    hw, optimum, _ = _constructed("slow-matmul")
+    w = _workload()
+    outcome = _tune(tmp_path / "a", w, hw).run()
+    best = outcome.best
+    assert best is not None and best.late_sites, "the fixture's optimum is no longer late"
+    assert simulate_throughput(w, best.config, hw) >= 0.995 * optimum
+    assert outcome.summary["pick_rule"] == "late but faster beyond the noise of the estimates"
+    strict = _tune(tmp_path / "b", w, hw, constraint=True).run()
+    assert strict.best is not None and not strict.best.late_sites
+    assert strict.summary["pick_rule"] == RULE_STRICT
+    assert simulate_throughput(w, strict.best.config, hw) < 0.995 * optimum
 
 
 def test_moe_keeps_only_attention_sites_and_duplicates_are_not_rerun(tmp_path: Path) -> None:

@@ -711,7 +711,11 @@ def _fill_estimates(record: RunRecord, objective: str) -> TrialRecord | None:
     """
     from autotune.search import OBJECTIVES, best_record
 
-    return best_record(record.trials, objective) if objective in OBJECTIVES else None
+    if objective not in OBJECTIVES:
+        return None
+    summary = record.summary or {}
+    strict = bool(summary.get("late_is_infeasible", summary.get("constraint", False)))
+    return best_record(record.trials, objective, late_is_infeasible=strict)
 
 
 def _first_profile(profiles: Sequence[Profile]) -> Profile:

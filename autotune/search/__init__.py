@@ -5,18 +5,21 @@ Order of trials in a study:
 0. baseline — prefetch off (`enabled: false`), every other key as in the trials;
 1. default — 0.23's default ratios; its profile tells which sites really issue CMO tasks (the others
    are inert here and leave the space) and how long each site's window is and how fast its CMO runs;
-2. seed — per active site, the bytes that exactly fill its window at the measured CMO bandwidth;
-3. … search trials proposed by the sampler, each compiled with `target.compile_config`.
+2. seed — per active site, off, the bytes that fill its window at the measured CMO bandwidth, or
+   the default's bytes, whichever the two probes' profiles say is fastest (`guide.seed_site`);
+3. … search trials: profile-guided candidates (`guide.candidates`) enqueued first, then the
+   sampler's proposals, each compiled with `target.compile_config`.
 
 The search space is, per active site, a short ladder of effective byte sizes (0 = off, then even
 steps up to the whole weight or the 18 MiB mlp cap). Two trials that compile to the same effective
 bytes are the same trial: the second one is not run; it takes the first one's result and is marked.
-Lateness per site is an Optuna constraint (`trial.set_constraint`, feasible iff ≤ 0).
+Lateness per site is reported with every trial and guides the moves; it is an Optuna constraint
+(`trial.set_constraint`, feasible iff ≤ 0) only with `--late-is-infeasible`.
 
 Nothing here prints: progress goes to a `RunObserver`.
 
 Modules: `space` (the ladder of byte sizes), `measure` (what a trial's profile and bench say),
-`sampler` (the guided walk), `storage` (opening the study), `tuner` (running trials), `summary`
+`guide` (the profile-guided seed and candidates), `sampler` (Optuna samplers behind them), `storage` (opening the study), `tuner` (running trials), `summary`
 (best trial, gains, summary.json), `options` (flags and the observer protocol).
 """
 
@@ -29,7 +32,7 @@ from autotune.search.options import (
     RunObserver,
     SearchOptions,
 )
-from autotune.search.sampler import propose
+from autotune.search.guide import candidates, seed_site
 from autotune.search.space import SearchSpace, SiteSpace, site_levels, static_space
 from autotune.search.storage import open_study, shown_url
 from autotune.search.summary import best_record, build_summary, gain
@@ -50,11 +53,12 @@ __all__ = [
     "Tuner",
     "best_record",
     "build_summary",
+    "candidates",
     "estimates",
     "gain",
     "open_study",
+    "seed_site",
     "profile_inert",
-    "propose",
     "shown_url",
     "site_levels",
     "static_space",

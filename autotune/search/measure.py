@@ -94,6 +94,67 @@ def profile_step_ms(profiles: Sequence[Profile]) -> float | None:
     return float(statistics.median(spans)) if spans else None
 
 
+@dataclass(frozen=True)
+class _Fit:
+    """The bench figure (as y: 1/throughput or TPOT) regressed on the profiled step time."""
+
+    line: bool  # a usable line (else y proportional to the step)
+    slope: float
+    sxx: float
+    s2: float  # residual variance
+    keep: float  # share of a trial's residual its repeats say is real
+    steps: dict[int, float]  # trial -> profiled step ms
+    repeat_var: dict[int, float]  # trial -> variance of its median's y, from its repeats
+    estimated_y: dict[int, float]
+
+
+def _to_y(v: float, objective: str) -> float:
+    return 1.0 / v if objective == "throughput" else v
+
+
+def _fit(records: Sequence[TrialRecord], objective: str) -> tuple[dict[int, float], _Fit | None]:
+    measured = {
+        r.number: r.objective
+        for r in records
+        if r.state == "complete" and r.objective is not None and r.objective > 0
+    }
+    pts = [
+        (r.number, float(r.step_ms), r)
+        for r in records
+        if r.number in measured and r.step_ms is not None and r.step_ms > 0
+    ]
+    if not pts:
+        return measured, None
+    xs = [x for _, x, _ in pts]
+    ys = [_to_y(measured[n], objective) for n, _, _ in pts]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
+    line = len(pts) >= 3 and slope > 0
+    if line:
+        fitted = [my + slope * (x - mx) for x in xs]
+        dof = len(pts) - 2
+    else:
+        ratio = statistics.median(y / x for x, y in zip(xs, ys, strict=True))
+        fitted = [ratio * x for x in xs]
+        dof = len(pts) - 1
+    resid = [y - f for y, f in zip(ys, fitted, strict=True)]
+    s2 = sum(e * e for e in resid) / dof if dof > 0 else 0.0
+    # Noise of one trial's median from the spread of its repeats (pooled).
+    keep = 0.0
+    repeat_var: dict[int, float] = {}
+    for n, _, r in pts:
+        reps = r.throughputs if objective == "throughput" else r.tpots_ms
+        ys_r = [_to_y(v, objective) for v in reps if v > 0]
+        if len(ys_r) >= 2:
+            repeat_var[n] = statistics.variance(ys_r) / len(ys_r)
+    if repeat_var and s2 > 0:
+        keep = min(1.0, max(0.0, 1.0 - statistics.fmean(repeat_var.values()) / s2))
+    est = {n: f + keep * (y - f) for (n, _, _), y, f in zip(pts, ys, fitted, strict=True)}
+    steps = {n: x for n, x, _ in pts}
+    return measured, _Fit(line, slope, sxx, s2, keep, steps, repeat_var, est)
+
+
 def estimates(records: Sequence[TrialRecord], objective: str) -> dict[int, float]:
     """Per measured trial, its objective estimated from every trial's bench and profile.
 
@@ -106,55 +167,34 @@ def estimates(records: Sequence[TrialRecord], objective: str) -> dict[int, float
     bench figure is taken as proportional to the step time instead. Trials without a profile keep
     their measurement.
     """
-    measured = {
-        r.number: r.objective
-        for r in records
-        if r.state == "complete" and r.objective is not None and r.objective > 0
-    }
-    pts = [
-        (r.number, float(r.step_ms), r)
-        for r in records
-        if r.number in measured and r.step_ms is not None and r.step_ms > 0
-    ]
-    if not pts:
-        return dict(measured)
-
-    def to_y(v: float) -> float:
-        return 1.0 / v if objective == "throughput" else v
-
-    def from_y(y: float) -> float:
-        return 1.0 / y if objective == "throughput" else y
-
-    xs = [x for _, x, _ in pts]
-    ys = [to_y(measured[n]) for n, _, _ in pts]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
-    if len(pts) >= 3 and slope > 0:
-        fitted = [my + slope * (x - mx) for x in xs]
-        dof = len(pts) - 2
-    else:
-        ratio = statistics.median(y / x for x, y in zip(xs, ys, strict=True))
-        fitted = [ratio * x for x in xs]
-        dof = len(pts) - 1
-    resid = [y - f for y, f in zip(ys, fitted, strict=True)]
-    s2 = sum(e * e for e in resid) / dof if dof > 0 else 0.0
-    # Noise of one trial's median from the spread of its repeats (pooled).
-    keep = 0.0
-    pooled: list[float] = []
-    for _, _, r in pts:
-        reps = r.throughputs if objective == "throughput" else r.tpots_ms
-        ys_r = [to_y(v) for v in reps if v > 0]
-        if len(ys_r) >= 2:
-            pooled.append(statistics.variance(ys_r) / len(ys_r))
-    if pooled and s2 > 0:
-        keep = min(1.0, max(0.0, 1.0 - statistics.fmean(pooled) / s2))
+    measured, fit = _fit(records, objective)
     out = dict(measured)
-    for (n, _, _), y, f in zip(pts, ys, fitted, strict=True):
-        est = f + keep * (y - f)
-        if est > 0:
-            out[n] = from_y(est)
+    if fit is None:
+        return out
+    for n, y in fit.estimated_y.items():
+        if y > 0:
+            out[n] = 1.0 / y if objective == "throughput" else y
     return out
+
+
+def beyond_noise(records: Sequence[TrialRecord], objective: str, better: int, worse: int) -> bool:
+    """Whether trial `better`'s estimate beats trial `worse`'s by more than twice the standard
+    error of their difference: the fitted line's slope error over their step-time gap, plus the
+    spread of their repeats for the share of the estimate taken from them."""
+    _, fit = _fit(records, objective)
+    if fit is None or better not in fit.estimated_y or worse not in fit.estimated_y:
+        return False
+    # y is lower-is-better for both objectives (1/throughput, TPOT).
+    diff = fit.estimated_y[worse] - fit.estimated_y[better]
+    var = 0.0
+    if fit.line and fit.sxx > 0:
+        gap = fit.steps[better] - fit.steps[worse]
+        var += (1.0 - fit.keep) ** 2 * fit.s2 / fit.sxx * gap * gap
+    pooled = statistics.fmean(fit.repeat_var.values()) if fit.repeat_var else fit.s2
+    var += fit.keep**2 * (
+        fit.repeat_var.get(better, pooled) + fit.repeat_var.get(worse, pooled)
+    )
+    return diff > 2.0 * var**0.5
 
 
 def lateness_by_site(result: OverlapResult) -> dict[str, float]:

@@ -56,7 +56,7 @@ class SearchOptions:
     timeout_s: float | None = None  # no new trial starts after this
     objective: str = "throughput"  # throughput | tpot
     late_tolerance_us: float = 2.0
-    constraint: bool = True
+    constraint: bool = False  # --late-is-infeasible: lateness is a hard rule
     repeats: int = 1
     sampler: str = "guided"
     seed: int | None = 0

@@ -1,95 +1,93 @@
-"""The guided sampler: a walk over the effective-bytes ladder around the best trial."""
+"""Samplers: Optuna's over the effective-bytes space, with profile-guided candidates in front."""
 
 from __future__ import annotations
 
 import importlib.util
 import itertools
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler, TPESampler
-from optuna.study import Study, StudyDirection
+from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.errors import AutotuneError
-from autotune.rundir import MIB, TrialRecord
-from autotune.search.measure import estimates
-from autotune.search.options import ATTR_ROLE
+from autotune.rundir import MIB
+from autotune.search.guide import Observation, candidates
 from autotune.search.space import SearchSpace
 
-
-@dataclass(frozen=True)
-class _Point:
-    key: tuple[int, ...]
-    score: float  # estimated objective, higher is better whatever the direction
-    feasible: bool
-    fill: dict[str, int]
-    lateness: dict[str, float]
+# Trial attributes the guide reads.
+ATTR_SEGMENTS = "segments"
+ATTR_LATE = "late_sites"
 
 
-def _record_of(t: FrozenTrial) -> TrialRecord:
-    """The parts of a finished trial that `estimates` reads."""
-    attrs = t.user_attrs
-    return TrialRecord(
-        number=t.number,
-        role=str(attrs.get(ATTR_ROLE, "search")),
-        state="complete",
-        config={},
-        effective_bytes={},
-        objective=t.value,
-        throughputs=[float(v) for v in attrs.get("throughputs", [])],
-        tpots_ms=[float(v) for v in attrs.get("tpots_ms", [])],
-        step_ms=attrs.get("step_ms"),
-    )
-
-
-def _points(study: Study, space: SearchSpace, objective: str) -> list[_Point]:
-    sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
-    done = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.value is not None and t.user_attrs.get("duplicate_of") is None
-    ]
-    est = estimates([_record_of(t) for t in done], objective)
-    out: list[_Point] = []
-    for t in done:
-        eff = t.user_attrs.get("effective_bytes", {})
+def observations(study: Study, space: SearchSpace) -> list[Observation]:
+    """Every measured (not duplicate) trial with its per-site segment totals."""
+    out: list[Observation] = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.user_attrs.get("duplicate_of") is not None:
+            continue
+        segs = t.user_attrs.get(ATTR_SEGMENTS) or {}
         out.append(
-            _Point(
-                key=space.key(eff),
-                score=sign * est.get(t.number, float(t.value or 0.0)),
-                feasible=all(v <= 0 for v in t.constraints.values()),
-                fill={k: int(v) for k, v in t.user_attrs.get("fill_bytes", {}).items()},
-                lateness={k: float(v) for k, v in t.user_attrs.get("lateness_us", {}).items()},
+            Observation(
+                key=space.key(t.user_attrs.get("effective_bytes", {})),
+                segments={s: float(v[0]) for s, v in segs.items()},
+                late=frozenset(t.user_attrs.get(ATTR_LATE, [])),
             )
         )
     return out
 
 
-class GuidedSampler(BaseSampler):
-    """Profile-guided local search over the byte ladders.
+def _fill_bytes(study: Study) -> dict[str, float]:
+    """Window-filling bytes per site, as the vendor-default trial's profile measured them (one
+    trial's figures, so the level they point at does not drift with each new trial)."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.user_attrs.get("role") == "default":
+            return {s: float(b) for s, b in t.user_attrs.get("fill_bytes", {}).items()}
+    return {}
 
-    From the best feasible trial so far (by `estimates`) it tries the point whose every site
-    fills its window (from that trial's profile), then one ladder step per site (late sites down,
-    the others up, then the other way), then each site off, then two steps; when that
-    neighbourhood is exhausted it hands over to TPE (multivariate), steered to unmeasured points.
+
+class GuidedSampler(BaseSampler):
+    """Optuna's TPE (or GP) over the byte ladders, behind the profile-guided candidates.
+
+    The Tuner asks `guided_params` before each search trial and enqueues the answer; when the
+    guide has nothing untried to offer, the inner sampler proposes, steered to unmeasured points.
     """
 
-    def __init__(self, seed: int | None = None, objective: str = "throughput") -> None:
+    def __init__(
+        self,
+        seed: int | None = None,
+        objective: str = "throughput",
+        inner: BaseSampler | None = None,
+        late_is_infeasible: bool = False,
+    ) -> None:
         self.space: SearchSpace | None = None
         self.objective = objective
-        self._fallback = TPESampler(seed=seed, n_startup_trials=0, multivariate=True)
+        self.late_is_infeasible = late_is_infeasible
+        self._inner = inner or TPESampler(seed=seed, n_startup_trials=0, multivariate=True)
         self._random = RandomSampler(seed=seed)
         self._rng = random.Random(seed)
 
     def reseed_rng(self) -> None:
-        self._fallback.reseed_rng()
+        self._inner.reseed_rng()
         self._random.reseed_rng()
         self._rng.seed()
+
+    def guided_params(self, study: Study) -> dict[str, float] | None:
+        """The next profile-guided candidate (effective MiB per site), or None."""
+        if self.space is None or not self.space.sites:
+            return None
+        found = candidates(
+            observations(study, self.space),
+            self.space,
+            fill=_fill_bytes(study),
+            late_is_infeasible=self.late_is_infeasible,
+        )
+        if not found:
+            return None
+        return {s: b / MIB for s, b in self.space.bytes_of_key(found[0]).items()}
 
     def infer_relative_search_space(
         self, study: Study, trial: FrozenTrial
@@ -101,15 +99,17 @@ class GuidedSampler(BaseSampler):
     ) -> dict[str, Any]:
         if self.space is None or not search_space or "fixed_params" in trial.system_attrs:
             return {}
-        points = _points(study, self.space, self.objective)
-        key = propose(points, self.space)
-        if key is None:
-            params = self._fallback.sample_relative(study, trial, search_space)
-            key = self.space.key({s: float(v) * MIB for s, v in params.items()})
-            tried = {p.key for p in points}
-            if key in tried:
-                # TPE came back to a point already measured: try an unmeasured one instead.
-                key = _random_untried(self.space, tried, self._rng) or key
+        params = self._inner.sample_relative(study, trial, search_space)
+        if set(params) != set(self.space.names):
+            params = {
+                s: self._inner.sample_independent(study, trial, s, d)
+                for s, d in search_space.items()
+            }
+        key = self.space.key({s: float(v) * MIB for s, v in params.items()})
+        tried = {o.key for o in observations(study, self.space)}
+        if key in tried:
+            # The inner sampler came back to a measured point: try an unmeasured one instead.
+            key = _random_untried(self.space, tried, self._rng) or key
         return {s: b / MIB for s, b in self.space.bytes_of_key(key).items()}
 
     def sample_independent(
@@ -142,61 +142,22 @@ def _random_untried(
     )
 
 
-def propose(points: Sequence[_Point], space: SearchSpace) -> tuple[int, ...] | None:
-    """The next untried ladder point, or None when the local neighbourhood is exhausted."""
-    if not points:
-        return None
-    tried = {p.key for p in points}
-    feasible = [p for p in points if p.feasible] or list(points)
-    best = max(feasible, key=lambda p: p.score)
-    current = space.bytes_of_key(best.key)
-    candidates: list[tuple[int, ...]] = []
-
-    # 1. Every site filling its window, as the incumbent's own profile measures it.
-    if best.fill:
-        candidates.append(space.key({s: best.fill.get(s, current[s]) for s in space.names}))
-
-    order = sorted(
-        range(len(space.sites)),
-        key=lambda i: best.fill.get(space.sites[i].site, space.sites[i].high),
-    )
-
-    def moved(i: int, level: int) -> None:
-        if 0 <= level < len(space.sites[i].levels) and level != best.key[i]:
-            cand = list(best.key)
-            cand[i] = level
-            candidates.append(tuple(cand))
-
-    # 2. One ladder step per site: the window-filling size is a little short of the best one
-    #    when a late byte still pays, so sites grow first unless already late.
-    #    Every site's preferred direction first, then the other one.
-    for pass_ in (0, 1):
-        for i in order:
-            late = best.lateness.get(space.sites[i].site, 0.0) > 0
-            direction = ((-1, 1) if late else (1, -1))[pass_]
-            if best.key[i] + direction >= 1:
-                moved(i, best.key[i] + direction)
-    # 3. Each site off: a short window may not repay a prefetch's fixed cost. Smallest fill first.
-    for i in order:
-        moved(i, 0)
-    # 4. Two ladder steps.
-    for i in order:
-        for direction in (1, -1):
-            if best.key[i] + 2 * direction >= 1:
-                moved(i, best.key[i] + 2 * direction)
-    return next((c for c in candidates if c not in tried), None)
+def _gp(seed: int | None, startup: int) -> BaseSampler:
+    # Optuna's GPSampler needs torch and scipy: the optional [gp] extra.
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("scipy") is None:
+        raise AutotuneError("--sampler gp needs torch and scipy: pip install 'autotune[gp]'")
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
 
 
-def make_sampler(name: str, seed: int | None, objective: str = "throughput") -> BaseSampler:
+def make_sampler(
+    name: str, seed: int | None, objective: str = "throughput", late_is_infeasible: bool = False
+) -> BaseSampler:
     """The sampler behind `--sampler`."""
     if name == "guided":
-        return GuidedSampler(seed=seed, objective=objective)
+        return GuidedSampler(seed=seed, objective=objective, late_is_infeasible=late_is_infeasible)
     if name == "tpe":
         # Multivariate is the default for single-objective studies in Optuna 5; written out here.
         return TPESampler(seed=seed, multivariate=True, n_startup_trials=3)
     if name == "gp":
-        # Optuna's GPSampler needs torch and scipy: the optional [gp] extra.
-        if importlib.util.find_spec("torch") is None or importlib.util.find_spec("scipy") is None:
-            raise AutotuneError("--sampler gp needs torch and scipy: pip install 'autotune[gp]'")
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=3)
+        return _gp(seed, 3)
     return RandomSampler(seed=seed)

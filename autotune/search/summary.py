@@ -8,15 +8,29 @@ from typing import Any
 from optuna.study import StudyDirection
 
 from autotune.rundir import MIB, RunDir, TrialRecord
-from autotune.search.measure import estimates
+from autotune.search.measure import beyond_noise, estimates
 from autotune.search.options import OBJECTIVES, SearchOptions
 from autotune.search.space import SearchSpace
 from autotune.search.storage import shown_url
 from autotune.workloads.base import Workload
 
 
-def best_record(records: Sequence[TrialRecord], objective: str) -> TrialRecord | None:
-    """The feasible measured trial with the best estimate (`estimates`); updates every estimate."""
+# Which rule picked the best trial (summary.json "pick_rule").
+RULE_BEST = "best estimated objective (no late site)"
+RULE_LATE_FASTER = "late but faster beyond the noise of the estimates"
+RULE_ON_TIME = "on-time trial kept: the faster late one is within the noise"
+RULE_STRICT = "late sites infeasible (--late-is-infeasible)"
+
+
+def pick_best(
+    records: Sequence[TrialRecord], objective: str, *, late_is_infeasible: bool = False
+) -> tuple[TrialRecord | None, str]:
+    """The best measured trial by its estimate (`estimates`) and the rule that picked it.
+
+    Lateness guides, it does not veto: a late trial wins only when it beats the best on-time
+    trial beyond the noise (`beyond_noise`); with `late_is_infeasible` only on-time trials count
+    (when there is one). Updates every record's estimate.
+    """
     est = estimates(records, objective)
     for r in records:
         r.estimate = est.get(r.number)
@@ -24,10 +38,31 @@ def best_record(records: Sequence[TrialRecord], objective: str) -> TrialRecord |
             r.estimate = est.get(r.duplicate_of)
     measured = [r for r in records if r.state == "complete" and r.estimate is not None]
     if not measured:
-        return None
-    pool = [r for r in measured if r.feasible is not False] or measured
+        return None, ""
     sign = 1.0 if OBJECTIVES[objective] == StudyDirection.MAXIMIZE else -1.0
-    return max(pool, key=lambda r: (sign * (r.estimate or 0.0), -r.number))
+
+    def top(pool: Sequence[TrialRecord]) -> TrialRecord:
+        return max(pool, key=lambda r: (sign * (r.estimate or 0.0), -r.number))
+
+    on_time = [r for r in measured if r.feasible is not False]
+    if late_is_infeasible:
+        return top(on_time or measured), RULE_STRICT
+    best = top(measured)
+    if best.feasible is not False:
+        return best, RULE_BEST
+    if not on_time:
+        return best, RULE_LATE_FASTER
+    rival = top(on_time)
+    if beyond_noise(records, objective, best.number, rival.number):
+        return best, RULE_LATE_FASTER
+    return rival, RULE_ON_TIME
+
+
+def best_record(
+    records: Sequence[TrialRecord], objective: str, *, late_is_infeasible: bool = False
+) -> TrialRecord | None:
+    """The best measured trial (`pick_best`); updates every estimate."""
+    return pick_best(records, objective, late_is_infeasible=late_is_infeasible)[0]
 
 
 def site_json(summary: Any) -> dict[str, Any]:
@@ -96,6 +131,7 @@ def build_summary(
 ) -> dict[str, Any]:
     """summary.json: what the run found, against what, and where it is."""
     best_brief = _trial_brief(best)
+    rule = pick_best(records, options.objective, late_is_infeasible=options.constraint)[1]
     if best_brief is not None and best is not None:
         best_brief["config"] = best.config
     return {
@@ -110,7 +146,8 @@ def build_summary(
         "objective": options.objective,
         "direction": OBJECTIVES[options.objective].name.lower(),
         "late_tolerance_us": options.late_tolerance_us,
-        "constraint": options.constraint,
+        "late_is_infeasible": options.constraint,
+        "pick_rule": rule if best is not None else "",
         "repeats": options.repeats,
         "sampler": options.sampler,
         "study": {"name": study_name, "storage": shown_url(storage_url)},

@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune import target
 from autotune.errors import AutotuneError
-from autotune.overlap import analyze
+from autotune.overlap import analyze, site_segments
 from autotune.profile import load_profiles
 from autotune.rundir import RunDir, TrialRecord
 from autotune.search.measure import (
@@ -35,7 +35,8 @@ from autotune.search.options import (
     RunObserver,
     SearchOptions,
 )
-from autotune.search.sampler import GuidedSampler, make_sampler
+from autotune.search.guide import seed_bytes
+from autotune.search.sampler import ATTR_LATE, ATTR_SEGMENTS, GuidedSampler, make_sampler
 from autotune.search.space import SearchSpace, static_space
 from autotune.search.storage import open_study
 from autotune.search.summary import best_record, build_summary, site_json
@@ -102,7 +103,9 @@ class Tuner:
         self.observer: RunObserver = observer or NullObserver()
         self.setup = setup_of(workload)
         self.direction = OBJECTIVES[options.objective]
-        self.sampler = make_sampler(options.sampler, options.seed, options.objective)
+        self.sampler = make_sampler(
+            options.sampler, options.seed, options.objective, options.constraint
+        )
         self.space = static_space(self.setup)
         self.extra = dict(options.extra)
         self.records: dict[int, TrialRecord] = {}
@@ -215,20 +218,26 @@ class Tuner:
         self._run_next(study, probe_config=config)
 
     def _analyse_probe(self, study: Study) -> None:
-        default = next(
-            t
-            for t in self._trials(study, TrialState.COMPLETE)
-            if t.user_attrs.get(ATTR_ROLE) == "default"
-        )
+        done = self._trials(study, TrialState.COMPLETE)
+        default = next(t for t in done if t.user_attrs.get(ATTR_ROLE) == "default")
+        baseline = next((t for t in done if t.user_attrs.get(ATTR_ROLE) == "baseline"), None)
         timings = {
             site: SiteTiming(**data) for site, data in default.user_attrs.get("timings", {}).items()
         }
         silent = profile_inert(timings, self.space)
         sites = tuple(s for s in self.space.sites if s.site not in silent)
         space = SearchSpace(sites=sites, inert={**self.space.inert, **silent})
-        seed = space.quantise({s: timings[s].fill_bytes for s in space.names})
+        wanted, reasons = seed_bytes(
+            space,
+            timings,
+            baseline.user_attrs if baseline is not None else {},
+            default.user_attrs,
+            late_is_infeasible=self.options.constraint,
+        )
+        seed = space.quantise(wanted)
         study.set_user_attr(ATTR_SPACE, space.to_json())
         study.set_user_attr("seed_bytes", seed)
+        study.set_user_attr("seed_reasons", reasons)
         self.space = space
         if space.sites:
             study.enqueue_trial(space.params_of(seed), user_attrs={ATTR_ROLE: "seed"})
@@ -257,6 +266,7 @@ class Tuner:
             seen = {self.space.key(r.effective_bytes) for r in self._complete()}
             if len(seen) >= self.space.size():
                 return "exhausted"
+            self._enqueue_guided(study)
             record = self._run_next(study, probe_config=None)
             duplicates_in_a_row = duplicates_in_a_row + 1 if record.state == "duplicate" else 0
             failures_in_a_row = failures_in_a_row + 1 if record.state == "failed" else 0
@@ -266,6 +276,14 @@ class Tuner:
                     f"see {self.rundir.relative(self.rundir.trial_dir(record.number))}"
                 )
         return "trials"
+
+    def _enqueue_guided(self, study: Study) -> None:
+        """Queue the guide's next candidate unless a trial is already waiting."""
+        if not isinstance(self.sampler, GuidedSampler) or self._trials(study, TrialState.WAITING):
+            return
+        params = self.sampler.guided_params(study)
+        if params is not None:
+            study.enqueue_trial(params, user_attrs={ATTR_ROLE: "guided"})
 
     # -- one trial ---------------------------------------------------------------------------
 
@@ -407,6 +425,10 @@ class Tuner:
                 profiles, late_tolerance_ns=int(self.options.late_tolerance_us * 1000)
             )
             record.step_ms = profile_step_ms(profiles)
+            segments = site_segments(profiles)
+            trial.set_user_attr(
+                ATTR_SEGMENTS, {s: [g.total_ns, g.work_ns] for s, g in segments.items()}
+            )
             trial.set_user_attr("step_ms", record.step_ms)
             record.sites = {s.site: site_json(s) for s in overlap.sites}
             record.lateness_us = lateness_by_site(overlap)
@@ -417,6 +439,7 @@ class Tuner:
         tol = self.options.late_tolerance_us
         record.late_sites = sorted(s for s, v in record.lateness_us.items() if v > tol)
         record.feasible = not record.late_sites
+        trial.set_user_attr(ATTR_LATE, record.late_sites)
         record.state = "complete"
 
     def _set_constraints(self, trial: optuna.Trial, record: TrialRecord) -> None:
@@ -465,7 +488,11 @@ class Tuner:
 
     def best(self) -> TrialRecord | None:
         """The best measured trial: feasible first, then by estimated objective."""
-        return best_record(list(self.records.values()), self.options.objective)
+        return best_record(
+            list(self.records.values()),
+            self.options.objective,
+            late_is_infeasible=self.options.constraint,
+        )
 
     def _role(self, role: str) -> TrialRecord | None:
         done = [r for r in self.records.values() if r.role == role and r.state == "complete"]

@@ -1,0 +1,211 @@
+"""Profile-guided moves: the seed and the next candidates, from each site's measured segment.
+
+A prefetch changes only its own site's stretch of the compute stream (window, join, consumer
+matmul; `overlap.site_segments`), so every profiled trial measures every site at the bytes it ran
+with. The seed weighs, per site, prefetch off (baseline), the vendor default, and the bytes that
+fill the window; the candidates after it combine each site's best measured level and move every
+site one ladder step towards its better side at once. Nothing here assumes hardware figures: the
+cost per byte, the fixed cost and the stall all come from the profiles.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from autotune.search.measure import SiteTiming
+from autotune.search.space import SearchSpace
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One site's segment in one trial (ns): total, and its window ops + consumer matmul."""
+
+    total_ns: float
+    work_ns: float
+
+    @property
+    def other_ns(self) -> float:
+        """Gaps, event record and join wait: what a prefetch adds besides its effect on work."""
+        return self.total_ns - self.work_ns
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A measured trial as the guide sees it: its ladder key and per-site segment totals."""
+
+    key: tuple[int, ...]
+    segments: Mapping[str, float]
+    late: frozenset[str] = frozenset()  # sites late beyond the tolerance in this trial
+
+
+@dataclass(frozen=True)
+class SeedChoice:
+    """The seed's bytes for one site and why (off | fill | default)."""
+
+    nbytes: int
+    reason: str
+    predicted_ns: dict[str, float]  # predicted segment per option
+
+
+def seed_site(
+    off: Segment | None,
+    on: Segment | None,
+    on_bytes: int,
+    fill_bytes: int,
+    late_ns: float,
+    *,
+    allow_default: bool = True,
+) -> SeedChoice:
+    """Per site: off, window-filling bytes, or the default's bytes, whichever segment is shortest.
+
+    `off` and `on` are the site's segments with prefetch off and at the default's `on_bytes`.
+    The saving per byte is the work the default's prefetch removed; the fixed cost is the extra
+    non-work time minus its lateness. Off wins when the window cannot hide enough bytes to pay
+    that fixed cost; the default's bytes win when even its late bytes pay for their stall.
+    """
+    if off is None or on is None or on_bytes <= 0:
+        return SeedChoice(fill_bytes, "fill", {})
+    per_byte = (off.work_ns - on.work_ns) / on_bytes
+    fixed = max(0.0, on.other_ns - off.other_ns - max(0.0, late_ns))
+    options = {"off": off.total_ns}
+    if allow_default:  # not when the default is late and lateness is a hard rule
+        options["default"] = on.total_ns
+    if 0 < fill_bytes < on_bytes:
+        options["fill"] = off.total_ns - per_byte * fill_bytes + fixed
+    # Ties go to the simpler choice: off, then fill, then the default's bytes.
+    rank = {"off": 0, "fill": 1, "default": 2}
+    reason = min(options, key=lambda k: (options[k], rank[k]))
+    nbytes = {"off": 0, "fill": fill_bytes, "default": on_bytes}[reason]
+    return SeedChoice(nbytes, reason, options)
+
+
+# Sites whose ratio also prefetches the weight another site's segment consumes: attn.o's ratio
+# fires on down_proj too (target.resolve_prefetches), so mlp.down's segment depends on it.
+PARTNERS: dict[str, tuple[str, ...]] = {"mlp.down": ("attn.o",)}
+
+
+def _site_costs(
+    observations: Sequence[Observation],
+    space: SearchSpace,
+    i: int,
+    given: Mapping[int, int],
+    late_is_infeasible: bool,
+) -> dict[int, float]:
+    """Site i: level -> mean measured segment over the trials that ran it at that level, with
+    the sites in `given` at the given levels (a level seen late counts as infinitely slow when
+    lateness is a hard rule)."""
+    site = space.sites[i].site
+    seen: dict[int, list[float]] = {}
+    for obs in observations:
+        if any(obs.key[j] != lvl for j, lvl in given.items()):
+            continue
+        seg = obs.segments.get(site)
+        if late_is_infeasible and site in obs.late:
+            seg = float("inf")
+        if seg is not None and seg > 0:
+            seen.setdefault(obs.key[i], []).append(seg)
+    return {lvl: statistics.fmean(v) for lvl, v in seen.items()}
+
+
+def _step(costs: Mapping[int, float], best: int, levels: int, knee: int) -> int:
+    """The next level to measure for one site: its window-filling level `knee` if not measured
+    yet, else one ladder step from its best level, towards the cheaper measured neighbour first.
+
+    Below the knee a prefetch hides every byte and above it each byte stalls, so the segment is
+    close to linear on either side: with off, the knee and the cap measured, the best of them
+    is within a step or two of the optimum. Off stays off once the knee is measured: fewer bytes
+    cannot pay a fixed cost that the window-filling bytes did not.
+    """
+    if 0 < knee < levels and knee not in costs:
+        return knee
+    if best == 0:
+        return 0
+    sides: list[tuple[float, int]] = []
+    for d in (-1, 1):
+        nxt = best + d
+        if not 0 < nxt < levels or nxt in costs:
+            continue
+        beyond = [lvl for lvl in costs if (lvl - best) * d > 0]
+        near = min(beyond, key=lambda lvl: abs(lvl - best)) if beyond else None
+        sides.append((costs[near] if near is not None else float("inf"), nxt))
+    return min(sides)[1] if sides else best
+
+
+def candidates(
+    observations: Sequence[Observation],
+    space: SearchSpace,
+    *,
+    fill: Mapping[str, float] | None = None,
+    late_is_infeasible: bool = False,
+) -> list[tuple[int, ...]]:
+    """Untried ladder points, best first: each site at its best measured level; then every site
+    at its next level to measure (`_step`; `fill` gives the window-filling bytes per site), then
+    one site at a time."""
+    if not observations or not space.sites:
+        return []
+    tried = {o.key for o in observations}
+    fill = fill or {}
+    names = space.names
+    # Sites without partners first, so a dependent site is judged with its partners' levels.
+    order = sorted(range(len(names)), key=lambda i: names[i] in PARTNERS)
+    best: dict[int, int] = {}
+    stepped: dict[int, int] = {}
+    for i in order:
+        partners = [names.index(p) for p in PARTNERS.get(names[i], ()) if p in names]
+        costs = _site_costs(
+            observations, space, i, {j: best[j] for j in partners}, late_is_infeasible
+        )
+        if not costs:
+            costs = _site_costs(observations, space, i, {}, late_is_infeasible)
+        if not costs:
+            return []
+        best[i] = min(costs, key=lambda lvl: (costs[lvl], lvl))
+        site = space.sites[i]
+        knee = site.nearest(fill.get(site.site, 0.0))
+        stepped[i] = _step(costs, best[i], len(site.levels), knee)
+    b = tuple(best[i] for i in range(len(names)))
+    st = tuple(stepped[i] for i in range(len(names)))
+    out = [b, st]
+    for i in range(len(names)):
+        if st[i] != b[i]:
+            out.append(b[:i] + (st[i],) + b[i + 1 :])
+    seen: set[tuple[int, ...]] = set()
+    return [k for k in out if k not in tried and not (k in seen or seen.add(k))]
+
+
+def seed_bytes(
+    space: SearchSpace,
+    timings: Mapping[str, SiteTiming],
+    baseline_attrs: Mapping[str, Any],
+    default_attrs: Mapping[str, Any],
+    *,
+    late_is_infeasible: bool = False,
+) -> tuple[dict[str, int], dict[str, str]]:
+    """The seed's bytes per active site and the reason for each (`seed_site`), from the stored
+    attributes of the baseline and default trials."""
+
+    def segs(attrs: Mapping[str, Any]) -> dict[str, Segment]:
+        return {s: Segment(float(v[0]), float(v[1])) for s, v in attrs.get("segments", {}).items()}
+
+    off, on = segs(baseline_attrs), segs(default_attrs)
+    on_bytes = default_attrs.get("effective_bytes", {})
+    lateness = default_attrs.get("lateness_us", {})
+    late = set(default_attrs.get("late_sites", []))
+    wanted: dict[str, int] = {}
+    reasons: dict[str, str] = {}
+    for site in space.names:
+        fill = timings[site].fill_bytes if site in timings else 0
+        choice = seed_site(
+            off.get(site),
+            on.get(site),
+            int(on_bytes.get(site, 0)),
+            space.quantise({site: fill})[site],
+            float(lateness.get(site, 0.0)) * 1e3,
+            allow_default=not (late_is_infeasible and site in late),
+        )
+        wanted[site] = choice.nbytes
+        reasons[site] = choice.reason
+    return wanted, reasons

@@ -234,3 +234,19 @@ def test_default_backend_without_vllm_names_the_simulator(tmp_path: Path) -> Non
     assert result.exit_code == 2
     assert "--backend simulate" in _one_clean_line(result.output)
     assert not (tmp_path / "x").exists()
+
+
+def test_late_is_infeasible_keeps_the_vendor_criterion(tmp_path: Path) -> None:
+    # tests/data/hardware/slow-matmul.toml: late prefetches pay there (see its note).
+    hw = str(Path(__file__).parent / "data" / "hardware" / "slow-matmul.toml")
+    out = tmp_path / "r"
+    args = [*BASE, *SIM, "--hardware", hw, "--trials", "6", "--out", str(out)]
+    result = runner.invoke(app, [*args, "--late-is-infeasible"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["late_is_infeasible"] is True
+    assert summary["best"]["late_sites"] == []
+    assert summary["pick_rule"] == "late sites infeasible (--late-is-infeasible)"
+    assert "picked by: late sites infeasible (--late-is-infeasible); late sites: none" in (
+        result.output
+    )

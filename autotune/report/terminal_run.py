@@ -172,6 +172,9 @@ def print_result(
             f"{_fmt(best.get('throughput'))} tok/s, TPOT {_fmt(best.get('tpot_ms'), 2)} ms; "
             f"estimated {_fmt(best.get('estimate'), 2)} {unit}"
         )
+        if summary.get("pick_rule"):
+            late = ", ".join(best.get("late_sites") or []) or "none"
+            console.print(f"  picked by: {summary['pick_rule']}; late sites: {late}", markup=False)
         for label, key in (
             ("baseline (prefetch off)", "gain_over_baseline"),
             ("vendor default", "gain_over_default"),

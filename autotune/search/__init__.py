@@ -19,10 +19,12 @@ Lateness per site is reported with every trial and guides the moves; it is an Op
 Nothing here prints: progress goes to a `RunObserver`.
 
 Modules: `space` (the ladder of byte sizes), `measure` (what a trial's profile and bench say),
-`guide` (the profile-guided seed and candidates), `sampler` (Optuna samplers behind them), `storage` (opening the study), `tuner` (running trials), `summary`
-(best trial, gains, summary.json), `options` (flags and the observer protocol).
+`guide` (the profile-guided seed and candidates), `sampler` (Optuna's samplers behind them),
+`storage` (opening the study), `tuner` (running trials), `summary` (best trial and the rule
+that picked it, gains, summary.json), `options` (flags and the observer protocol).
 """
 
+from autotune.search.guide import candidates, seed_site
 from autotune.search.measure import NO_CMO_REASON, SiteTiming, estimates, profile_inert
 from autotune.search.options import (
     KEEP_PROFILES,
@@ -32,7 +34,6 @@ from autotune.search.options import (
     RunObserver,
     SearchOptions,
 )
-from autotune.search.guide import candidates, seed_site
 from autotune.search.space import SearchSpace, SiteSpace, site_levels, static_space
 from autotune.search.storage import open_study, shown_url
 from autotune.search.summary import best_record, build_summary, gain
@@ -57,8 +58,8 @@ __all__ = [
     "estimates",
     "gain",
     "open_study",
-    "seed_site",
     "profile_inert",
+    "seed_site",
     "shown_url",
     "site_levels",
     "static_space",

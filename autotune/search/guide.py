@@ -50,6 +50,12 @@ class SeedChoice:
     predicted_ns: dict[str, float]  # predicted segment per option
 
 
+def fixed_cost(off: Segment, on: Segment, late_ns: float) -> float:
+    """What one prefetch adds to its segment besides its effect on work: the extra non-work time
+    (event record, join wait, sync gaps) with the prefetch on, less its lateness."""
+    return max(0.0, on.other_ns - off.other_ns - max(0.0, late_ns))
+
+
 def seed_site(
     off: Segment | None,
     on: Segment | None,
@@ -58,6 +64,7 @@ def seed_site(
     late_ns: float,
     *,
     allow_default: bool = True,
+    fixed_ns: float | None = None,
 ) -> SeedChoice:
     """Per site: off, window-filling bytes, or the default's bytes, whichever segment is shortest.
 
@@ -69,7 +76,7 @@ def seed_site(
     if off is None or on is None or on_bytes <= 0:
         return SeedChoice(fill_bytes, "fill", {})
     per_byte = (off.work_ns - on.work_ns) / on_bytes
-    fixed = max(0.0, on.other_ns - off.other_ns - max(0.0, late_ns))
+    fixed = fixed_cost(off, on, late_ns) if fixed_ns is None else fixed_ns
     options = {"off": off.total_ns}
     if allow_default:  # not when the default is late and lateness is a hard rule
         options["default"] = on.total_ns
@@ -171,9 +178,8 @@ def candidates(
     out = [b, st]
     for i in range(len(names)):
         if st[i] != b[i]:
-            out.append(b[:i] + (st[i],) + b[i + 1 :])
-    seen: set[tuple[int, ...]] = set()
-    return [k for k in out if k not in tried and not (k in seen or seen.add(k))]
+            out.append((*b[:i], st[i], *b[i + 1 :]))
+    return [k for k in dict.fromkeys(out) if k not in tried]
 
 
 def seed_bytes(
@@ -194,6 +200,15 @@ def seed_bytes(
     on_bytes = default_attrs.get("effective_bytes", {})
     lateness = default_attrs.get("lateness_us", {})
     late = set(default_attrs.get("late_sites", []))
+    late_ns = {s: float(v) * 1e3 for s, v in lateness.items()}
+    # A segment shared with a partner's prefetch (mlp.down with attn.o's down_proj firing) holds
+    # the partner's record and join too: its sites take the fixed cost the others measured.
+    own = [
+        fixed_cost(off[s], on[s], late_ns.get(s, 0.0))
+        for s in space.names
+        if s not in PARTNERS and s in off and s in on
+    ]
+    shared = statistics.median(own) if own else None
     wanted: dict[str, int] = {}
     reasons: dict[str, str] = {}
     for site in space.names:
@@ -203,8 +218,9 @@ def seed_bytes(
             on.get(site),
             int(on_bytes.get(site, 0)),
             space.quantise({site: fill})[site],
-            float(lateness.get(site, 0.0)) * 1e3,
+            late_ns.get(site, 0.0),
             allow_default=not (late_is_infeasible and site in late),
+            fixed_ns=shared if site in PARTNERS else None,
         )
         wanted[site] = choice.nbytes
         reasons[site] = choice.reason

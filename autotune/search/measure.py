@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -191,10 +192,8 @@ def beyond_noise(records: Sequence[TrialRecord], objective: str, better: int, wo
         gap = fit.steps[better] - fit.steps[worse]
         var += (1.0 - fit.keep) ** 2 * fit.s2 / fit.sxx * gap * gap
     pooled = statistics.fmean(fit.repeat_var.values()) if fit.repeat_var else fit.s2
-    var += fit.keep**2 * (
-        fit.repeat_var.get(better, pooled) + fit.repeat_var.get(worse, pooled)
-    )
-    return diff > 2.0 * var**0.5
+    var += fit.keep**2 * (fit.repeat_var.get(better, pooled) + fit.repeat_var.get(worse, pooled))
+    return bool(diff > 2.0 * math.sqrt(var))
 
 
 def lateness_by_site(result: OverlapResult) -> dict[str, float]:

@@ -14,7 +14,6 @@ from autotune.search.space import SearchSpace
 from autotune.search.storage import shown_url
 from autotune.workloads.base import Workload
 
-
 # Which rule picked the best trial (summary.json "pick_rule").
 RULE_BEST = "best estimated objective (no late site)"
 RULE_LATE_FASTER = "late but faster beyond the noise of the estimates"

@@ -19,6 +19,7 @@ from autotune.errors import AutotuneError
 from autotune.overlap import analyze, site_segments
 from autotune.profile import load_profiles
 from autotune.rundir import RunDir, TrialRecord
+from autotune.search.guide import seed_bytes
 from autotune.search.measure import (
     SiteTiming,
     lateness_by_site,
@@ -35,7 +36,6 @@ from autotune.search.options import (
     RunObserver,
     SearchOptions,
 )
-from autotune.search.guide import seed_bytes
 from autotune.search.sampler import ATTR_LATE, ATTR_SEGMENTS, GuidedSampler, make_sampler
 from autotune.search.space import SearchSpace, static_space
 from autotune.search.storage import open_study

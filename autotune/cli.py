@@ -211,9 +211,14 @@ def export(
     ] = "additional-config",
 ) -> None:
     """Print the best config of a run again, ready for `vllm serve`."""
-    from autotune.tune import export_text
+    from autotune.tune import export_note, export_text
 
-    typer.echo(export_text(run_dir, format))
+    text = export_text(run_dir, format)
+    note = export_note(run_dir)
+    typer.echo(text)
+    if note:
+        # stdout stays the config alone, ready for a pipe.
+        _stderr().print(f"note: {note}", markup=False)
 
 
 @app.command()

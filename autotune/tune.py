@@ -406,4 +406,16 @@ def export_text(run_dir: Path, fmt: str) -> str:
     return json.dumps(record.best_config, indent=2)
 
 
+def export_note(run_dir: Path) -> str:
+    """One line for stderr when the exported config is not a finished measurement ("" if it is)."""
+    record = load_run(run_dir)
+    parts = []
+    if record.simulated:
+        parts.append("SIMULATED: this config comes from a model, not from measurements on an NPU")
+    if not record.summary.get("finished", False):
+        resume = resume_command(RunDir(run_dir))
+        parts.append(f"the run has not finished (best so far); continue it with: {resume}")
+    return "; ".join(parts)
+
+
 _ = RunObserver  # the view classes above implement it

@@ -278,7 +278,8 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
         else:
             outcome = _run_with_view(tuner, console, options, backend.simulated)
     except KeyboardInterrupt:
-        _after_interrupt(rundir, tuner, req, notes)
+        # On stderr, beside the "interrupted" line, also when stdout goes to a log.
+        _after_interrupt(rundir, tuner, Console(stderr=True, highlight=False, soft_wrap=True))
         raise
     # The report only lays out what the run directory holds, so it is written last.
     write_run_report(rundir.path)
@@ -342,7 +343,7 @@ def resume_command(rundir: RunDir) -> str:
     return f"autotune run --resume --out {shlex.quote(str(rundir.path))}"
 
 
-def _after_interrupt(rundir: RunDir, tuner: Tuner, req: RunRequest, notes: Console) -> None:
+def _after_interrupt(rundir: RunDir, tuner: Tuner, notes: Console) -> None:
     """Ctrl-C: a report of what was measured, and how to continue."""
     try:
         write_run_report(rundir.path)

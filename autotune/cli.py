@@ -104,14 +104,14 @@ def run(
     model: Annotated[
         str | None,
         typer.Option(
-            help="[required] Preset (e.g. Qwen3-32B-W8A8) or a local model directory "
+            help="\\[required] Preset (e.g. Qwen3-32B-W8A8) or a local model directory "
             "(--resume: the run's)."
         ),
     ] = None,
     max_num_seqs: Annotated[
         int | None,
         typer.Option(
-            help="[required] vllm --max-num-seqs of the deployment (--resume: the run's)."
+            help="\\[required] vllm --max-num-seqs of the deployment (--resume: the run's)."
         ),
     ] = None,
     backend: Annotated[
@@ -120,8 +120,8 @@ def run(
     trials: Annotated[
         int | None,
         typer.Option(
-            help="Measured trials in the study, probe included [default: 12; --resume: the "
-            "recorded total, or this new total]."
+            help="Measured trials in the study, probe included; default 12, on --resume the "
+            "recorded total (give it to set a new total)."
         ),
     ] = None,
     timeout: Annotated[

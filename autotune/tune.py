@@ -293,10 +293,14 @@ def _run_with_view(
     tuner: Tuner, console: Console, options: SearchOptions, simulated: bool
 ) -> RunOutcome:
     """Run the tuner under a live view on a terminal, one plain line per trial otherwise."""
+    # A resumed run shows the whole study, not only this call's trials.
+    history = past_rows(list(tuner.records.values()), options.objective)
     if not console.is_terminal:
         plain = PlainRunView(
             console, sites=tuner.space.names, simulated=simulated, objective=options.objective
         )
+        for record, best in history:
+            plain.trial_finished(record, best)
         tuner.observer = _SpaceTracking(plain, tuner)
         return tuner.run()
     view = TerminalRunView(
@@ -305,8 +309,7 @@ def _run_with_view(
         budget=options.trials,
         simulated=simulated,
         done=tuner.measured,
-        # A resumed run shows the whole study, not only this call's trials.
-        history=past_rows(list(tuner.records.values()), options.objective),
+        history=history,
     )
     tuner.observer = _SpaceTracking(view, tuner)
     with view:

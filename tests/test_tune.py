@@ -178,6 +178,10 @@ def test_sigint_reports_and_resume_continues_to_the_budget(tmp_path: Path) -> No
     resumed = autotune(*args[1:], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert measured(run) == 14
+    # Its log shows the whole study, the trials measured before the interruption included.
+    shown = [line for line in resumed.stdout.splitlines() if line.startswith("SIMULATED trial ")]
+    assert shown[: len(trial_lines)] == trial_lines
+    assert len(shown) == len(load_run(run).trials)
     assert json.loads((run / "summary.json").read_text())["finished"] is True
     assert_numbers_agree(run)
 

@@ -51,7 +51,7 @@ def test_importance_when_every_site_varied(tmp_path: Path) -> None:
     points += [_point(n, float(n), 6.0 + n % 3, 2780.0 + n) for n in range(2, 12)]
     assert unvaried_sites(points, SITES) == {}
     imp = search_importance(_record(tmp_path), points, SITES)
-    assert [name for name, _ in imp.values][0] == "attn.qkv"  # the objective follows qkv
+    assert imp.values[0][0] == "attn.qkv"  # the objective follows qkv
     few = points[: MIN_TRIALS_FOR_IMPORTANCE - 1]
     short = search_importance(_record(tmp_path), few, SITES)
     assert short.values == [] and f"needs at least {MIN_TRIALS_FOR_IMPORTANCE}" in short.note

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import optuna
-import pytest
 
 from autotune.rundir import load_run
 
@@ -154,7 +153,8 @@ def test_sigint_reports_and_resume_continues_to_the_budget(tmp_path: Path) -> No
     # What was measured is written and marked unfinished; the exact resume command is printed.
     summary = json.loads((run / "summary.json").read_text())
     assert summary["finished"] is False and summary["stopped"] == "interrupted"
-    assert "interrupted" in (run / "report.html").read_text()
+    report = (run / "report.html").read_text()
+    assert "unfinished: interrupted; continue it with autotune run --resume --out" in report
     assert f"stopped after {measured(run)} measured trials" in err
     command = next(line for line in err.splitlines() if line.startswith("resume with: "))
     assert command == f"resume with: autotune run --resume --out {rel}"
@@ -214,13 +214,17 @@ def test_resume_keeps_explicit_storage_as_given(tmp_path: Path) -> None:
     assert count == 4
 
 
-@pytest.mark.parametrize("mask", [0o022, 0o077])
-def test_atomic_writes_follow_the_umask(tmp_path: Path, mask: int) -> None:
-    from autotune.rundir import atomic_write_text
-
-    old = os.umask(mask)
-    try:
-        atomic_write_text(tmp_path / "x.json", "{}\n")
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o666 & ~mask
+def test_resume_refuses_a_study_that_differs_from_trials_dir(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    done = autotune("run", *MODEL, *FAST, "--trials", "3", "--out", str(run))
+    assert done.returncode == 0, done.stderr
+    path = run / "trials" / "002" / "trial.json"
+    data = json.loads(path.read_text())
+    data["effective_bytes"]["attn.qkv"] += 1
+    path.write_text(json.dumps(data))
+    before = snapshot(run)
+    refused = autotune("run", "--resume", "--out", str(run), "--trials", "4")
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    assert "trial 2 differs between the study and trials/" in refused.stderr
+    assert snapshot(run) == before

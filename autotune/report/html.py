@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -577,9 +578,8 @@ def run_page(record: RunRecord) -> Page:
         ("run directory", str(record.path)),
     ]
     if s.get("stopped") == "interrupted":
-        meta.append(
-            ("state", "unfinished: interrupted; `autotune run --resume --out` continues it")
-        )
+        resume = f"autotune run --resume --out {shlex.quote(str(record.path))}"
+        meta.append(("state", f"unfinished: interrupted; continue it with {resume}"))
     elif not s.get("finished", True):
         meta.append(("state", "unfinished: the run is still going or was interrupted"))
     page = Page(title="autotune — prefetch tuning report", simulated=simulated, meta=meta)

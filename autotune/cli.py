@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from autotune.errors import AutotuneError
+from autotune.lateness import DEFAULT_LATE_TOLERANCE_US
 
 app = typer.Typer(
     name="autotune",
@@ -48,7 +49,11 @@ def _clean_errors(fn: F) -> F:
 @_clean_errors
 def analyze(
     path: Annotated[
-        Path, typer.Argument(help="A *_ascend_pt dir, its parent, or ASCEND_PROFILER_OUTPUT.")
+        Path,
+        typer.Argument(
+            help="A trace_view.json or profiler db, or any folder with *_ascend_pt dirs below it "
+            "(a *_ascend_pt dir, a simulate --out dir, a run dir, trials/NNN)."
+        ),
     ],
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     rules: Annotated[
@@ -57,9 +62,19 @@ def analyze(
     html: Annotated[
         Path | None, typer.Option(help="Also write a self-contained HTML report.")
     ] = None,
+    tasks: Annotated[
+        Path | None,
+        typer.Option(
+            "--tasks", help="Also write the classified task table (one row per task) as CSV."
+        ),
+    ] = None,
+    by_rank: Annotated[
+        bool, typer.Option("--by-rank", help="One per-site table per rank, not one for all.")
+    ] = False,
     tolerance_us: Annotated[
-        float, typer.Option(help="A prefetch counts as late only past this many µs.")
-    ] = 0.0,
+        float,
+        typer.Option(help="A site is late when its median slack is below minus this many µs."),
+    ] = DEFAULT_LATE_TOLERANCE_US,
 ) -> None:
     """Check that every CMO prefetch hides behind its vector op and ends before it."""
     import json
@@ -67,7 +82,8 @@ def analyze(
 
     from autotune.overlap import analyze as analyze_overlap
     from autotune.profile import load_profiles
-    from autotune.report.terminal import print_overlap
+    from autotune.report.terminal import print_overlap, profiles_line
+    from autotune.task_table import task_table, write_task_table
 
     if not math.isfinite(tolerance_us) or tolerance_us < 0:
         raise AutotuneError(f"--tolerance-us must be a number >= 0, got {tolerance_us}")
@@ -78,15 +94,44 @@ def analyze(
             raise AutotuneError("--html: the HTML report is not available yet") from None
     if not path.exists():
         raise AutotuneError(
-            f"{path}: no such file or directory; pass a *_ascend_pt dir, its parent, "
-            "or ASCEND_PROFILER_OUTPUT"
+            f"{path}: no such file or directory; pass a trace_view.json, a profiler db, "
+            "or a folder with *_ascend_pt dirs below it"
         )
     profiles = load_profiles(path, rules=rules)
-    result = analyze_overlap(profiles, late_tolerance_ns=round(tolerance_us * 1000))
+    tol_ns = round(tolerance_us * 1000)
+    result = analyze_overlap(profiles, late_tolerance_ns=tol_ns)
+    ranks = sorted({-1 if p.rank is None else int(p.rank) for p in profiles})
+    per_rank = {}
+    if by_rank:
+        for r in ranks:
+            mine = [p for p in profiles if (-1 if p.rank is None else int(p.rank)) == r]
+            per_rank[r] = analyze_overlap(mine, late_tolerance_ns=tol_ns)
     if json_out:
-        typer.echo(json.dumps(result.to_json(), allow_nan=False))
+        doc = result.to_json()
+        doc["profiles"] = [
+            {
+                "rank": p.rank,
+                "path": str(p.path),
+                "source": p.source,
+                "tasks": len(p.tasks),
+            }
+            for p in profiles
+        ]
+        if by_rank:
+            doc["by_rank"] = {str(r): res.to_json() for r, res in per_rank.items()}
+        typer.echo(json.dumps(doc, allow_nan=False))
     else:
-        print_overlap(result, Console(highlight=False))
+        console = Console(highlight=False, soft_wrap=True)
+        console.print(profiles_line(profiles), markup=False)
+        if by_rank:
+            for r, res in per_rank.items():
+                print_overlap(res, console, title=f"rank {r}" if r >= 0 else "rank unknown")
+        else:
+            print_overlap(result, console)
+    if tasks is not None:
+        table = task_table(profiles, result)
+        write_task_table(table, tasks)
+        _stderr().print(f"wrote {tasks} ({len(table)} tasks)", markup=False)
     if html is not None:
         try:
             write_analyze_report(result, list(profiles), html)

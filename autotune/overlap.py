@@ -7,6 +7,7 @@ later than it. The rules are those of docs/analysis.md; each stream is matched w
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -298,19 +299,41 @@ def _prefetch_waits(
 ) -> I64:
     """The compute-stream waits (indices, in time order) that wait on a prefetch stream.
 
-    A wait waits on the stream whose record task (on any other stream of the device) ended last
-    at or before the wait ended. Without records off the compute stream every wait counts when
-    the device has a prefetch stream.
+    A wait that was blocked was released by the record (on another stream of the device) that
+    ended last within it. A wait that was not blocked waits on a prefetch stream when that
+    stream has a record no earlier wait consumed. A wait consumes its stream's records ended by
+    its end. Without records on the prefetch streams every compute-stream wait counts.
     """
     if not len(waits) or not pf_streams:
         return waits[:0]
     rec = np.flatnonzero((role == _RECORD) & (stream != cstream))
-    if not len(rec):
+    if not np.isin(stream[rec], np.fromiter(pf_streams, dtype=np.int64)).any():
         return waits
-    rec = rec[np.lexsort((start[rec], end[rec]))]
-    k = np.searchsorted(end[rec], end[waits], side="right") - 1
-    by = np.where(k >= 0, stream[rec[np.maximum(k, 0)]], -1)
-    return waits[np.isin(by, np.fromiter(pf_streams, dtype=np.int64))]
+    ends: dict[int, list[int]] = {}
+    for i in rec[np.argsort(end[rec], kind="stable")].tolist():
+        ends.setdefault(int(stream[i]), []).append(int(end[i]))
+    used = dict.fromkeys(ends, 0)  # per stream: records consumed so far
+    keep: list[int] = []
+    for w in waits.tolist():
+        ws, we = int(start[w]), int(end[w])
+        by: int | None = None
+        latest = ws
+        for s, e in ends.items():
+            k = bisect.bisect_right(e, we) - 1
+            if k >= used[s] and e[k] > latest:
+                by, latest = s, e[k]
+        if by is None:
+            by = next((s for s in pf_streams if s in ends and _unused(ends[s], used[s], we)), None)
+        if by is None:
+            continue
+        used[by] = bisect.bisect_right(ends[by], we)
+        if by in pf_streams:
+            keep.append(w)
+    return np.array(keep, dtype=np.int64)
+
+
+def _unused(ends: list[int], used: int, t: int) -> bool:
+    return used < len(ends) and ends[used] <= t
 
 
 def prefetch_late_array(slack_ns: I64, tol_ns: int) -> Bools:

@@ -311,6 +311,12 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     noise: Annotated[float, typer.Option(help="Relative noise of the bench result.")] = 0.01,
     steps: Annotated[int, typer.Option(help="Decode steps in the profile.")] = 8,
+    gate_up_join: Annotated[
+        str,
+        typer.Option(
+            help="Where mlp.gate_up is joined: swiglu (0.23) or norm (right after its norm)."
+        ),
+    ] = "swiglu",
 ) -> None:
     """Write one SIMULATED trial (bench JSON + profiler output) from the analytic model."""
     from autotune.workloads.base import Workload
@@ -325,6 +331,7 @@ def simulate(
         flashcomm1=flashcomm1,
         graph_mode=graph_mode,
         profile_steps=steps,
+        gate_up_join=gate_up_join,
     )
     cfg = read_config(config)
     out_dir = out if out is not None else Path("simulated") / f"{Path(model).name}-{max_num_seqs}"

@@ -415,7 +415,9 @@ def _analyze_device(
     if len(win.first) and len(joins):
         nxt = np.searchsorted(join_start, op_start[win.first], side="left")
         has = nxt < len(joins)
-        cut = np.searchsorted(op_start, join_start[np.minimum(nxt, len(joins) - 1)], side="left") - 1
+        cut = (
+            np.searchsorted(op_start, join_start[np.minimum(nxt, len(joins) - 1)], side="left") - 1
+        )
         win.last = np.where(has, np.maximum(np.minimum(win.last, cut), win.first), win.last)
     n_win = len(win.first)
     if n_win and len(win.anchors) == 0:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from autotune.rundir import atomic_write_text
 from autotune.errors import AutotuneError
 from autotune.overlap import OverlapResult
 from autotune.profile.tasks import ROLE_COLUMN, Profile
+from autotune.rundir import atomic_write_text
 
 TASK_TABLE_COLUMNS: tuple[str, ...] = (
     "rank",  # -1 when the profile does not say

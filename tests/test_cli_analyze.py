@@ -65,7 +65,9 @@ def test_negative_tolerance_is_refused(tmp_path: Path) -> None:
 def test_sample_profiles_per_site_numbers(
     sample: str, expected: dict[str, tuple[int, int, float, float, float]], steps: int
 ) -> None:
-    result = runner.invoke(app, ["analyze", str(PROFILES / sample), "--json", "--tolerance-us", "0"])
+    result = runner.invoke(
+        app, ["analyze", str(PROFILES / sample), "--json", "--tolerance-us", "0"]
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     got = {

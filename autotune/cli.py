@@ -83,10 +83,12 @@ def analyze(
     from autotune.overlap import analyze as analyze_overlap
     from autotune.profile import load_profiles
     from autotune.report.terminal import print_overlap, profiles_line
-    from autotune.task_table import task_table, write_task_table
+    from autotune.task_table import check_task_path, task_table, write_task_table
 
     if not math.isfinite(tolerance_us) or tolerance_us < 0:
         raise AutotuneError(f"--tolerance-us must be a number >= 0, got {tolerance_us}")
+    if tasks is not None:
+        check_task_path(tasks)
     if html is not None:
         try:
             from autotune.report.html import write_analyze_report

@@ -69,10 +69,15 @@ def task_table(profiles: Sequence[Profile], result: OverlapResult) -> pd.DataFra
     return out[list(TASK_TABLE_COLUMNS)]
 
 
-def write_task_table(table: pd.DataFrame, path: Path) -> None:
-    """Write the table as CSV (header, one row per task); a clean error when it cannot."""
+def check_task_path(path: Path) -> None:
+    """Refuse a --tasks path that cannot be a file before any work is done."""
     if path.is_dir():
         raise AutotuneError(f"--tasks {path}: is a directory; give a file name such as tasks.csv")
+
+
+def write_task_table(table: pd.DataFrame, path: Path) -> None:
+    """Write the table as CSV (header, one row per task); a clean error when it cannot."""
+    check_task_path(path)
     try:
         atomic_write_text(path, table.to_csv(index=False, lineterminator="\n"))
     except OSError as exc:

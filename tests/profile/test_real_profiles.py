@@ -118,7 +118,8 @@ def test_level0_db_kernels_are_compute_by_host_type(tmp_path: Path) -> None:
     for stream in (2, 9):
         con.execute(
             "INSERT INTO TASK (startNs, endNs, deviceId, connectionId, globalTaskId, globalPid, "
-            "taskType, contextId, streamId, taskId, modelId) VALUES (?, ?, 0, 0, 0, 0, ?, 0, ?, 0, 0)",
+            "taskType, contextId, streamId, taskId, modelId) "
+            "VALUES (?, ?, 0, 0, 0, 0, ?, 0, ?, 0, 0)",
             (t0 + 10, t0 + 20, sid, stream),
         )
     con.commit()

@@ -162,8 +162,9 @@ def run(
         str, typer.Option(help="throughput (tok/s, higher) or tpot (ms, lower).")
     ] = "throughput",
     late_tolerance_us: Annotated[
-        float, typer.Option(help="A site is late when its prefetch ends this far past its window.")
-    ] = 2.0,
+        float,
+        typer.Option(help="A site is late when its median slack is below minus this many µs."),
+    ] = DEFAULT_LATE_TOLERANCE_US,
     no_constraint: Annotated[
         bool, typer.Option("--no-constraint", help="Do not treat late sites as infeasible.")
     ] = False,

@@ -126,6 +126,11 @@ class OverlapResult:
         }
 
 
+def late_sites(result: OverlapResult) -> list[str]:
+    """The sites `autotune.lateness.site_late` calls late, in site order (every view uses this)."""
+    return [s.site for s in result.sites if s.verdict == "late"]
+
+
 def _json_float(x: float, digits: int) -> float | None:
     return None if math.isnan(x) else round(float(x), digits)
 

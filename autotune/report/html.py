@@ -194,6 +194,11 @@ def analysis_findings(result: OverlapResult) -> list[str]:
             out.append(f"{site}: {n:,} window(s) without a prefetch")
     if result.unattributed:
         out.append(f"{result.unattributed:,} prefetch(es) matched no window (unattributed)")
+    if result.unattributed_stall_us > 0:
+        out.append(
+            f"unattributed stall: {result.unattributed_stall_us_per_step:,.1f} µs per step of "
+            "joins no prefetch was matched to"
+        )
     for t, n in sorted(result.unclassified_types.items()):
         out.append(f"unclassified task type {t}: {n:,} task(s)")
     out.extend(result.warnings)

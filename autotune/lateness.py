@@ -6,6 +6,11 @@ is late when its median slack is below minus the tolerance.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, overload
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 # Default tolerance of `autotune analyze` and `autotune run` alike.
 DEFAULT_LATE_TOLERANCE_US = 2.0
@@ -16,9 +21,18 @@ def tolerance_ns(tolerance_us: float) -> int:
     return round(tolerance_us * 1000)
 
 
-def prefetch_late(slack_ns: int, tol_ns: int) -> bool:
-    """One prefetch: late when its slack (window end − prefetch end) is below −tolerance."""
-    return slack_ns < -tol_ns
+@overload
+def prefetch_late(slack_ns: int, tol_ns: int) -> bool: ...
+
+
+@overload
+def prefetch_late(slack_ns: npt.NDArray[np.int64], tol_ns: int) -> npt.NDArray[np.bool_]: ...
+
+
+def prefetch_late(slack_ns: object, tol_ns: int) -> object:
+    """A prefetch (or an array of them): late when its slack (window end − prefetch end) is
+    below −tolerance."""
+    return slack_ns < -tol_ns  # type: ignore[operator]
 
 
 def site_late(slack_ns_median: float, tol_ns: int) -> bool:

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from autotune.lateness import rule_text, site_late
+from autotune.lateness import prefetch_late, rule_text, site_late
 from autotune.profile.tasks import ROLE_COLUMN, ROLES, Profile
 from autotune.target import SITES
 
@@ -341,11 +341,6 @@ def _unused(ends: list[int], used: int, t: int) -> bool:
     return used < len(ends) and ends[used] <= t
 
 
-def prefetch_late_array(slack_ns: I64, tol_ns: int) -> Bools:
-    """`lateness.prefetch_late` over an array of slacks."""
-    return slack_ns < -tol_ns
-
-
 def _col(df: pd.DataFrame, name: str) -> I64:
     return df[name].to_numpy(dtype=np.int64)
 
@@ -515,7 +510,7 @@ def _analyze_device(
     hidden = np.where(ok, hidden, 0.0)
 
     slack = np.where(ok, win_e - pe, 0)
-    late = ok & prefetch_late_array(slack, tolerance_ns)
+    late = ok & prefetch_late(slack, tolerance_ns)
 
     # Step and layer: from the window; an unattributed prefetch takes the step of the layer it
     # falls in by time.

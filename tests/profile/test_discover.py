@@ -78,3 +78,15 @@ def test_bad_paths(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(AutotuneError, match="not a profiler output"):
         discover(tmp_path / "notes.txt")
+
+
+def test_same_rank_read_twice_is_warned_once() -> None:
+    from autotune.overlap import analyze
+
+    # real_910b_level1 holds two captures of the same two ranks (text and db).
+    profiles = load_profiles(PROFILES / "real_910b_level1")
+    assert [p.rank for p in profiles] == [0, 0, 1, 1]
+    warned = [w for w in analyze(profiles).warnings if "was read 2 times" in w]
+    assert [w.split(" was")[0] for w in warned] == ["rank 0", "rank 1"]
+    (single,) = load_profiles(PROFILES / "real_910b_level1" / "db" / "rank0_ascend_pt")
+    assert not any("was read" in w for w in single.warnings)

@@ -16,6 +16,7 @@ from rich.console import Console
 from autotune import target
 from autotune._io import read_json
 from autotune.errors import AutotuneError
+from autotune.lateness import rule_text
 from autotune.report.html import write_run_report
 from autotune.report.terminal_run import (
     PlainRunView,
@@ -299,6 +300,7 @@ def _run_with_view(
         plain = PlainRunView(
             console, sites=tuner.space.names, simulated=simulated, objective=options.objective
         )
+        console.print(rule_text(options.late_tolerance_us), markup=False)
         for record, best in history:
             plain.trial_finished(record, best)
         tuner.observer = _SpaceTracking(plain, tuner)
@@ -310,6 +312,7 @@ def _run_with_view(
         simulated=simulated,
         done=tuner.measured,
         history=history,
+        late_tolerance_us=options.late_tolerance_us,
     )
     tuner.observer = _SpaceTracking(view, tuner)
     with view:

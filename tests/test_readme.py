@@ -20,22 +20,33 @@ SAMPLE = ROOT / "profiles" / "dense_legacy_ascend_pt"
 runner = CliRunner()
 
 
-def _readme_json_fields() -> tuple[list[str], list[str]]:
-    """The top-level and per-site field names of the README's `--json` sentence."""
+def _readme_json_fields() -> dict[str, list[str]]:
+    """Field names of the README's `--json` sentence by where they sit: "" for the top level,
+    else the name of the list of objects they belong to (e.g. "sites")."""
     start = README.index("`--json` prints `{")
-    text = README[start : README.index("}`.", start)]
-    inner = text[text.index("[{") + 2 : text.index("}")]
-    outer = text.replace(text[text.index("[{") : text.index("]") + 1], "")
-    return re.findall(r'"(\w+)"', outer), re.findall(r'"(\w+)"', inner)
+    text = README[start + len("`--json` prints `{") : README.index("}`", start)]
+    fields: dict[str, list[str]] = {"": []}
+    stack = [""]
+    for token in re.finditer(r'"(\w+)"|\[\{|\}', text):
+        if token.group(0) == "[{":
+            stack.append(fields[stack[-1]][-1])
+            fields[stack[-1]] = []
+        elif token.group(0) == "}":
+            stack.pop()
+        else:
+            fields[stack[-1]].append(token.group(1))
+    return fields
 
 
 def test_readme_json_fields_are_the_real_output() -> None:
     result = runner.invoke(app, ["analyze", str(SAMPLE), "--json"])
     assert result.exit_code == 0
     data = json.loads(result.stdout)
-    top, site = _readme_json_fields()
-    assert top == list(data)
-    assert site == list(data["sites"][0])
+    fields = _readme_json_fields()
+    assert fields[""] == list(data)
+    assert fields["sites"] == list(data["sites"][0])
+    assert fields["profiles"] == list(data["profiles"][0])
+    assert "windows_without_prefetch" in fields["sites"]
 
 
 def test_readme_analyze_example_is_the_real_table() -> None:

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from autotune.lateness import rule_text
 from autotune.rundir import MIB, TrialRecord
 
 SIMULATED = "SIMULATED (modelled)"
@@ -58,9 +59,11 @@ class TerminalRunView:
         simulated: bool,
         done: int = 0,
         history: Sequence[tuple[TrialRecord, TrialRecord | None]] = (),
+        late_tolerance_us: float | None = None,
     ) -> None:
         self.console = console
         self.sites = list(sites)
+        self.late_tolerance_us = late_tolerance_us
         self.simulated = simulated
         # A resumed run starts with the rows of the trials it already has.
         self.rows: list[tuple[TrialRecord, TrialRecord | None]] = list(history)
@@ -120,13 +123,16 @@ class TerminalRunView:
     def _table(self) -> Table:
         title = "trials" + (f" — {SIMULATED}" if self.simulated else "")
         omitted = max(0, len(self.rows) - LIVE_ROWS)
-        caption = (
-            f"{omitted} earlier trial{'s' if omitted != 1 else ''} not shown (all in trials.csv)"
-            if omitted
-            else None
-        )
+        notes = [] if self.late_tolerance_us is None else [rule_text(self.late_tolerance_us)]
+        if omitted:
+            s = "s" if omitted != 1 else ""
+            notes.append(f"{omitted} earlier trial{s} not shown (all in trials.csv)")
         table = Table(
-            title=title, title_justify="left", caption=caption, caption_justify="left", expand=False
+            title=title,
+            title_justify="left",
+            expand=False,
+            caption="\n".join(notes) or None,
+            caption_justify="left",
         )
         table.add_column("trial", justify="right")
         table.add_column("role")
@@ -275,6 +281,9 @@ def print_result(
             )
     active = summary.get("active_sites") or []
     console.print(f"[bold]active sites:[/] {', '.join(active) or 'none'}")
+    tol = summary.get("late_tolerance_us")
+    if isinstance(tol, int | float):
+        console.print(f"[bold]lateness:[/] {rule_text(float(tol))}", markup=True)
     inert = summary.get("inert_sites") or {}
     if inert:
         console.print("[bold]inert sites[/] (their ratio changes nothing here):")

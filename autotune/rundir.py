@@ -50,11 +50,20 @@ ROLES: tuple[str, ...] = ("baseline", "default", "seed", "search")
 STATES: tuple[str, ...] = ("complete", "duplicate", "failed", "running")
 
 
+def current_umask() -> int:
+    """The process umask (os.umask can only be read by setting it, so it is set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same directory and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600; a run directory is shared, so the file gets what open() would give.
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
             handle.flush()
@@ -150,6 +159,25 @@ class RunDir:
     def default_storage_url(self) -> str:
         return f"sqlite:///{self.study_db.resolve()}"
 
+    def storage_of(self, info: Mapping[str, Any]) -> str | None:
+        """The explicit --storage run.json records, or None for the run's own study.db.
+
+        run.json names the own study as plain `study.db`, so a copied or moved run directory
+        keeps using the study beside it; runs written before that named it by absolute path.
+        """
+        stored = info.get("storage")
+        if not isinstance(stored, str) or stored in ("", STUDY_DB):
+            return None
+        prefix = "sqlite:///"
+        legacy = stored.startswith(prefix) and Path(stored[len(prefix) :]).name == STUDY_DB
+        if legacy and self.study_db.is_file():
+            return None
+        return stored
+
+    def storage_url_of(self, info: Mapping[str, Any]) -> str:
+        """The storage URL to open for the study run.json records."""
+        return self.storage_of(info) or self.default_storage_url()
+
     def prepare(self, *, resume: bool) -> None:
         """Create the directory for a new run, or check that a resumed one exists."""
         if resume:
@@ -208,8 +236,15 @@ class RunDir:
                     out.append(TrialRecord.from_json(data))
         return sorted(out, key=lambda t: t.number)
 
-    def write_trials_csv(self, records: Sequence[TrialRecord], sites: Sequence[str]) -> None:
-        atomic_write_text(self.path / TRIALS_CSV, trials_csv(records, sites))
+    def write_trials_csv(
+        self,
+        records: Sequence[TrialRecord],
+        sites: Sequence[str],
+        *,
+        late_tolerance_us: float | None = None,
+    ) -> None:
+        text = trials_csv(records, sites, late_tolerance_us=late_tolerance_us)
+        atomic_write_text(self.path / TRIALS_CSV, text)
 
     def write_best(self, config: Mapping[str, Any]) -> None:
         atomic_write_json(self.path / BEST_FILE, dict(config))
@@ -233,8 +268,15 @@ class RunDir:
         return pruned
 
 
-def trials_csv(records: Sequence[TrialRecord], sites: Sequence[str]) -> str:
-    """trials.csv: one row per trial, effective MiB per site, measurements and lateness."""
+def trials_csv(
+    records: Sequence[TrialRecord],
+    sites: Sequence[str],
+    *,
+    late_tolerance_us: float | None = None,
+) -> str:
+    """trials.csv: one row per trial, effective MiB per site, measurements and lateness.
+
+    `late_sites` follows autotune.lateness; `late_tolerance_us` is the tolerance it used."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(
@@ -252,6 +294,7 @@ def trials_csv(records: Sequence[TrialRecord], sites: Sequence[str]) -> str:
             "tpot_ms",
             "feasible",
             "late_sites",
+            "late_tolerance_us",
             "repeats",
             "duration_s",
             "error",
@@ -274,6 +317,7 @@ def trials_csv(records: Sequence[TrialRecord], sites: Sequence[str]) -> str:
                 _num(r.tpot_ms, 4),
                 "" if r.feasible is None else str(r.feasible).lower(),
                 " ".join(r.late_sites),
+                "" if late_tolerance_us is None else f"{late_tolerance_us:g}",
                 len(tps),
                 _num(r.duration_s, 2),
                 r.error,

@@ -104,10 +104,13 @@ def test_export_prints_the_best_config_again(finished_run: tuple[Path, str]) -> 
     best = json.loads((out / "best_config.json").read_text())
     result = runner.invoke(app, ["export", str(out)])
     assert result.exit_code == 0
-    assert json.loads(result.output) == best
+    # stdout is the config alone; the simulated run gets one note on stderr.
+    assert json.loads(result.stdout) == best
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("note: SIMULATED")
+    assert "not finished" not in result.stderr
     result = runner.invoke(app, ["export", str(out), "--format", "vllm-args"])
     assert result.exit_code == 0
-    line = result.output.strip()
+    line = result.stdout.strip()
     assert line.startswith("--additional-config '") and line.endswith("'")
     assert json.loads(line[len("--additional-config '") : -1]) == best
 
@@ -236,6 +239,34 @@ def test_default_backend_without_vllm_names_the_simulator(tmp_path: Path) -> Non
     assert not (tmp_path / "x").exists()
 
 
+def test_every_view_agrees_on_lateness(finished_run: tuple[Path, str]) -> None:
+    # One rule (autotune.lateness): analyze on a kept trial, trial.json, trials.csv, the summary
+    # and the report say the same sites are late, and each states the tolerance it used.
+    out, text = finished_run
+    rule = "late = median slack below −2 µs (tolerance 2 µs)"
+    assert rule in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["late_tolerance_us"], summary["late_rule"]) == (2.0, rule)
+    rows = {int(r["trial"]): r for r in csv.DictReader((out / "trials.csv").open())}
+    assert {r["late_tolerance_us"] for r in rows.values()} == {"2"}
+    run = load_run(out)
+    late_seen = 0
+    for number in sorted(run.profiles):
+        trial_dir = out / "trials" / f"{number:03d}"
+        res = runner.invoke(app, ["analyze", str(trial_dir), "--json"])
+        assert res.exit_code == 0, res.output
+        doc = json.loads(res.stdout)
+        assert doc["late_rule"] == rule
+        late = [s["site"] for s in doc["sites"] if s["verdict"] == "late"]
+        saved = json.loads((trial_dir / "trial.json").read_text())["late_sites"]
+        assert late == saved, number
+        assert rows[number]["late_sites"] == " ".join(late), number
+        assert rows[number]["feasible"] == ("false" if late else "true"), number
+        late_seen += bool(late)
+    assert late_seen  # the vendor default's mlp.down ends after SwiGLU
+    assert rule in (out / "report.html").read_text(encoding="utf-8")
+
+
 def test_late_is_infeasible_keeps_the_vendor_criterion(tmp_path: Path) -> None:
     # tests/data/hardware/slow-matmul.toml: late prefetches pay there (see its note).
     hw = str(Path(__file__).parent / "data" / "hardware" / "slow-matmul.toml")
@@ -246,7 +277,8 @@ def test_late_is_infeasible_keeps_the_vendor_criterion(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["late_is_infeasible"] is True
     assert summary["best"]["late_sites"] == []
-    assert summary["pick_rule"] == "late sites infeasible (--late-is-infeasible)"
+    assert summary["picked_by"] == "late sites infeasible (--late-is-infeasible)"
+    assert "--late-is-infeasible" in summary["pick_rule"]
     assert "picked by: late sites infeasible (--late-is-infeasible); late sites: none" in (
         result.output
     )

@@ -23,9 +23,12 @@ from autotune.search import (
     SiteSpace,
     SiteTiming,
     Tuner,
+    best_record,
     candidates,
     estimates,
+    pick_rule,
     profile_inert,
+    ranked_records,
     seed_site,
     site_levels,
     static_space,
@@ -273,10 +276,10 @@ def test_a_late_but_faster_optimum_is_found_and_strict_mode_refuses_it(tmp_path:
     best = outcome.best
     assert best is not None and best.late_sites, "the fixture's optimum is no longer late"
     assert simulate_throughput(w, best.config, hw) >= 0.995 * optimum
-    assert outcome.summary["pick_rule"] == "late but faster beyond the noise of the estimates"
+    assert outcome.summary["picked_by"] == RULE_LATE_FASTER
     strict = _tune(tmp_path / "b", w, hw, constraint=True).run()
     assert strict.best is not None and not strict.best.late_sites
-    assert strict.summary["pick_rule"] == RULE_STRICT
+    assert strict.summary["picked_by"] == RULE_STRICT
     assert simulate_throughput(w, strict.best.config, hw) < 0.995 * optimum
 
 
@@ -351,3 +354,21 @@ def test_shown_url_hides_the_password() -> None:
         "postgresql+psycopg2://u:***@h:5432/db"
     )
     assert shown_url("sqlite:////tmp/run/study.db") == "sqlite:////tmp/run/study.db"
+
+
+def test_ranking_puts_the_pick_first_and_names_the_runner_up() -> None:
+    # Trial 1 has the best estimate, 2.6 % ahead, but a late site: it wins unless lateness is a
+    # hard rule; then 2 wins, and 3 (higher measurement, worse estimate) is the runner-up.
+    recs = [_rec(0, 1000 / 20.0, 20.0), _rec(1, 1000 / 19.0, 19.0)]
+    recs += [_rec(2, 1000 / 19.5 * 0.99, 19.5), _rec(3, 1000 / 19.6 * 1.01, 19.6)]
+    recs[1].feasible = False
+    assert [r.number for r in ranked_records(recs, "throughput")] == [1, 2, 3, 0]
+    ranked = ranked_records(recs, "throughput", late_is_infeasible=True)
+    assert [r.number for r in ranked] == [2, 3, 0, 1]
+    assert best_record(recs, "throughput", late_is_infeasible=True) is recs[2]
+    assert recs[3].throughput is not None and recs[2].throughput is not None
+    assert recs[3].throughput > recs[2].throughput  # the winner is not the highest measurement
+    rule = pick_rule("throughput", 2.0)
+    assert "highest estimated throughput" in rule and "2 µs" in rule and "\n" not in rule
+    assert "beyond the noise" in rule and "--late-is-infeasible" in pick_rule("tpot", 2.0, True)
+    assert "lowest estimated TPOT" in pick_rule("tpot", 0.5)

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import AutotuneError
+from autotune.lateness import rule_text, tolerance_ns
 from autotune.overlap import OverlapResult
 from autotune.profile.tasks import Profile
 from autotune.report.figures import (
@@ -193,6 +195,11 @@ def analysis_findings(result: OverlapResult) -> list[str]:
             out.append(f"{site}: {n:,} window(s) without a prefetch")
     if result.unattributed:
         out.append(f"{result.unattributed:,} prefetch(es) matched no window (unattributed)")
+    if result.unattributed_stall_us > 0:
+        out.append(
+            f"unattributed stall: {result.unattributed_stall_us_per_step:,.1f} µs per step of "
+            "joins no prefetch was matched to"
+        )
     for t, n in sorted(result.unclassified_types.items()):
         out.append(f"unclassified task type {t}: {n:,} task(s)")
     out.extend(result.warnings)
@@ -338,6 +345,14 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).astimezone().strftime("%Y-%m-%d %H:%M %Z")
 
 
+def _ranks_text(profiles: Sequence[Profile]) -> str:
+    """How many ranks and which, e.g. "1 (rank 0)": a bare "0" reads as zero ranks."""
+    if not profiles:
+        return "—"
+    ids = ", ".join("?" if p.rank is None else str(p.rank) for p in profiles)
+    return f"{len(profiles)} (rank{'s' if len(profiles) > 1 else ''} {ids})"
+
+
 def analyze_page(
     result: OverlapResult,
     profiles: Sequence[Profile],
@@ -356,7 +371,7 @@ def analyze_page(
         ("backend", "simulate" if simulated else "device profile"),
         ("vllm-ascend", "0.23 (modelled)" if simulated else unknown),
         ("profiles", ", ".join(str(p.path) for p in profiles) or "—"),
-        ("ranks", ", ".join("?" if p.rank is None else str(p.rank) for p in profiles) or "—"),
+        ("ranks", _ranks_text(profiles)),
         ("source", ", ".join(sorted({p.source for p in profiles})) or "—"),
         ("profiler level", ", ".join(sorted({p.level or "?" for p in profiles})) or "—"),
         ("profiled steps", result.steps),
@@ -368,7 +383,7 @@ def analyze_page(
     page.sections.append(headline(result))
     page.sections.append(
         "<section id='sites-section'><h2>Per-site overlap</h2>"
-        + site_table(rows, table_id="sites")
+        + site_table(rows, table_id="sites", caption=rule_text(result.late_tolerance_us))
         + "<h3>Findings</h3>"
         + findings_list(analysis_findings(result), list_id="findings")
         + "</section>"
@@ -469,7 +484,7 @@ def _analyse_trial(
         return AnalysedTrial(label, trial, [], None, "its profile was not kept (--keep-profiles)")
     try:
         profiles = load_profiles(path)
-        result = analyze(profiles, late_tolerance_ns=round(tolerance_us * 1000))
+        result = analyze(profiles, late_tolerance_ns=tolerance_ns(tolerance_us))
     except AutotuneError as exc:
         return AnalysedTrial(label, trial, [], None, f"its profile could not be read: {exc}")
     return AnalysedTrial(label, trial, list(profiles), result)
@@ -568,7 +583,10 @@ def run_page(record: RunRecord) -> Page:
         ("objective", f"{objective} ({s['direction']})" if "direction" in s else objective),
         ("run directory", str(record.path)),
     ]
-    if not s.get("finished", True):
+    if s.get("stopped") == "interrupted":
+        resume = f"autotune run --resume --out {shlex.quote(str(record.path))}"
+        meta.append(("state", f"unfinished: interrupted; continue it with {resume}"))
+    elif not s.get("finished", True):
         meta.append(("state", "unfinished: the run is still going or was interrupted"))
     page = Page(title="autotune — prefetch tuning report", simulated=simulated, meta=meta)
 
@@ -601,7 +619,7 @@ def run_page(record: RunRecord) -> Page:
     )
     page.sections.append(
         f"<section id='best-section'><h2>Best config</h2><p>{esc(best_txt)}</p>"
-        f"{kpis}{cfg_html}</section>"
+        f"{kpis}{_pick_html(record, best, objective, tolerance_us)}{cfg_html}</section>"
     )
 
     # Overlap of the probes and the best trial, from their kept profiles.
@@ -625,7 +643,10 @@ def run_page(record: RunRecord) -> Page:
         if a.result.prefetches.empty and a.trial.role == "baseline":
             continue  # prefetch off: nothing to tabulate
         tid = "sites" if a is best_a else f"sites-{a.trial.number}"
-        tables.append(f"<h3>{esc(a.label)}</h3>" + site_table(site_rows(a.result), table_id=tid))
+        cap = rule_text(a.result.late_tolerance_us)
+        tables.append(
+            f"<h3>{esc(a.label)}</h3>" + site_table(site_rows(a.result), table_id=tid, caption=cap)
+        )
     findings = [f"{site}: inert — {reason}" for site, reason in s.get("inert_sites", {}).items()]
     for key, value in s.items():
         if "redundant" in key and isinstance(value, Mapping):
@@ -688,7 +709,8 @@ def run_page(record: RunRecord) -> Page:
         f"<figure>{history_svg(hist, objective_name=objective, best_number=best_number)}</figure>"
         "<h3>Throughput against each site's effective bytes</h3><figure>"
         f"{scatter_svg(points, sites)}</figure>"
-        f"{imp_html}<h3>Trials</h3><p class='note'>Click a column to sort.</p>"
+        f"{imp_html}<h3>Trials</h3><p class='note' id='late-rule'>Click a column to sort. "
+        f"Late sites: {esc(rule_text(tolerance_us))}.</p>"
         f"{trials_table(record.trials, sites, best.number if best else None)}</section>"
     )
     page.data = {
@@ -704,6 +726,37 @@ def run_page(record: RunRecord) -> Page:
     return page
 
 
+def _pick_html(
+    record: RunRecord, best: TrialRecord | None, objective: str, tolerance_us: float
+) -> str:
+    """The pick rule in one line, and measured against estimated for the winner and runner-up."""
+    from autotune.search import OBJECTIVES, pick_rule, ranked_records
+
+    if best is None or objective not in OBJECTIVES:
+        return ""
+    strict = _strict(record)
+    rule = str(record.summary.get("pick_rule") or pick_rule(objective, tolerance_us, strict))
+    picked_by = str(record.summary.get("picked_by") or "")
+    if picked_by:
+        rule = f"{rule} (this run: {picked_by})"
+    ranked = ranked_records(record.trials, objective, late_is_infeasible=strict)
+    runner_up = next((t for t in ranked if t is not best), None)
+    unit = "tok/s" if objective == "throughput" else "ms TPOT"
+    rows = "".join(
+        f"<tr data-trial='{t.number}'><th scope='row'>{label}</th><td>{t.number:03d}</td>"
+        f"<td>{esc(t.role)}</td><td class='num'>{fmt_num(t.objective)}</td>"
+        f"<td class='num'>{fmt_num(t.estimate)}</td></tr>"
+        for label, t in (("winner", best), ("runner-up", runner_up))
+        if t is not None
+    )
+    return (
+        f"<p class='note' id='pick-rule'>{esc(rule)}</p>"
+        "<table id='pick'><thead><tr><th></th><th>trial</th><th>role</th>"
+        f"<th>measured ({esc(unit)})</th><th>estimated ({esc(unit)})</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+    )
+
+
 def _fill_estimates(record: RunRecord, objective: str) -> TrialRecord | None:
     """Set each trial's `estimate` as the search computes it (trial.json does not keep it).
 
@@ -713,9 +766,14 @@ def _fill_estimates(record: RunRecord, objective: str) -> TrialRecord | None:
 
     if objective not in OBJECTIVES:
         return None
+    return best_record(record.trials, objective, late_is_infeasible=_strict(record))
+
+
+def _strict(record: RunRecord) -> bool:
+    """Whether the run treated late sites as infeasible (--late-is-infeasible)."""
+    options = record.run.get("options") or {}
     summary = record.summary or {}
-    strict = bool(summary.get("late_is_infeasible", summary.get("constraint", False)))
-    return best_record(record.trials, objective, late_is_infeasible=strict)
+    return bool(summary.get("late_is_infeasible", options.get("constraint", False)))
 
 
 def _first_profile(profiles: Sequence[Profile]) -> Profile:

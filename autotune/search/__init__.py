@@ -36,7 +36,7 @@ from autotune.search.options import (
 )
 from autotune.search.space import SearchSpace, SiteSpace, site_levels, static_space
 from autotune.search.storage import open_study, shown_url
-from autotune.search.summary import best_record, build_summary, gain
+from autotune.search.summary import best_record, build_summary, gain, pick_rule, ranked_records
 from autotune.search.tuner import RunOutcome, Tuner
 
 __all__ = [
@@ -58,7 +58,9 @@ __all__ = [
     "estimates",
     "gain",
     "open_study",
+    "pick_rule",
     "profile_inert",
+    "ranked_records",
     "seed_site",
     "shown_url",
     "site_levels",

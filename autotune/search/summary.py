@@ -7,6 +7,7 @@ from typing import Any
 
 from optuna.study import StudyDirection
 
+from autotune.lateness import rule_text
 from autotune.rundir import MIB, RunDir, TrialRecord
 from autotune.search.measure import beyond_noise, estimates
 from autotune.search.options import OBJECTIVES, SearchOptions
@@ -14,7 +15,7 @@ from autotune.search.space import SearchSpace
 from autotune.search.storage import shown_url
 from autotune.workloads.base import Workload
 
-# Which rule picked the best trial (summary.json "pick_rule").
+# Which rule picked the best trial (summary.json "picked_by").
 RULE_BEST = "best estimated objective (no late site)"
 RULE_LATE_FASTER = "late but faster beyond the noise of the estimates"
 RULE_ON_TIME = "on-time trial kept: the faster late one is within the noise"
@@ -23,12 +24,13 @@ RULE_STRICT = "late sites infeasible (--late-is-infeasible)"
 
 def pick_best(
     records: Sequence[TrialRecord], objective: str, *, late_is_infeasible: bool = False
-) -> tuple[TrialRecord | None, str]:
-    """The best measured trial by its estimate (`estimates`) and the rule that picked it.
+) -> tuple[list[TrialRecord], str]:
+    """Measured trials in pick order and the rule that put the first one first.
 
-    Lateness guides, it does not veto: a late trial wins only when it beats the best on-time
-    trial beyond the noise (`beyond_noise`); with `late_is_infeasible` only on-time trials count
-    (when there is one). Updates every record's estimate.
+    By estimate (`estimates`), best first. Lateness guides, it does not veto: a late trial stays
+    first only when it beats the best on-time trial beyond the noise (`beyond_noise`), else that
+    on-time trial moves ahead of it; with `late_is_infeasible` on-time trials come first. Updates
+    every trial's estimate.
     """
     est = estimates(records, objective)
     for r in records:
@@ -36,32 +38,56 @@ def pick_best(
         if r.state == "duplicate" and r.duplicate_of is not None:
             r.estimate = est.get(r.duplicate_of)
     measured = [r for r in records if r.state == "complete" and r.estimate is not None]
-    if not measured:
-        return None, ""
     sign = 1.0 if OBJECTIVES[objective] == StudyDirection.MAXIMIZE else -1.0
-
-    def top(pool: Sequence[TrialRecord]) -> TrialRecord:
-        return max(pool, key=lambda r: (sign * (r.estimate or 0.0), -r.number))
-
-    on_time = [r for r in measured if r.feasible is not False]
+    # Ties go to the earlier trial.
+    ranked = sorted(measured, key=lambda r: (-sign * (r.estimate or 0.0), r.number))
+    if not ranked:
+        return ranked, ""
     if late_is_infeasible:
-        return top(on_time or measured), RULE_STRICT
-    best = top(measured)
-    if best.feasible is not False:
-        return best, RULE_BEST
-    if not on_time:
-        return best, RULE_LATE_FASTER
-    rival = top(on_time)
-    if beyond_noise(records, objective, best.number, rival.number):
-        return best, RULE_LATE_FASTER
-    return rival, RULE_ON_TIME
+        return sorted(ranked, key=lambda r: r.feasible is False), RULE_STRICT
+    first = ranked[0]
+    if first.feasible is not False:
+        return ranked, RULE_BEST
+    rival = next((r for r in ranked if r.feasible is not False), None)
+    if rival is None or beyond_noise(records, objective, first.number, rival.number):
+        return ranked, RULE_LATE_FASTER
+    return [rival, *(r for r in ranked if r is not rival)], RULE_ON_TIME
+
+
+def ranked_records(
+    records: Sequence[TrialRecord], objective: str, *, late_is_infeasible: bool = False
+) -> list[TrialRecord]:
+    """Measured trials in pick order (`pick_best`); updates every trial's estimate."""
+    return pick_best(records, objective, late_is_infeasible=late_is_infeasible)[0]
 
 
 def best_record(
     records: Sequence[TrialRecord], objective: str, *, late_is_infeasible: bool = False
 ) -> TrialRecord | None:
     """The best measured trial (`pick_best`); updates every estimate."""
-    return pick_best(records, objective, late_is_infeasible=late_is_infeasible)[0]
+    ranked = ranked_records(records, objective, late_is_infeasible=late_is_infeasible)
+    return ranked[0] if ranked else None
+
+
+def pick_rule(objective: str, late_tolerance_us: float, late_is_infeasible: bool = False) -> str:
+    """How the best trial is chosen, in one line."""
+    what = "throughput" if objective == "throughput" else "TPOT"
+    high = "highest" if OBJECTIVES.get(objective) == StudyDirection.MAXIMIZE else "lowest"
+    if late_is_infeasible:
+        among = (
+            f"among trials with no site late by more than {late_tolerance_us:g} µs (all trials "
+            "if every one is late; --late-is-infeasible)"
+        )
+    else:
+        among = (
+            f"over all trials; one with a site late by more than {late_tolerance_us:g} µs wins "
+            "only when it beats the best on-time trial beyond the noise of the estimates"
+        )
+    return (
+        f"best = the {high} estimated {what} {among}; the estimate is the measured "
+        f"{what} regressed on the profiled decode-step time over all trials, which evens out "
+        "bench noise, so the best need not be the highest single measurement"
+    )
 
 
 def site_json(summary: Any) -> dict[str, Any]:
@@ -129,8 +155,11 @@ def build_summary(
     rundir: RunDir,
 ) -> dict[str, Any]:
     """summary.json: what the run found, against what, and where it is."""
+    ranked, picked_by = pick_best(
+        records, options.objective, late_is_infeasible=options.constraint
+    )
+    runner_up = next((r for r in ranked if best is None or r.number != best.number), None)
     best_brief = _trial_brief(best)
-    rule = pick_best(records, options.objective, late_is_infeasible=options.constraint)[1]
     if best_brief is not None and best is not None:
         best_brief["config"] = best.config
     return {
@@ -145,8 +174,8 @@ def build_summary(
         "objective": options.objective,
         "direction": OBJECTIVES[options.objective].name.lower(),
         "late_tolerance_us": options.late_tolerance_us,
+        "late_rule": rule_text(options.late_tolerance_us),
         "late_is_infeasible": options.constraint,
-        "pick_rule": rule if best is not None else "",
         "repeats": options.repeats,
         "sampler": options.sampler,
         "study": {"name": study_name, "storage": shown_url(storage_url)},
@@ -162,6 +191,9 @@ def build_summary(
         "baseline": _trial_brief(baseline),
         "vendor_default": _trial_brief(default),
         "best": best_brief,
+        "runner_up": _trial_brief(runner_up),
+        "pick_rule": pick_rule(options.objective, options.late_tolerance_us, options.constraint),
+        "picked_by": picked_by if best is not None else "",
         "gain_over_baseline": gain(best, baseline, options.objective)
         if best and baseline
         else None,

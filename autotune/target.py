@@ -52,6 +52,10 @@ MODULE_KEYS: dict[str, tuple[str, ...]] = {
 MLP_TOKEN_LIMIT = 500
 # The MoE prefetch would need at least this many tokens (moot in 0.23: it never fires).
 MOE_TOKEN_THRESHOLD = 96
+# On dense models flashcomm1's sequence-parallel comm (all-gather / reduce-scatter, norms on
+# batch/TP rows) runs only in forwards of more tokens than this; below it o_proj and down_proj
+# do matmul + all-reduce, as without flashcomm1 (ascend_forward_context.py).
+SP_MIN_TOKENS = 1000
 
 # Ratio written for "as good as off" on one site of a module that stays on. It cannot be 0: 0.23
 # reads 0 as the whole weight. 0.1 % of a weight is a few KiB to ~100 KiB: one short CMO.
@@ -176,6 +180,17 @@ def _read(config: Mapping[str, Any]) -> _Read:
         ratios[module] = kept
         on[module] = enabled and any(v > 0 for v in kept.values())
     return _Read(enabled=enabled, ratios=ratios, on=on)
+
+
+def sequence_parallel(setup: Setup, num_tokens: int) -> bool:
+    """True when flashcomm1's sequence-parallel comm runs in a forward of `num_tokens` tokens.
+
+    Dense models switch it on only above SP_MIN_TOKENS, so a decode step keeps all-reduce and
+    whole-batch norms; MoE models with flashcomm1 run it at every token count.
+    """
+    if not setup.flashcomm1:
+        return False
+    return spec_of(setup).is_moe or num_tokens > SP_MIN_TOKENS
 
 
 def _mlp_gate_open(setup: Setup, num_tokens: int) -> bool:

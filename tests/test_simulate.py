@@ -142,6 +142,33 @@ def test_eviction_when_prefetches_exceed_usable_l2(tmp_path: Path) -> None:
     assert large_roomy > large
 
 
+def test_flashcomm1_at_decode_keeps_all_reduce_and_whole_batch_norms() -> None:
+    # 0.23 runs flashcomm1's sequence-parallel comm on dense models only above 1000 tokens: a
+    # decode step of 72 does matmul + all-reduce after o_proj and down_proj, norms on all rows.
+    w = Workload(model="Qwen3-32B-W8A8", max_num_seqs=72, profile_steps=1)
+    trial = simulate_trial(w, cfg(ATTN_OFF, {"gate_up": 1.0, "down": 0.3}))
+    layers = trial.tasks[trial.tasks["layer"] >= 0]
+    comm = layers[layers["type"] == "HCCL"]
+    assert comm["op_type"].tolist() == ["hcom_allReduce_"] * (2 * 64)
+    norms = layers[layers["op_type"].isin(["AddRmsNorm"])]
+    assert set(norms["in_shapes"]) == {"72,5120"}
+    # So the gate_up window is the post-attention norm + quantize only, and 18 MiB ends late.
+    gate_up = trial.prefetches[trial.prefetches["site"] == "mlp.gate_up"]
+    assert len(gate_up) == 64 and gate_up["late"].all()
+    # With prefetch off, flashcomm1 changes nothing at decode.
+    no_fc1 = Workload(model="Qwen3-32B-W8A8", max_num_seqs=72, flashcomm1=False)
+    assert simulate_throughput(w, OFF) == simulate_throughput(no_fc1, OFF)
+
+
+def test_flashcomm1_above_1000_tokens_runs_sequence_parallel() -> None:
+    w = Workload(model="Qwen3-32B-W8A8", max_num_seqs=1024, profile_steps=1)
+    layers = simulate_trial(w, OFF).tasks.query("layer >= 0")
+    counts = layers.loc[layers["type"] == "HCCL", "op_type"].value_counts().to_dict()
+    assert counts == {"hcom_allGather_": 2 * 64, "hcom_reduceScatter_": 2 * 64}
+    norms = layers[layers["op_type"] == "AddRmsNorm"]
+    assert set(norms["in_shapes"]) == {"256,5120"}  # 1024 rows over TP4
+
+
 # ---- ground truth and timeline consistency ---------------------------------------------------
 
 

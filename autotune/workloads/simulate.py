@@ -33,6 +33,7 @@ from autotune.target import (
     ResolvedPrefetch,
     Setup,
     resolve_prefetches,
+    sequence_parallel,
     spec_of,
     validate_config,
     vendor_default_config,
@@ -121,8 +122,11 @@ class _Builder:
         self.items: list[_Item] = []
         self.labels: dict[str, int] = {}
         self.b = setup.max_num_seqs
-        # flashcomm1 runs the norms sequence-parallel: each rank holds batch/TP tokens.
-        self.t_norm = -(-self.b // setup.tp) if setup.flashcomm1 else self.b
+        # Sequence parallel (flashcomm1, and on dense models only above 1000 tokens) splits the
+        # norms' rows over the TP ranks and swaps all-reduce for all-gather + reduce-scatter.
+        # A dense decode step stays below that, so flashcomm1 only arms the gate_up hook there.
+        self.sp = sequence_parallel(setup, self.b)
+        self.t_norm = -(-self.b // setup.tp) if self.sp else self.b
         self.wb = weight_bytes(spec, setup.tp, setup.ep)
 
     def add(self, op: _Op, label: str = "") -> None:
@@ -201,10 +205,10 @@ class _Builder:
         kv_heads = spec.num_key_value_heads
         kv_l = (kv_heads // tp if kv_heads >= tp else 1) * hd
         tn = self.t_norm
-        fc1 = setup.flashcomm1
+        sp = self.sp
         # Input norm with residual: read x and residual, write both (bf16).
         self.vec("AddRmsNorm", "AddRmsNorm", tn * h * 8 + h * 2, f"{tn},{h}", "input_norm")
-        if fc1:
+        if sp:
             self.comm("allGather", hw.t_comm_us)
         self.vec("AscendQuantV3", "AscendQuantV2", b * h * 3, f"{b},{h}", "quant_qkv")
         self.matmul(
@@ -236,7 +240,7 @@ class _Builder:
         )
         self.vec("AscendQuantV3", "AscendQuantV2", b * q_l * 3, f"{b},{q_l}", "quant_o")
         self.matmul("QuantMatmulV4", "QuantBatchMatmulV3", "o_proj", self.wb["o_proj"], q_l, h)
-        self.comm("reduceScatter" if fc1 else "allReduce", hw.t_comm_us)
+        self.comm("reduceScatter" if sp else "allReduce", hw.t_comm_us)
         self.vec("AddRmsNorm", "AddRmsNorm", tn * h * 8 + h * 2, f"{tn},{h}", "post_norm")
         if spec.is_moe:
             self._moe()
@@ -246,8 +250,8 @@ class _Builder:
     def _mlp(self) -> None:
         spec, setup, hw, b = self.spec, self.setup, self.hw, self.b
         h, i_l = spec.hidden_size, spec.intermediate_size // setup.tp
-        fc1 = setup.flashcomm1
-        if fc1:
+        sp = self.sp
+        if sp:
             self.comm("allGather", hw.t_comm_us)
         self.vec("AscendQuantV3", "AscendQuantV2", b * h * 3, f"{b},{h}", "quant_gate_up")
         self.matmul(
@@ -263,7 +267,7 @@ class _Builder:
         self.matmul(
             "QuantMatmulV4", "QuantBatchMatmulV3", "down_proj", self.wb["down_proj"], i_l, h
         )
-        self.comm("reduceScatter" if fc1 else "allReduce", hw.t_comm_us)
+        self.comm("reduceScatter" if sp else "allReduce", hw.t_comm_us)
 
     def _moe(self) -> None:
         spec, setup, hw, b = self.spec, self.setup, self.hw, self.b

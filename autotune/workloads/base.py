@@ -24,6 +24,8 @@ class Workload:
     output_len: int = 512
     max_num_batched_tokens: int = 16384
     profile_steps: int = 8
+    # Custom row-parallel op the other additional-config keys put on o_proj (target.row_op_of).
+    row_op: str = ""
 
 
 def setup_of(workload: Workload) -> Setup:
@@ -36,6 +38,7 @@ def setup_of(workload: Workload) -> Setup:
         flashcomm1=workload.flashcomm1,
         graph_mode=workload.graph_mode,
         max_num_batched_tokens=workload.max_num_batched_tokens,
+        row_op=workload.row_op,
     )
 
 

@@ -16,7 +16,7 @@ import json
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -32,7 +32,9 @@ from autotune.models import ModelSpec, weight_bytes
 from autotune.target import (
     ResolvedPrefetch,
     Setup,
+    check_setup,
     resolve_prefetches,
+    row_op_of,
     sequence_parallel,
     spec_of,
     validate_config,
@@ -242,7 +244,7 @@ class _Builder:
         self.matmul("QuantMatmulV4", "QuantBatchMatmulV3", "o_proj", self.wb["o_proj"], q_l, h)
         self.comm("reduceScatter" if sp else "allReduce", hw.t_comm_us)
         self.vec("AddRmsNorm", "AddRmsNorm", tn * h * 8 + h * 2, f"{tn},{h}", "post_norm")
-        if spec.is_moe:
+        if spec.has_experts:
             self._moe()
         else:
             self._mlp()
@@ -357,7 +359,7 @@ def _plan_layer(
         if slot is None or slot[0] not in bld.labels:
             raise AutotuneError(
                 f"simulator: no place for prefetch {p.site} of {p.weight} in a "
-                f"{'MoE' if spec.is_moe else 'dense'} layer"
+                f"{'MoE' if spec.has_experts else 'dense'} layer"
             )
         first, last, join = slot
         before.setdefault(bld.labels[first], []).append(i)
@@ -764,7 +766,7 @@ def _static(workload: Workload, hw: Hardware) -> _Static:
 def _prefill_seconds(spec: ModelSpec, workload: Workload, hw: Hardware) -> float:
     """One wave's prefill: compute-bound roofline, prefetch effects ignored (simplification)."""
     tp, h, hd = workload.tp, spec.hidden_size, spec.head_dim
-    if spec.is_moe:
+    if spec.has_experts:
         ffn = 3 * h * spec.moe_intermediate_size * spec.num_experts_per_tok
     else:
         ffn = 3 * h * spec.intermediate_size
@@ -1150,7 +1152,13 @@ def simulate_once(
     seed: int = 0,
     noise: float = 0.01,
 ) -> tuple[SimTrial, TrialResult]:
-    """One simulated trial with a profile, as `autotune simulate` runs it."""
+    """One simulated trial with a profile, as `autotune simulate` runs it.
+
+    Refuses a deployment 0.23 would not start; the config's other keys pick o_proj's row op.
+    """
+    if not workload.row_op:
+        workload = replace(workload, row_op=row_op_of(config))
+    check_setup(setup_of(workload))
     backend = SimulateBackend(workload, seed=seed, noise=noise)
     return backend.run_trial(config, out_dir, repeats=1, profile=True)
 

@@ -169,6 +169,27 @@ def test_flashcomm1_above_1000_tokens_runs_sequence_parallel() -> None:
     assert set(norms["in_shapes"]) == {"256,5120"}  # 1024 rows over TP4
 
 
+def test_unquantized_checkpoint_runs_bf16_linears_without_attention_prefetch(
+    tmp_path: Path,
+) -> None:
+    # A model dir without quant_model_description.json is BF16 in 0.23: no activation quantize,
+    # bf16 matmuls over 2-byte weights, and only the mlp.* prefetches.
+    model = tmp_path / "qwen3-32b"
+    model.mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "qwen3-32b-w8a8" / "config.json", model)
+    w = Workload(model=str(model), max_num_seqs=72, profile_steps=1)
+    trial = simulate_trial(w, cfg(mlp={"gate_up": 0.1, "down": 0.1}))
+    fired = {(p.site, p.bytes) for p in trial.prefetches_per_layer}
+    assert fired == {("mlp.gate_up", 13_107_200), ("mlp.down", 6_553_600)}  # 10 % of bf16 sizes
+    layers = trial.tasks[trial.tasks["layer"] >= 0]
+    assert not layers["op_type"].str.contains("Quant").any()
+    assert set(layers.loc[layers["type"] == "AI_CORE", "op_type"]) == {"MatMulV2"}
+    # The gate_up window is the post-attention norm alone.
+    gate_up = trial.prefetches[trial.prefetches["site"] == "mlp.gate_up"]
+    norms = layers[layers["op_type"] == "AddRmsNorm"]
+    assert set(gate_up["window_end_ns"]) <= set(norms["end_ns"])
+
+
 # ---- ground truth and timeline consistency ---------------------------------------------------
 
 

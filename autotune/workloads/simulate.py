@@ -1,7 +1,7 @@
 """The simulator backend: an analytic decode-step twin of vllm-ascend 0.23 on one Ascend die.
 
-Per decode step and layer it lays out the W8A8 op sequence of docs/analysis.md on the compute
-stream (roofline durations) and the CMO prefetches on the single prefetch stream. A CMO shares HBM
+Per decode step and layer it lays out the op sequence of docs/analysis.md on the compute stream
+(roofline durations; quantize + int8 matmul for quantized linears, bf16 matmul otherwise) and the CMO prefetches on the single prefetch stream. A CMO shares HBM
 bandwidth with the op it runs beside (fluid sharing), the join waits when it ends late, and the
 next matmul reads the prefetched bytes from L2 at a hit fraction that falls once the resident
 prefetched bytes exceed the usable L2. Which prefetches fire, and how many bytes they move, comes
@@ -28,7 +28,7 @@ import pandas as pd
 from autotune._io import read_text
 from autotune.errors import AutotuneError
 from autotune.hardware import Hardware, load_hardware
-from autotune.models import ModelSpec, weight_bytes
+from autotune.models import STATIC_W8A8, ModelSpec, scheme_bits, weight_bytes
 from autotune.target import (
     ResolvedPrefetch,
     Setup,
@@ -131,6 +131,24 @@ class _Builder:
         self.t_norm = -(-self.b // setup.tp) if self.sp else self.b
         self.wb = weight_bytes(spec, setup.tp, setup.ep)
 
+    def linear(
+        self, scheme: str, weight: str, k: int, n: int, label: str, quant_bytes: float
+    ) -> None:
+        """A linear as its checkpoint scheme runs it: activation quantize + int8 matmul, or bf16."""
+        b = self.b
+        if scheme_bits(scheme) < 16:
+            # Static W8A8 quantizes with a fixed scale; the dynamic flavours (W8A8_MIX outside
+            # decode nodes) compute per-token scales.
+            api, op_type = (
+                ("AscendQuantV3", "AscendQuantV2")
+                if scheme == STATIC_W8A8
+                else ("DynamicQuant", "DynamicQuant")
+            )
+            self.vec(api, op_type, quant_bytes, f"{b},{k}", label)
+            self.matmul("QuantMatmulV4", "QuantBatchMatmulV3", weight, self.wb[weight], k, n)
+        else:
+            self.matmul("Mm", "MatMulV2", weight, self.wb[weight], k, n, int8=False)
+
     def add(self, op: _Op, label: str = "") -> None:
         if label:
             self.labels[label] = len(self.items)
@@ -212,15 +230,7 @@ class _Builder:
         self.vec("AddRmsNorm", "AddRmsNorm", tn * h * 8 + h * 2, f"{tn},{h}", "input_norm")
         if sp:
             self.comm("allGather", hw.t_comm_us)
-        self.vec("AscendQuantV3", "AscendQuantV2", b * h * 3, f"{b},{h}", "quant_qkv")
-        self.matmul(
-            "QuantMatmulV4",
-            "QuantBatchMatmulV3",
-            "qkv_proj",
-            self.wb["qkv_proj"],
-            h,
-            q_l + 2 * kv_l,
-        )
+        self.linear(spec.attn_quant, "qkv_proj", h, q_l + 2 * kv_l, "quant_qkv", b * h * 3)
         self.vec("RmsNorm", "RmsNorm", b * (q_l + kv_l) * 4, f"{b},{q_l + kv_l}")
         self.vec("ApplyRotaryPosEmb", "ApplyRotaryPosEmb", b * (q_l + kv_l) * 4, f"{b},{q_l}")
         self.vec("ReshapeAndCache", "ReshapeAndCache", b * kv_l * 8, f"{b},{kv_l}")
@@ -240,8 +250,7 @@ class _Builder:
             ),
             "attention",
         )
-        self.vec("AscendQuantV3", "AscendQuantV2", b * q_l * 3, f"{b},{q_l}", "quant_o")
-        self.matmul("QuantMatmulV4", "QuantBatchMatmulV3", "o_proj", self.wb["o_proj"], q_l, h)
+        self.linear(spec.o_quant, "o_proj", q_l, h, "quant_o", b * q_l * 3)
         self.comm("reduceScatter" if sp else "allReduce", hw.t_comm_us)
         self.vec("AddRmsNorm", "AddRmsNorm", tn * h * 8 + h * 2, f"{tn},{h}", "post_norm")
         if spec.has_experts:
@@ -255,20 +264,10 @@ class _Builder:
         sp = self.sp
         if sp:
             self.comm("allGather", hw.t_comm_us)
-        self.vec("AscendQuantV3", "AscendQuantV2", b * h * 3, f"{b},{h}", "quant_gate_up")
-        self.matmul(
-            "QuantMatmulV4",
-            "QuantBatchMatmulV3",
-            "gate_up_proj",
-            self.wb["gate_up_proj"],
-            h,
-            2 * i_l,
-        )
+        q = spec.mlp_quant
+        self.linear(q, "gate_up_proj", h, 2 * i_l, "quant_gate_up", b * h * 3)
         self.vec("SwiGlu", "SwiGlu", b * i_l * 6, f"{b},{2 * i_l}", "swiglu")
-        self.vec("AscendQuantV3", "AscendQuantV2", b * i_l * 3, f"{b},{i_l}", "quant_down")
-        self.matmul(
-            "QuantMatmulV4", "QuantBatchMatmulV3", "down_proj", self.wb["down_proj"], i_l, h
-        )
+        self.linear(q, "down_proj", i_l, h, "quant_down", b * i_l * 3)
         self.comm("reduceScatter" if sp else "allReduce", hw.t_comm_us)
 
     def _moe(self) -> None:
@@ -362,6 +361,8 @@ def _plan_layer(
                 f"{'MoE' if spec.has_experts else 'dense'} layer"
             )
         first, last, join = slot
+        if last not in bld.labels:
+            last = first  # no quantize before a bf16 gate_up: the window is the norm alone
         before.setdefault(bld.labels[first], []).append(i)
         last_label.append(last)
         # gate_up has no join of its own: the one after SwiGLU waits for it.

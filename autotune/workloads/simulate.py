@@ -1,13 +1,12 @@
 """The simulator backend: an analytic decode-step twin of vllm-ascend 0.23 on one Ascend die.
 
 Per decode step and layer it lays out the op sequence of docs/analysis.md on the compute stream
-(roofline durations; quantize + int8 matmul for quantized linears, bf16 matmul otherwise) and
-the CMO prefetches on the single prefetch stream. A CMO shares HBM bandwidth with the op it runs
-beside (fluid sharing), the join waits when it ends late, and the
-next matmul reads the prefetched bytes from L2 at a hit fraction that falls once the resident
-prefetched bytes exceed the usable L2. Which prefetches fire, and how many bytes they move, comes
-from `autotune.target.resolve_prefetches`. Everything here is MODELLED, not measured; the
-parameters are the estimates of `autotune.hardware`.
+(roofline durations; quantize + int8 matmul for quantized linears, bf16 matmul otherwise) and the
+CMO prefetches on the single prefetch stream. A CMO shares HBM bandwidth with the op it runs beside
+(fluid sharing), the join waits when it ends late, and the next matmul reads the prefetched bytes
+from L2 at a hit fraction that falls once the resident prefetched bytes exceed the usable L2. Which
+prefetches fire, and how many bytes they move, comes from `autotune.target.resolve_prefetches`.
+Everything here is MODELLED, not measured; the parameters are the estimates of `autotune.hardware`.
 """
 
 from __future__ import annotations

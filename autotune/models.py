@@ -254,15 +254,36 @@ def _load_dir(directory: Path) -> ModelSpec:
     )
 
 
+def _compressed_tensors_scheme(group: Any) -> str:
+    """The Ascend scheme 0.23 picks for one compressed-tensors config group ("" = unknown)."""
+    if not isinstance(group, dict) or not isinstance(group.get("weights"), dict):
+        return ""
+    weights, acts = group["weights"], group.get("input_activations")
+    w_bits = weights.get("num_bits")
+    if isinstance(acts, dict) and acts.get("num_bits") == 8:
+        # 0.23 (quantization/compressed_tensors_config.py): a static per-tensor activation scale is
+        # its static W8A8 method, a per-token dynamic one the dynamic method.
+        if w_bits == 8:
+            return DYNAMIC_W8A8 if acts.get("dynamic") else STATIC_W8A8
+        if w_bits == 4:
+            return "W4A8_DYNAMIC"
+    if acts is None and w_bits == 4:
+        return "W4A16"
+    return ""
+
+
 def _hf_scheme(value: Any, path: Path) -> str:
-    """A scheme name for config.json's `quantization_config` (a non-ModelSlim quantization)."""
+    """The scheme of config.json's `quantization_config` (a checkpoint without ModelSlim's file)."""
     if not isinstance(value, dict):
         raise AutotuneError(f"{path}: 'quantization_config' must be a JSON object, got {value!r}")
     method = str(value.get("quant_method") or "quantized")
-    bits = value.get("bits", value.get("w_bit"))
     groups = value.get("config_groups")
+    if method == "compressed-tensors" and isinstance(groups, dict):
+        schemes = {_compressed_tensors_scheme(g) for g in groups.values()}
+        if len(schemes) == 1 and "" not in schemes:
+            return schemes.pop()
+    bits = value.get("bits", value.get("w_bit"))
     if bits is None and isinstance(groups, dict):
-        # compressed-tensors: {"group_0": {"weights": {"num_bits": 8, ...}, ...}}
         widths = {
             g["weights"].get("num_bits")
             for g in groups.values()

@@ -224,19 +224,32 @@ def test_missing_quant_description_is_unquantized_bf16(tmp_path: Path) -> None:
     }
 
 
-def test_hf_quantization_config_is_read(tmp_path: Path) -> None:
+def _ct_group(w_bits: int, acts: dict[str, Any] | None) -> dict[str, Any]:
+    group: dict[str, Any] = {"targets": ["Linear"], "weights": {"num_bits": w_bits}}
+    if acts is not None:
+        group["input_activations"] = acts
+    return {"quant_method": "compressed-tensors", "config_groups": {"group_0": group}}
+
+
+@pytest.mark.parametrize(
+    ("quant", "scheme", "down_bytes"),
+    [
+        # compressed-tensors maps onto 0.23's own Ascend schemes.
+        (_ct_group(8, {"num_bits": 8, "strategy": "tensor", "dynamic": False}), "W8A8", 1),
+        (_ct_group(8, {"num_bits": 8, "strategy": "token", "dynamic": True}), "W8A8_DYNAMIC", 1),
+        (_ct_group(4, None), "W4A16", 0.5),
+        ({"quant_method": "gptq", "bits": 4}, "gptq W4A", 0.5),
+        ({"quant_method": "fp8"}, "fp8 W8A", 1),
+    ],
+)
+def test_hf_quantization_config_is_read(
+    tmp_path: Path, quant: dict[str, Any], scheme: str, down_bytes: float
+) -> None:
     cfg = json.loads((QWEN3_32B_DIR / "config.json").read_text())
-    cfg["quantization_config"] = {
-        "quant_method": "compressed-tensors",
-        "config_groups": {"group_0": {"weights": {"num_bits": 8, "type": "int"}}},
-    }
-    spec = load_model(str(_write_model(tmp_path / "ct", cfg)))
-    assert spec.attn_quant == "compressed-tensors W8A"
-    assert weight_bytes(spec, 4, 1)["down_proj"] == 32_768_000  # int8: 1 byte a parameter
-    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
-    spec = load_model(str(_write_model(tmp_path / "gptq", cfg)))
-    assert weight_bytes(spec, 4, 1)["down_proj"] == 32_768_000 // 2
-    assert scheme_bits(spec.mlp_quant) == 4
+    cfg["quantization_config"] = quant
+    spec = load_model(str(_write_model(tmp_path / "m", cfg)))
+    assert spec.attn_quant == spec.mlp_quant == scheme
+    assert weight_bytes(spec, 4, 1)["down_proj"] == int(32_768_000 * down_bytes)
 
 
 @pytest.mark.parametrize(

@@ -411,6 +411,9 @@ def row_op_of(extra: Mapping[str, Any]) -> str:
     return ""
 
 
+_FC1_OFF = "turn enable_flashcomm1 off (--no-flashcomm1, or false in --additional-config)"
+
+
 def check_setup(setup: Setup) -> None:
     """Refuse, in one line, a deployment that makes 0.23's `vllm serve` abort at start-up.
 
@@ -426,14 +429,13 @@ def check_setup(setup: Setup) -> None:
     if setup.tp <= 1:
         raise AutotuneError(
             "enable_flashcomm1 needs tensor parallelism: vllm-ascend 0.23 aborts `vllm serve` "
-            "with flashcomm1 at --tp 1; pass --tp 2 or more, or --no-flashcomm1"
+            f"with flashcomm1 at --tp 1; pass --tp 2 or more, or {_FC1_OFF}"
         )
     spec = spec_of(setup)
     if spec.is_moe and setup.ep <= 1:
         raise AutotuneError(
             f"enable_flashcomm1 on the MoE model {spec.name} needs expert parallelism: "
-            "vllm-ascend 0.23 aborts `vllm serve` without it; pass --ep N (N > 1), "
-            "or --no-flashcomm1"
+            f"vllm-ascend 0.23 aborts `vllm serve` without it; pass --ep N (N > 1), or {_FC1_OFF}"
         )
 
 

@@ -26,6 +26,9 @@ class Workload:
     profile_steps: int = 8
     # Custom row-parallel op the other additional-config keys put on o_proj (target.row_op_of).
     row_op: str = ""
+    # simulator only: where mlp.gate_up is joined, "swiglu" (0.23, after vllm-ascend #4168) or
+    # "norm" (right after the post-attention norm, as before #4168)
+    gate_up_join: str = "swiglu"
 
 
 def setup_of(workload: Workload) -> Setup:

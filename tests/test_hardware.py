@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from autotune.errors import AutotuneError
-from autotune.hardware import PRESETS, Hardware, load_hardware
+from autotune.hardware import (
+    FAMILY_FACTORS,
+    FAMILY_RANGES,
+    PRESETS,
+    Hardware,
+    hardware_family,
+    load_hardware,
+)
 
 
 def test_presets_are_complete_and_positive() -> None:
@@ -82,3 +89,25 @@ def test_bad_toml(tmp_path: Path, text: str, message: str) -> None:
 def test_missing_toml() -> None:
     with pytest.raises(AutotuneError, match="file not found"):
         load_hardware("/nonexistent/hw.toml")
+
+
+def test_hardware_family_draws_each_estimate_within_its_documented_range() -> None:
+    family = hardware_family(30, 7)
+    assert family == hardware_family(30, 7)  # same seed, same sets
+    assert family != hardware_family(30, 8)
+    for hw in family:
+        base = PRESETS[hw.name.split("~")[0]]
+        assert (hw.cube_cores, hw.l2_mib) == (base.cube_cores, base.l2_mib)  # ini values stay
+        for name, (lo, hi) in FAMILY_FACTORS.items():
+            ratio = getattr(hw, name) / getattr(base, name)
+            if name in ("mm_gbs", "vec_gbs", "eff_cube"):
+                assert ratio <= hi + 1e-9  # clamped below the HBM peak / at 1
+            else:
+                assert lo - 1e-9 <= ratio <= hi + 1e-9, name
+        for name, (lo, hi) in FAMILY_RANGES.items():
+            assert lo <= getattr(hw, name) <= hi
+        assert hw.mm_gbs <= hw.hbm_peak_gbs and hw.eff_cube <= 1.0
+    # Fields vary independently: no two fields move in lockstep across the family.
+    syncs = [hw.t_sync_us for hw in family]
+    cmos = [hw.cmo_gbs / PRESETS[hw.name.split("~")[0]].cmo_gbs for hw in family]
+    assert len(set(syncs)) == len(family) and len(set(cmos)) == len(family)

@@ -18,7 +18,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autotune.overlap import PREFETCH_COLUMNS, OverlapResult, SiteSummary, analyze
+from autotune.overlap import (
+    PREFETCH_COLUMNS,
+    OverlapResult,
+    SiteSummary,
+    analyze,
+    site_segments,
+)
 from autotune.profile.tasks import ROLE_COLUMN, TASK_COLUMNS, Profile
 
 US = 1_000  # ns
@@ -256,6 +262,28 @@ def test_hidden_qkv_prefetch() -> None:
     assert (s.count, s.late, s.windows, s.verdict) == (1, 0, 1, "hidden")
     assert s.slack_us_median == 2.0 and s.stall_us_total == 1.0
     assert result.unattributed == 0
+
+
+def test_site_segments_run_from_the_window_to_its_matmul() -> None:
+    off, on = Timeline(), Timeline()
+    for _ in range(2):
+        dense_layer(off)
+        # qkv's 3 µs CMO hides in its 5 µs quant; down's 12 µs CMO outlasts the 8 µs SwiGLU.
+        dense_layer(on, qkv=3, down=12)
+    seg_off, seg_on = site_segments([off.profile()]), site_segments([on.profile()])
+    assert set(seg_off) == {"attn.qkv", "attn.o", "mlp.gate_up", "mlp.down"}
+    assert seg_on["attn.qkv"].windows == 2
+    # qkv: quant 5 + matmul 40 of work either way; the prefetch adds its record and join (1 + 1).
+    qkv_off, qkv_on = seg_off["attn.qkv"], seg_on["attn.qkv"]
+    assert (qkv_off.total_ns, qkv_off.work_ns, qkv_off.other_ns) == (45 * US, 45 * US, 0)
+    assert (qkv_on.total_ns, qkv_on.work_ns, qkv_on.other_ns) == (47 * US, 45 * US, 2 * US)
+    # down: its window (SwiGLU 8 and the quant 5 before down_proj) + matmul 40 of work;
+    # prefetched, its record (1) and a join that waits for the late CMO (6) come on top.
+    down_off, down_on = seg_off["mlp.down"], seg_on["mlp.down"]
+    assert (down_off.total_ns, down_off.work_ns) == (53 * US, 53 * US)
+    assert (down_on.total_ns, down_on.work_ns, down_on.other_ns) == (60 * US, 53 * US, 7 * US)
+    # gate_up's window is its norm with the all-gather and quant after it: 35 + matmul 40.
+    assert seg_on["mlp.gate_up"].work_ns == 75 * US
 
 
 def test_late_prefetch_stalls_for_its_join() -> None:

@@ -155,9 +155,7 @@ def build_summary(
     rundir: RunDir,
 ) -> dict[str, Any]:
     """summary.json: what the run found, against what, and where it is."""
-    ranked, picked_by = pick_best(
-        records, options.objective, late_is_infeasible=options.constraint
-    )
+    ranked, picked_by = pick_best(records, options.objective, late_is_infeasible=options.constraint)
     runner_up = next((r for r in ranked if best is None or r.number != best.number), None)
     best_brief = _trial_brief(best)
     if best_brief is not None and best is not None:

@@ -170,18 +170,18 @@ def test_a_late_trial_wins_only_when_faster_beyond_the_noise() -> None:
     steps = [(0, 20.0, False), (1, 19.8, False), (2, 19.9, False), (3, 19.4, True)]
     wobble = [1.002, 0.998, 1.0, 1.001]
     recs = [_late(n, 1000 / s * k, s, late) for (n, s, late), k in zip(steps, wobble, strict=True)]
-    best, rule = pick_best(recs, "throughput")
-    assert best is not None and best.number == 3 and rule == RULE_LATE_FASTER
+    ranked, rule = pick_best(recs, "throughput")
+    assert ranked[0].number == 3 and rule == RULE_LATE_FASTER
     # The vendor criterion as a hard rule refuses it.
-    best, rule = pick_best(recs, "throughput", late_is_infeasible=True)
-    assert best is not None and best.number == 1 and rule == RULE_STRICT
+    ranked, rule = pick_best(recs, "throughput", late_is_infeasible=True)
+    assert ranked[0].number == 1 and rule == RULE_STRICT
     # Late and 0.1 % faster by its profiled step, but with benches scattered by 1 % the fitted
     # line's slope is too uncertain to tell: the on-time trial stays.
     steps = [(0, 20.0, False), (1, 19.9, False), (2, 19.95, False), (3, 19.88, True)]
     wobble = [0.99, 1.01, 1.0, 0.995]
     recs = [_late(n, 1000 / s * k, s, late) for (n, s, late), k in zip(steps, wobble, strict=True)]
-    best, rule = pick_best(recs, "throughput")
-    assert best is not None and best.number == 1 and rule == RULE_ON_TIME
+    ranked, rule = pick_best(recs, "throughput")
+    assert ranked[0].number == 1 and rule == RULE_ON_TIME
 
 
 def test_seed_leaves_a_site_off_when_its_window_cannot_repay_the_fixed_cost() -> None:

@@ -193,7 +193,11 @@ def run(
         typer.Option(help="Bench runs per trial (median). Default 1 simulated, 3 on NPU."),
     ] = None,
     sampler: Annotated[
-        str, typer.Option(help="guided (default), tpe, random, or gp (needs torch).")
+        str,
+        typer.Option(
+            help="guided (default: profile-guided candidates, then TPE), tpe, random, or gp "
+            "(needs torch); tpe/random/gp follow the same probe and seed."
+        ),
     ] = "guided",
     storage: Annotated[
         str | None, typer.Option(help="Optuna RDB storage URL; default sqlite:///<out>/study.db.")

@@ -2,10 +2,12 @@
 
 A prefetch changes only its own site's stretch of the compute stream (window, join, consumer
 matmul; `overlap.site_segments`), so every profiled trial measures every site at the bytes it ran
-with. The seed weighs, per site, prefetch off (baseline), the vendor default, and the bytes that
-fill the window; the candidates after it combine each site's best measured level and move every
-site one ladder step towards its better side at once. Nothing here assumes hardware figures: the
-cost per byte, the fixed cost and the stall all come from the profiles.
+with (mlp.down's also depends on attn.o, whose ratio fires on down_proj too). The seed weighs,
+per site, prefetch off (baseline), the vendor default, and the bytes that fill the window; the
+candidates after it combine each site's best measured level, then probe every site's
+window-filling level, then move every site one ladder step towards its cheaper side at once.
+Nothing here assumes hardware figures: the work per byte, the fixed cost and the stall all come
+from the profiles.
 """
 
 from __future__ import annotations

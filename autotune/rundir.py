@@ -100,6 +100,7 @@ class TrialRecord:
     logs: list[str] = field(default_factory=list)
     simulated: bool = False
     duration_s: float = 0.0
+    host: str = ""  # the host that ran the trial (several workers may share a study)
 
     @property
     def effective_mib(self) -> dict[str, float]:
@@ -255,6 +256,7 @@ def trials_csv(records: Sequence[TrialRecord], sites: Sequence[str]) -> str:
             "repeats",
             "duration_s",
             "error",
+            "host",
         ]
     )
     for r in records:
@@ -277,6 +279,7 @@ def trials_csv(records: Sequence[TrialRecord], sites: Sequence[str]) -> str:
                 len(tps),
                 _num(r.duration_s, 2),
                 r.error,
+                r.host,
             ]
         )
     return buffer.getvalue()

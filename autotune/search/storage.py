@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from optuna.storages import (
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.study import Study, StudyDirection
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from autotune.errors import AutotuneError
 
@@ -30,6 +32,8 @@ JOURNAL_PREFIX = "journal:"
 GRACE_INTERVALS = 3
 # Seconds a journal lock may be held before another worker breaks it (a worker died holding it).
 JOURNAL_LOCK_GRACE_S = 30
+# Tries at opening an RDB storage while other workers create its tables.
+SCHEMA_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -86,13 +90,21 @@ def make_storage(url: str, *, heartbeat_s: int | None = None) -> BaseStorage:
             "grace_period": GRACE_INTERVALS * heartbeat_s,
             "heartbeat_stale_trial_callback": _retry_callback(),
         }
-    try:
-        with warnings.catch_warnings():
-            # Heartbeats are "experimental" in Optuna 5; the warning would only clutter the run.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
-    except Exception as exc:  # SQLAlchemy, driver and URL errors all mean "cannot use it"
-        raise AutotuneError(f"cannot open --storage {shown}: {_first_line(exc)}") from None
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                # Heartbeats are "experimental" in Optuna 5; the warning would only clutter.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+        except (IntegrityError, ProgrammingError) as exc:
+            # Workers starting together on an empty database race to create Optuna's tables;
+            # the losers find them there on the next attempt.
+            if attempt + 1 == SCHEMA_ATTEMPTS:
+                raise AutotuneError(f"cannot open --storage {shown}: {_first_line(exc)}") from None
+            time.sleep(0.2 * (attempt + 1))
+        except Exception as exc:  # SQLAlchemy, driver and URL errors all mean "cannot use it"
+            raise AutotuneError(f"cannot open --storage {shown}: {_first_line(exc)}") from None
+    raise AssertionError("unreachable")
 
 
 def _retry_callback() -> RetryHeartbeatStaleTrialCallback:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,6 +20,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from test_storage_postgres import pg_url  # noqa: F401  (the module's PostgreSQL fixture)
+from typer.testing import CliRunner
+
+from autotune.cli import app
+
+runner = CliRunner()
 
 RUN = ["run", "--model", "Qwen3-32B-W8A8", "--max-num-seqs", "72", "--backend", "simulate"]
 WORKER_TIMEOUT_S = 300.0
@@ -133,6 +139,18 @@ def _three_workers(tmp_path: Path, storage: str, study: str) -> None:
     printed = _exports(outs, storage, study)
     assert len(printed) == 1, printed
     assert "weight_prefetch_config" in printed.pop()
+    # The report on any worker, or from the study alone, lists every trial of the study.
+    html = tmp_path / "study.html"
+    for args in (
+        [str(outs[1])],
+        ["--storage", storage, "--study-name", study, "--html", str(html)],
+    ):
+        result = runner.invoke(app, ["report", *args])
+        assert result.exit_code == 0, result.output
+        page = Path(result.output.strip()).read_text()
+        shown = {int(n) for n in re.findall(r"data-trial='(\d+)'", page)}
+        assert shown == {t.number for t in loaded.get_trials()}
+        assert "SIMULATED" in page
 
 
 def test_three_workers_share_one_postgres_study(pg_url: str, tmp_path: Path) -> None:  # noqa: F811
@@ -184,3 +202,26 @@ def test_a_killed_worker_loses_nothing(pg_url: str, tmp_path: Path) -> None:  # 
     ]
     assert len(measured) == budget
     assert len({_key(t) for t in measured}) == budget
+
+
+def test_a_worker_with_other_flags_is_refused(tmp_path: Path) -> None:
+    storage = f"journal:{tmp_path / 'study.log'}"
+    first = [*RUN, "--trials", "2", "--storage", storage, "--study-name", "s"]
+    result = runner.invoke(app, [*first, "--out", str(tmp_path / "a"), "--json"])
+    assert result.exit_code == 0, result.output
+    other = [*first, "--max-num-seqs", "64", "--out", str(tmp_path / "b")]
+    result = runner.invoke(app, other)
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "max_num_seqs=72" in lines[0], result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_bad_journal_path_is_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    storage = f"journal:{tmp_path / 'missing' / 'study.log'}"
+    result = runner.invoke(app, [*RUN, "--storage", storage, "--out", str(out)])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--storage" in lines[0] and "does not exist" in lines[0]
+    assert not out.exists()

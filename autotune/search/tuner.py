@@ -499,6 +499,11 @@ class Tuner:
             trial.set_user_attr(ATTR_RECORD, record.to_json())
             study.tell(trial, state=TrialState.FAIL)
             self.rundir.write_trial(record)
+            if self.shared:
+                # Another worker takes it over; a --resume of this one sees it queued already.
+                study.enqueue_trial(
+                    dict(trial.params), user_attrs={ATTR_ROLE: role, "retry_of": trial.number}
+                )
             raise
         except AutotuneError as exc:
             record.state = "failed"
@@ -655,8 +660,8 @@ class Tuner:
             elif not t.user_attrs.get("interrupted"):
                 continue
             role = t.user_attrs.get(ATTR_ROLE, "search")
-            if t.number in retried or role in ("baseline", "default"):
-                continue  # probe trials are re-queued by their own phase
+            if t.number in retried or (role in PROBE_ROLES and not self.shared):
+                continue  # a lone run re-queues its probe trials in their own phase
             study.enqueue_trial(dict(t.params), user_attrs={ATTR_ROLE: role, "retry_of": t.number})
 
     def best(self, records: Sequence[TrialRecord] | None = None) -> TrialRecord | None:

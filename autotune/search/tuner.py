@@ -67,9 +67,13 @@ PROFILES_KEPT_DURING_RUN = 3
 MAX_CONSECUTIVE_FAILURES = 3
 # A worker joining a study waits this long for its creator to record the workload.
 JOIN_WAIT_S = 60.0
-# Polls a worker waits for the worker that ran the default trial to analyse it, before doing it.
+# Polls a worker waits for another worker's next step in the probe (analysing the default trial,
+# queueing a failed probe trial again) before doing it itself or giving up.
 ANALYSE_WAIT_POLLS = 20
 PROBE_ROLES = ("baseline", "default")
+# Polls a trial waits for an earlier running trial to record its effective bytes (it does right
+# after it is asked; one that never does was stopped in between).
+UNKNOWN_WAIT_POLLS = 50
 
 
 @dataclass
@@ -212,14 +216,15 @@ class Tuner:
         that joins checks that it runs the same workload and backend."""
         if self.created:
             study.set_user_attr(ATTR_WORKLOAD, asdict(self.workload))
-            shown = {k: v for k, v in self._run_json().items() if k != "storage"}
-            study.set_user_attr(ATTR_RUN, shown)
             for role, config in (
                 ("baseline", target.disabled_config(self.extra)),
                 ("default", target.vendor_default_config(self.extra)),
             ):
                 params = self.space.params_of(target.effective_bytes(config, self.setup))
                 study.enqueue_trial(params, user_attrs={ATTR_ROLE: role})
+            # Written last: a joining worker waits for it, and then finds the probe queued.
+            shown = {k: v for k, v in self._run_json().items() if k != "storage"}
+            study.set_user_attr(ATTR_RUN, shown)
             return
         deadline = time.monotonic() + JOIN_WAIT_S
         while ATTR_RUN not in study.user_attrs:
@@ -299,7 +304,7 @@ class Tuner:
     def _shared_probe(self, study: Study) -> None:
         """Run queued trials until some worker has analysed the default trial: the creator queued
         the probe once, so each probe trial runs on whichever worker takes it first."""
-        complete_polls = 0
+        complete_polls = missing_polls = 0
         while ATTR_SPACE not in study.user_attrs:
             trials = self._trials(study)
             if any(t.state == TrialState.WAITING for t in trials):
@@ -322,7 +327,9 @@ class Tuner:
                     self._analyse_probe(study)
                     continue
             missing = [r for r in PROBE_ROLES if r not in done and r not in busy]
-            if missing:
+            # A failed probe trial is queued again right after it fails: give that a moment.
+            missing_polls = missing_polls + 1 if missing else 0
+            if missing_polls >= ANALYSE_WAIT_POLLS:
                 failed = [
                     t
                     for t in trials
@@ -373,6 +380,8 @@ class Tuner:
         """
         if not self.shared:
             return self.measured, 0, False
+        # As study.optimize does before each trial: dead workers' trials are failed and queued.
+        fail_stale(study)
         trials = self._trials(study)
         measured = sum(1 for t in trials if is_measured(t))
         running = sum(1 for t in trials if t.state == TrialState.RUNNING)
@@ -433,17 +442,6 @@ class Tuner:
         self, study: Study, trial: optuna.Trial, probe_config: dict[str, Any] | None
     ) -> TrialRecord:
         role = str(trial.user_attrs.get(ATTR_ROLE, "search"))
-        if ATTR_ROLE not in trial.user_attrs:
-            trial.set_user_attr(ATTR_ROLE, role)
-        # A retry of a dead worker's trial inherits its attributes: this worker takes over.
-        trial.set_user_attr(ATTR_HOST, HOST)
-        trial.set_user_attr(ATTR_WORKER, worker_id())
-        retry_of = trial.user_attrs.get("retry_of")
-        if self.shared and retry_of is None:
-            frozen = next((t for t in self._trials(study) if t.number == trial.number), None)
-            retry_of = retried_number(frozen) if frozen is not None else None
-            if retry_of is not None:
-                trial.set_user_attr("retry_of", retry_of)
         if probe_config is None and role in PROBE_ROLES:
             probe_config = (
                 target.disabled_config(self.extra)
@@ -461,6 +459,19 @@ class Tuner:
         target.validate_config(config)
         eff = target.effective_bytes(config, self.setup)
         key = self.space.key(eff)
+        # First: other workers look at the bytes of running trials to avoid measuring them twice.
+        trial.set_user_attr(ATTR_EFFECTIVE, eff)
+        if ATTR_ROLE not in trial.user_attrs:
+            trial.set_user_attr(ATTR_ROLE, role)
+        # A retry of a dead worker's trial inherits its attributes: this worker takes over.
+        trial.set_user_attr(ATTR_HOST, HOST)
+        trial.set_user_attr(ATTR_WORKER, worker_id())
+        retry_of = trial.user_attrs.get("retry_of")
+        if self.shared and retry_of is None:
+            frozen = next((t for t in self._trials(study) if t.number == trial.number), None)
+            retry_of = retried_number(frozen) if frozen is not None else None
+            if retry_of is not None:
+                trial.set_user_attr("retry_of", retry_of)
         record = TrialRecord(
             number=trial.number,
             role=role,
@@ -471,7 +482,6 @@ class Tuner:
             simulated=self.backend.simulated,
             host=HOST,
         )
-        trial.set_user_attr(ATTR_EFFECTIVE, eff)
         trial.set_user_attr("config", config)
         self.rundir.write_trial_config(trial.number, config)
 
@@ -532,22 +542,34 @@ class Tuner:
         With a shared study a trial with the same bytes may be running on another worker; the
         lower-numbered one runs and this one waits for its result.
         """
+        polls = 0
         while True:
             for r in self._all_records(study):
                 if r.state == "complete" and self.space.key(r.effective_bytes) == key:
                     return r
             if not self.shared:
                 return None
+            earlier = [
+                t
+                for t in self._trials(study, TrialState.RUNNING, TrialState.WAITING)
+                if t.number < number
+            ]
             twin = any(
                 t.state == TrialState.RUNNING
-                and t.number < number
-                and self.space.key(t.user_attrs.get(ATTR_EFFECTIVE, {})) == key
-                for t in self._trials(study, TrialState.RUNNING)
+                and ATTR_EFFECTIVE in t.user_attrs
+                and self.space.key(t.user_attrs[ATTR_EFFECTIVE]) == key
+                for t in earlier
             )
-            if not twin:
+            # A trial asked a moment before this one may not have recorded its bytes yet, and
+            # one queued before it is about to be taken; neither is waited for long.
+            unknown = polls < UNKNOWN_WAIT_POLLS and any(
+                t.state == TrialState.WAITING or ATTR_EFFECTIVE not in t.user_attrs for t in earlier
+            )
+            if not twin and not unknown:
                 return None
+            polls += 1
             fail_stale(study)
-            time.sleep(POLL_S)
+            time.sleep(POLL_S / 5 if unknown and not twin else POLL_S)
 
     def _tell_duplicate(
         self, study: Study, trial: optuna.Trial, record: TrialRecord, earlier: TrialRecord

@@ -233,3 +233,38 @@ def test_bad_journal_path_is_one_line(tmp_path: Path) -> None:
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "--storage" in lines[0] and "does not exist" in lines[0]
     assert not out.exists()
+
+
+def test_ctrl_c_on_a_worker_hands_its_trial_to_another(tmp_path: Path) -> None:
+    storage = f"journal:{tmp_path / 'study.log'}"
+    outs = [tmp_path / "host0", tmp_path / "host1"]
+    budget = 6
+    with _started([_worker(out, storage, "stopped", budget, 2.0) for out in outs]) as procs:
+        victim = procs[0]
+        deadline = time.monotonic() + WORKER_TIMEOUT_S
+        stopped: int | None = None
+        while stopped is None and time.monotonic() < deadline:
+            for path in (outs[0] / "trials").glob("*/trial.json"):
+                data = json.loads(path.read_text())
+                if data["state"] == "running":
+                    os.killpg(victim.pid, signal.SIGINT)
+                    stopped = int(data["number"])
+                    break
+            time.sleep(0.2)
+        assert stopped is not None, "the first worker never ran a trial"
+        victim.communicate(timeout=WORKER_TIMEOUT_S)
+        assert victim.returncode == 130
+        _finish(procs[1])
+    backend = optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.log"))
+    study = optuna.load_study(study_name="stopped", storage=optuna.storages.JournalStorage(backend))
+    trials = study.get_trials()
+    assert trials[stopped].state == TrialState.FAIL
+    assert (
+        json.loads((outs[0] / "trials" / f"{stopped:03d}" / "trial.json").read_text())["error"]
+        == "interrupted"
+    )
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == stopped]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert retry[0].number in _local_trials(outs[1])
+    assert all(t.state not in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+    _within_budget(len(_measured(trials)), budget)

@@ -486,7 +486,12 @@ class Tuner:
         trial.set_user_attr("config", config)
         self.rundir.write_trial_config(trial.number, config)
 
-        earlier = self._same_as(study, key, trial.number) if probe_config is None else None
+        try:
+            earlier = self._same_as(study, key, trial.number) if probe_config is None else None
+        except KeyboardInterrupt:
+            # Stopped while waiting for a twin's result: leave nothing running.
+            self._interrupted(study, trial, record, role, 0.0)
+            raise
         if earlier is not None:
             return self._tell_duplicate(study, trial, record, earlier)
 
@@ -503,18 +508,7 @@ class Tuner:
             )
             self._measure(trial, record, result, config)
         except KeyboardInterrupt:
-            record.state = "failed"
-            record.error = "interrupted"
-            record.duration_s = time.monotonic() - start
-            trial.set_user_attr("interrupted", True)
-            trial.set_user_attr(ATTR_RECORD, record.to_json())
-            study.tell(trial, state=TrialState.FAIL)
-            self.rundir.write_trial(record)
-            if self.shared:
-                # Another worker takes it over; a --resume of this one sees it queued already.
-                study.enqueue_trial(
-                    dict(trial.params), user_attrs={ATTR_ROLE: role, "retry_of": trial.number}
-                )
+            self._interrupted(study, trial, record, role, time.monotonic() - start)
             raise
         except AutotuneError as exc:
             record.state = "failed"
@@ -536,6 +530,23 @@ class Tuner:
         self._tell(study, trial, record)
         self._after_trial(record)
         return record
+
+    def _interrupted(
+        self, study: Study, trial: optuna.Trial, record: TrialRecord, role: str, took: float
+    ) -> None:
+        """Fail a trial stopped by Ctrl-C; with a shared study queue it again for another worker
+        (a --resume of this one sees it queued already)."""
+        record.state = "failed"
+        record.error = "interrupted"
+        record.duration_s = took
+        trial.set_user_attr("interrupted", True)
+        trial.set_user_attr(ATTR_RECORD, record.to_json())
+        study.tell(trial, state=TrialState.FAIL)
+        self.rundir.write_trial(record)
+        if self.shared:
+            study.enqueue_trial(
+                dict(trial.params), user_attrs={ATTR_ROLE: role, "retry_of": trial.number}
+            )
 
     def _same_as(self, study: Study, key: tuple[int, ...], number: int) -> TrialRecord | None:
         """The measured trial with the same effective bytes, if any.

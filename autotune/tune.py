@@ -16,15 +16,22 @@ from rich.console import Console
 from autotune import target
 from autotune._io import read_json
 from autotune.errors import AutotuneError
-from autotune.report.html import write_report
-from autotune.report.terminal_run import TerminalRunView, print_result
-from autotune.rundir import BEST_FILE, RunDir, TrialRecord
-from autotune.search import RunObserver, SearchOptions, Tuner, static_space
+from autotune.lateness import rule_text
+from autotune.report.html import write_report, write_run_report
+from autotune.report.terminal_run import (
+    PlainRunView,
+    TerminalRunView,
+    past_rows,
+    print_result,
+)
+from autotune.rundir import BEST_FILE, RunDir, TrialRecord, load_run
+from autotune.search import RunObserver, RunOutcome, SearchOptions, Tuner, static_space
 from autotune.search.study_view import study_run
 from autotune.workloads.base import Backend, Workload, setup_of
 
 BACKENDS: tuple[str, ...] = ("vllm-ascend", "simulate")
 EXPORT_FORMATS: tuple[str, ...] = ("additional-config", "vllm-args")
+DEFAULT_TRIALS = 12
 
 
 @dataclass(frozen=True)
@@ -75,19 +82,11 @@ def make_workload(
     *,
     model: str | None,
     max_num_seqs: int | None,
-    resume: bool,
-    out: Path | None,
     extra: Mapping[str, Any],
     flashcomm1: bool,
     **fields: Any,
 ) -> Workload:
-    """The workload from the flags; with --resume, model and max-num-seqs default to the run's."""
-    if resume and (model is None or max_num_seqs is None) and out is not None:
-        rundir = RunDir(out)
-        rundir.prepare(resume=True)
-        stored = rundir.read_run().get("workload", {})
-        model = model if model is not None else stored.get("model")
-        max_num_seqs = max_num_seqs if max_num_seqs is not None else stored.get("max_num_seqs")
+    """The workload from the flags; --model and --max-num-seqs are required."""
     if model is None:
         raise AutotuneError("--model is required (a preset name or a local model directory)")
     if max_num_seqs is None:
@@ -97,6 +96,105 @@ def make_workload(
     if not isinstance(fc1, bool):
         raise AutotuneError("--additional-config: enable_flashcomm1 must be true or false")
     return Workload(model=model, max_num_seqs=max_num_seqs, flashcomm1=fc1, **fields)
+
+
+# `autotune run` flags a resume takes from run.json when they are not given again.
+RESUMED_WORKLOAD_FLAGS: tuple[str, ...] = (
+    "model",
+    "max_num_seqs",
+    "tp",
+    "ep",
+    "hardware",
+    "flashcomm1",
+    "graph_mode",
+    "input_len",
+    "output_len",
+    "profile_steps",
+)
+RESUMED_OPTION_FLAGS: dict[str, str] = {
+    "trials": "trials",
+    "timeout": "timeout_s",
+    "objective": "objective",
+    "late_tolerance_us": "late_tolerance_us",
+    "repeats": "repeats",
+    "sampler": "sampler",
+    "seed": "seed",
+    "keep_profiles": "keep_profiles",
+}
+
+
+def recorded_flags(values: Mapping[str, Any], given: set[str]) -> dict[str, Any]:
+    """With --resume: every flag not given again takes the value run.json recorded, so the run
+    continues as it was started (the trial budget included)."""
+    out = values.get("out")
+    if out is None:
+        raise AutotuneError("--resume needs --out: the run directory to continue")
+    rundir = RunDir(Path(out))
+    rundir.prepare(resume=True)
+    info = rundir.read_run()
+    workload = info.get("workload") or {}
+    options = info.get("options") or {}
+    recorded: dict[str, Any] = {k: workload[k] for k in RESUMED_WORKLOAD_FLAGS if k in workload}
+    recorded.update({f: options[k] for f, k in RESUMED_OPTION_FLAGS.items() if k in options})
+    if "constraint" in options:
+        recorded["no_constraint"] = not options["constraint"]
+    if isinstance(info.get("backend"), str):
+        recorded["backend"] = info["backend"]
+    extra = options.get("extra")
+    if isinstance(extra, dict):
+        # enable_flashcomm1 comes back through --flashcomm1; the other keys as given.
+        rest = {k: v for k, v in extra.items() if k != "enable_flashcomm1"}
+        recorded["additional_config"] = json.dumps(rest) if rest else None
+    merged = dict(values)
+    merged.update({k: v for k, v in recorded.items() if k not in given})
+    return merged
+
+
+def request_from_flags(values: Mapping[str, Any], given: set[str]) -> RunRequest:
+    """The RunRequest of `autotune run`'s flags (`given`: the flags on the command line)."""
+    v = recorded_flags(values, given) if values.get("resume") else dict(values)
+    extra = read_extra(v["additional_config"])
+    workload = make_workload(
+        model=v["model"],
+        max_num_seqs=v["max_num_seqs"],
+        extra=extra,
+        flashcomm1=v["flashcomm1"],
+        tp=v["tp"],
+        ep=v["ep"],
+        hardware=v["hardware"],
+        graph_mode=v["graph_mode"],
+        input_len=v["input_len"],
+        output_len=v["output_len"],
+        profile_steps=v["profile_steps"],
+    )
+    backend = v["backend"]
+    repeats = v["repeats"]
+    options = SearchOptions(
+        trials=DEFAULT_TRIALS if v["trials"] is None else v["trials"],
+        timeout_s=v["timeout"],
+        objective=v["objective"],
+        late_tolerance_us=v["late_tolerance_us"],
+        constraint=not v["no_constraint"],
+        repeats=repeats if repeats is not None else (1 if backend == "simulate" else 3),
+        sampler=v["sampler"],
+        seed=v["seed"],
+        keep_profiles=v["keep_profiles"],
+        extra=extra,
+    )
+    return RunRequest(
+        workload=workload,
+        backend=backend,
+        options=options,
+        out=v["out"],
+        storage=v["storage"],
+        study_name=v["study_name"],
+        resume=v["resume"],
+        seed=v["seed"],
+        noise=v["noise"],
+        json_out=v["json_out"],
+        heartbeat_s=v.get("heartbeat", 30),
+        sim_trial_s=v.get("sim_trial_seconds", 0.0),
+    )
 
 
 def make_backend(
@@ -146,7 +244,10 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
     target.disabled_config(extra)
     options = SearchOptions(**{**req.options.__dict__, "extra": extra})
     options.check()
+    # Messages that are not the result go to stderr under --json, so stdout stays one JSON.
+    notes = Console(stderr=True, highlight=False, soft_wrap=True) if req.json_out else console
 
+    info: dict[str, Any] = {}
     if req.resume:
         if req.out is None:
             raise AutotuneError("--resume needs --out: the run directory to continue")
@@ -155,7 +256,7 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
         info = rundir.read_run()
         _check_same_run(info, req)
         study_name = req.study_name or str(info.get("study_name", ""))
-        storage = req.storage or info.get("storage")
+        storage = req.storage or rundir.storage_of(info)
         shared = bool(info.get("shared")) or req.storage is not None
     else:
         rundir = RunDir(req.out or default_out(req.workload))
@@ -182,20 +283,21 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
         heartbeat_s=req.heartbeat_s,
     )
     tuner.open()
-    if req.json_out:
-        outcome = tuner.run()
-    else:
-        view = TerminalRunView(
-            console,
-            sites=tuner.space.names,
-            budget=options.trials,
-            simulated=backend.simulated,
-            done=tuner.measured,
-            late_tolerance_us=options.late_tolerance_us,
-        )
-        tuner.observer = _SpaceTracking(view, tuner)
-        with view:
+    if req.resume:
+        _record_budget(rundir, info, options.trials)
+    if not req.json_out:
+        for line in workload_lines(req.workload, backend):
+            console.print(line, markup=False)
+    notes.print(f"run directory: {rundir.path}", markup=False)
+    try:
+        if req.json_out:
             outcome = tuner.run()
+        else:
+            outcome = _run_with_view(tuner, console, options, backend.simulated)
+    except KeyboardInterrupt:
+        # On stderr, beside the "interrupted" line, also when stdout goes to a log.
+        _after_interrupt(rundir, tuner, Console(stderr=True, highlight=False, soft_wrap=True))
+        raise
     # The report only lays out what the run directory (and a shared study) holds: written last.
     write_report(study_run(rundir.path), rundir.path / "report.html")
     if not req.json_out:
@@ -204,10 +306,83 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
     return outcome.summary
 
 
+def _run_with_view(
+    tuner: Tuner, console: Console, options: SearchOptions, simulated: bool
+) -> RunOutcome:
+    """Run the tuner under a live view on a terminal, one plain line per trial otherwise."""
+    # A resumed run shows the whole study, not only this call's trials.
+    history = past_rows(list(tuner.records.values()), options.objective)
+    if not console.is_terminal:
+        plain = PlainRunView(
+            console, sites=tuner.space.names, simulated=simulated, objective=options.objective
+        )
+        console.print(rule_text(options.late_tolerance_us), markup=False)
+        for record, best in history:
+            plain.trial_finished(record, best)
+        tuner.observer = _SpaceTracking(plain, tuner)
+        return tuner.run()
+    view = TerminalRunView(
+        console,
+        sites=tuner.space.names,
+        budget=options.trials,
+        simulated=simulated,
+        done=tuner.measured,
+        history=history,
+        late_tolerance_us=options.late_tolerance_us,
+    )
+    tuner.observer = _SpaceTracking(view, tuner)
+    with view:
+        return tuner.run()
+
+
+def workload_lines(workload: Workload, backend: Backend) -> list[str]:
+    """What this run measures, stated before the first trial (as `autotune simulate` does)."""
+    w = workload
+    lines = [
+        f"workload   {w.model} TP{w.tp} EP{w.ep}, max-num-seqs {w.max_num_seqs}, "
+        f"flashcomm1 {'on' if w.flashcomm1 else 'off'}, {'graph' if w.graph_mode else 'eager'}, "
+        f"{w.input_len} in / {w.output_len} out, {w.profile_steps} profiled steps",
+    ]
+    if backend.simulated:
+        hardware = getattr(backend, "hardware", None)
+        summary = hardware.summary() if hardware is not None else w.hardware
+        lines.append(f"backend    {backend.name} (SIMULATED), hardware {summary}")
+    else:
+        lines.append(f"backend    {backend.name}")
+    return lines
+
+
+def _record_budget(rundir: RunDir, info: dict[str, Any], trials: int) -> None:
+    """A resume with a new --trials total keeps it in run.json for the next resume."""
+    options = info.get("options")
+    if isinstance(options, dict) and options.get("trials") != trials:
+        info["options"] = {**options, "trials": trials}
+        rundir.write_run(info)
+
+
+def resume_command(rundir: RunDir) -> str:
+    """The command that continues this run (run.json holds everything else)."""
+    return f"autotune run --resume --out {shlex.quote(str(rundir.path))}"
+
+
+def _after_interrupt(rundir: RunDir, tuner: Tuner, notes: Console) -> None:
+    """Ctrl-C: a report of what was measured, and how to continue."""
+    try:
+        write_run_report(rundir.path)
+        wrote = "summary.json, trials.csv and report.html (marked unfinished)"
+    except (AutotuneError, OSError) as exc:
+        wrote = f"summary.json and trials.csv (report.html failed: {exc})"
+    notes.print(
+        f"stopped after {tuner.measured} measured trials; wrote {wrote} in {rundir.path}",
+        markup=False,
+    )
+    notes.print(f"resume with: {resume_command(rundir)}", markup=False)
+
+
 class _SpaceTracking:
     """Passes progress to the view, narrowing its columns once the probe found the active sites."""
 
-    def __init__(self, view: TerminalRunView, tuner: Tuner) -> None:
+    def __init__(self, view: TerminalRunView | PlainRunView, tuner: Tuner) -> None:
         self.view = view
         self.tuner = tuner
 
@@ -276,6 +451,18 @@ def report_job(
         return write_report(record, html)
     except OSError as exc:
         raise AutotuneError(f"cannot write {html}: {exc.strerror or exc}") from None
+
+
+def export_note(run_dir: Path) -> str:
+    """One line for stderr when the exported config is not a finished measurement ("" if it is)."""
+    record = load_run(run_dir)
+    parts = []
+    if record.simulated:
+        parts.append("SIMULATED: this config comes from a model, not from measurements on an NPU")
+    if not record.summary.get("finished", False):
+        resume = resume_command(RunDir(run_dir))
+        parts.append(f"the run has not finished (best so far); continue it with: {resume}")
+    return "; ".join(parts)
 
 
 _ = RunObserver  # the view classes above implement it

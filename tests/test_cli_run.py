@@ -104,10 +104,13 @@ def test_export_prints_the_best_config_again(finished_run: tuple[Path, str]) -> 
     best = json.loads((out / "best_config.json").read_text())
     result = runner.invoke(app, ["export", str(out)])
     assert result.exit_code == 0
-    assert json.loads(result.output) == best
+    # stdout is the config alone; the simulated run gets one note on stderr.
+    assert json.loads(result.stdout) == best
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("note: SIMULATED")
+    assert "not finished" not in result.stderr
     result = runner.invoke(app, ["export", str(out), "--format", "vllm-args"])
     assert result.exit_code == 0
-    line = result.output.strip()
+    line = result.stdout.strip()
     assert line.startswith("--additional-config '") and line.endswith("'")
     assert json.loads(line[len("--additional-config '") : -1]) == best
 

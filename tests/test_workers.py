@@ -252,8 +252,8 @@ def test_ctrl_c_on_a_worker_hands_its_trial_to_another(tmp_path: Path) -> None:
                     break
             time.sleep(0.2)
         assert stopped is not None, "the first worker never ran a trial"
-        victim.communicate(timeout=WORKER_TIMEOUT_S)
-        assert victim.returncode == 130
+        _, err = victim.communicate(timeout=WORKER_TIMEOUT_S)
+        assert victim.returncode == 130, err
         _finish(procs[1])
     backend = optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.log"))
     study = optuna.load_study(study_name="stopped", storage=optuna.storages.JournalStorage(backend))

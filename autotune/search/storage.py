@@ -135,6 +135,10 @@ def open_study(
         raise AutotuneError(
             f"--resume: no study named {study_name!r}: {db_file or journal} does not exist"
         )
+    if not resume and db_file and Path(db_file).parent.is_dir():
+        # SQLite creates its file 0644 whatever the umask; an empty file made here follows it,
+        # and SQLite keeps an existing file's mode.
+        Path(db_file).touch(exist_ok=True)
     shown = shown_url(storage_url)
     storage = make_storage(storage_url, heartbeat_s=heartbeat_s)
     try:

@@ -95,7 +95,13 @@ def make_workload(
     fc1 = extra.get("enable_flashcomm1", flashcomm1)
     if not isinstance(fc1, bool):
         raise AutotuneError("--additional-config: enable_flashcomm1 must be true or false")
-    return Workload(model=model, max_num_seqs=max_num_seqs, flashcomm1=fc1, **fields)
+    return Workload(
+        model=model,
+        max_num_seqs=max_num_seqs,
+        flashcomm1=fc1,
+        row_op=target.row_op_of(extra),
+        **fields,
+    )
 
 
 # `autotune run` flags a resume takes from run.json when they are not given again.
@@ -235,6 +241,8 @@ def check_workload(workload: Workload) -> None:
             raise AutotuneError(f"{flag} must be a positive integer, got {value}")
     # Loads the model (preset or directory) and checks that it splits over tp/ep.
     static_space(setup_of(workload))
+    # A deployment `vllm serve` would abort on never becomes a trial.
+    target.check_setup(setup_of(workload))
 
 
 def run_job(req: RunRequest, console: Console) -> dict[str, Any]:

@@ -109,6 +109,7 @@ class TrialRecord:
     logs: list[str] = field(default_factory=list)
     simulated: bool = False
     duration_s: float = 0.0
+    host: str = ""  # the host that ran the trial (several workers may share a study)
 
     @property
     def effective_mib(self) -> dict[str, float]:
@@ -142,7 +143,7 @@ class RunRecord:
 
     @property
     def best_trial(self) -> TrialRecord | None:
-        number = self.summary.get("best", {}).get("trial")
+        number = (self.summary.get("best") or {}).get("trial")
         return next((t for t in self.trials if t.number == number), None)
 
 
@@ -298,6 +299,7 @@ def trials_csv(
             "repeats",
             "duration_s",
             "error",
+            "host",
         ]
     )
     for r in records:
@@ -321,6 +323,7 @@ def trials_csv(
                 len(tps),
                 _num(r.duration_s, 2),
                 r.error,
+                r.host,
             ]
         )
     return buffer.getvalue()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 from autotune import target
 from autotune.errors import AutotuneError
@@ -36,6 +37,7 @@ from autotune.search import (
 from autotune.search.grid import grid_best
 from autotune.search.grid import grid_optimum as search_grid_optimum
 from autotune.search.guide import Observation, Segment
+from autotune.search.sampler import GuidedSampler
 from autotune.search.summary import RULE_LATE_FASTER, RULE_ON_TIME, RULE_STRICT, pick_best
 from autotune.workloads.base import Workload, setup_of
 from autotune.workloads.simulate import SimulateBackend, simulate_throughput
@@ -232,6 +234,33 @@ def test_candidates_combine_each_sites_best_level_then_probe_the_knee() -> None:
     late_cap = Observation((4, 4), cap.segments, frozenset({"mlp.gate_up"}))
     got = candidates([off, late_cap, knee], space, fill=fill, late_is_infeasible=True)
     assert got[0] == (1, 1)  # gate_up's knee is its best now; both step towards off
+
+
+def test_guided_candidates_skip_points_other_workers_are_measuring() -> None:
+    space = SearchSpace(sites=(SiteSpace("attn.o", tuple(k * MIB for k in range(4))),), inert={})
+    sampler = GuidedSampler(seed=0)
+    sampler.space = space
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    dist = space.distributions()
+
+    def add(level: int, state: TrialState, seg: float) -> None:
+        attrs = {"effective_bytes": {"attn.o": level * MIB}, "segments": {"attn.o": [seg, seg]}}
+        value = 1.0 if state == TrialState.COMPLETE else None
+        trial = optuna.trial.create_trial(
+            state=state,
+            value=value,
+            params={"attn.o": float(level)},
+            distributions=dist,
+            user_attrs=attrs,
+        )
+        study.add_trial(trial)
+
+    add(0, TrialState.COMPLETE, 10.0)
+    add(3, TrialState.COMPLETE, 8.0)
+    assert sampler.guided_params(study) == {"attn.o": 2.0}  # one step from the cap, towards off
+    # Another worker is measuring level 2 right now: nothing else to offer but that.
+    add(2, TrialState.RUNNING, 0.0)
+    assert sampler.guided_params(study) is None
 
 
 # -- whole studies on the simulator -------------------------------------------------------------

@@ -85,6 +85,9 @@ class GuidedSampler(BaseSampler):
             fill=_fill_bytes(study),
             late_is_infeasible=self.late_is_infeasible,
         )
+        # Not a point another worker of a shared study is measuring right now.
+        busy = _running_keys(study, self.space, -1)
+        found = [k for k in found if k not in busy]
         if not found:
             return None
         return {s: b / MIB for s, b in self.space.bytes_of_key(found[0]).items()}
@@ -107,8 +110,10 @@ class GuidedSampler(BaseSampler):
             }
         key = self.space.key({s: float(v) * MIB for s, v in params.items()})
         tried = {o.key for o in observations(study, self.space)}
+        tried |= _running_keys(study, self.space, trial.number)
         if key in tried:
-            # The inner sampler came back to a measured point: try an unmeasured one instead.
+            # The inner sampler came back to a point measured (or being measured elsewhere):
+            # try an unmeasured one instead.
             key = _random_untried(self.space, tried, self._rng) or key
         return {s: b / MIB for s, b in self.space.bytes_of_key(key).items()}
 
@@ -120,6 +125,15 @@ class GuidedSampler(BaseSampler):
         param_distribution: BaseDistribution,
     ) -> Any:
         return self._random.sample_independent(study, trial, param_name, param_distribution)
+
+
+def _running_keys(study: Study, space: SearchSpace, number: int) -> set[tuple[int, ...]]:
+    """Points other workers of a shared study are measuring right now."""
+    return {
+        space.key(t.user_attrs["effective_bytes"])
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.number != number and "effective_bytes" in t.user_attrs
+    }
 
 
 def _random_untried(

@@ -319,7 +319,7 @@ def _run_with_view(
 ) -> RunOutcome:
     """Run the tuner under a live view on a terminal, one plain line per trial otherwise."""
     # A resumed run shows the whole study, not only this call's trials.
-    history = past_rows(list(tuner.records.values()), options.objective)
+    history = past_rows(list(tuner.records.values()), options.objective, options.constraint)
     if not console.is_terminal:
         plain = PlainRunView(
             console, sites=tuner.space.names, simulated=simulated, objective=options.objective

@@ -172,16 +172,18 @@ class TerminalRunView:
 
 
 def past_rows(
-    records: Sequence[TrialRecord], objective: str
+    records: Sequence[TrialRecord], objective: str, late_is_infeasible: bool = False
 ) -> list[tuple[TrialRecord, TrialRecord | None]]:
-    """Rows for trials already in the run, each with the best as it stood after it."""
+    """Rows for trials already in the run, each with the best as it stood after it (by the
+    run's pick rule: `late_is_infeasible` is its --late-is-infeasible)."""
     from autotune.search.summary import best_record
 
     ordered = sorted(records, key=lambda r: r.number)
     rows: list[tuple[TrialRecord, TrialRecord | None]] = []
     for i, record in enumerate(ordered):
         # Copies: ranking a prefix sets estimates, and the records' own must stay the full run's.
-        best = best_record([replace(r) for r in ordered[: i + 1]], objective)
+        prefix = [replace(r) for r in ordered[: i + 1]]
+        best = best_record(prefix, objective, late_is_infeasible=late_is_infeasible)
         rows.append((record, best))
     return rows
 

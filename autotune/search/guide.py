@@ -107,11 +107,16 @@ def _site_costs(
     the sites in `given` at the given levels (a level seen late counts as infinitely slow when
     lateness is a hard rule)."""
     site = space.sites[i].site
+    # A partner's ratio also acts in its dependents' segments (attn.o's on down_proj): count them.
+    dependents = [d for d, partners in PARTNERS.items() if site in partners and d in space.names]
     seen: dict[int, list[float]] = {}
     for obs in observations:
         if any(obs.key[j] != lvl for j, lvl in given.items()):
             continue
         seg = obs.segments.get(site)
+        if seg is not None and dependents:
+            extra = [obs.segments.get(d) for d in dependents]
+            seg = None if any(e is None for e in extra) else seg + sum(e or 0.0 for e in extra)
         if late_is_infeasible and site in obs.late:
             seg = float("inf")
         if seg is not None and seg > 0:

@@ -177,6 +177,7 @@ def test_a_late_trial_wins_only_when_faster_beyond_the_noise() -> None:
     # The vendor criterion as a hard rule refuses it.
     ranked, rule = pick_best(recs, "throughput", late_is_infeasible=True)
     assert ranked[0].number == 1 and rule == RULE_STRICT
+
     # Three bench repeats per trial, ±0.5 %, while the benches stray ±1.5 % from the step-time
     # fit: the estimates follow the measurements, and the late trial's 0.4 % lead over trial 1
     # is within twice the noise of their repeats, so the on-time trial stays.

@@ -96,6 +96,7 @@ class TrialRecord:
     retry_of: int | None = None
     error: str = ""
     profile: str | None = None  # kept profile directory, relative to the run directory
+    unprofiled: str = ""  # why a measured trial has no usable profile ("" when it has one)
     bench_files: list[str] = field(default_factory=list)  # relative to the run directory
     logs: list[str] = field(default_factory=list)
     simulated: bool = False
@@ -255,6 +256,7 @@ def trials_csv(records: Sequence[TrialRecord], sites: Sequence[str]) -> str:
             "repeats",
             "duration_s",
             "error",
+            "unprofiled",
         ]
     )
     for r in records:
@@ -277,6 +279,7 @@ def trials_csv(records: Sequence[TrialRecord], sites: Sequence[str]) -> str:
                 len(tps),
                 _num(r.duration_s, 2),
                 r.error,
+                r.unprofiled,
             ]
         )
     return buffer.getvalue()

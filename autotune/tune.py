@@ -7,7 +7,7 @@ import re
 import shlex
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from autotune.report.terminal_run import TerminalRunView, print_result
 from autotune.rundir import BEST_FILE, RunDir, TrialRecord, load_run
 from autotune.search import RunObserver, SearchOptions, Tuner, static_space
 from autotune.workloads.base import Backend, Workload, setup_of
+from autotune.workloads.deployment import LaunchOptions, read_serve_args, resolve
 
 BACKENDS: tuple[str, ...] = ("vllm-ascend", "simulate")
 EXPORT_FORMATS: tuple[str, ...] = ("additional-config", "vllm-args")
@@ -40,6 +41,9 @@ class RunRequest:
     seed: int
     noise: float
     json_out: bool
+    launch: LaunchOptions = field(default_factory=LaunchOptions)
+    # additional-config keys autotune adds for the deployment -> (value, why)
+    added: Mapping[str, tuple[Any, str]] = field(default_factory=dict)
 
 
 def read_extra(value: str | None) -> dict[str, Any]:
@@ -75,28 +79,88 @@ def make_workload(
     resume: bool,
     out: Path | None,
     extra: Mapping[str, Any],
-    flashcomm1: bool,
+    backend: str = "simulate",
+    launch: LaunchOptions | None = None,
+    tp: int | None = None,
+    ep: int | None = None,
+    graph_mode: bool | None = None,
+    max_num_batched_tokens: int | None = None,
+    flashcomm1: bool | None = None,
     **fields: Any,
-) -> Workload:
-    """The workload from the flags; with --resume, model and max-num-seqs default to the run's."""
-    if resume and (model is None or max_num_seqs is None) and out is not None:
+) -> tuple[Workload, dict[str, tuple[Any, str]]]:
+    """The workload the trials really run with, and the config keys autotune adds (-> why).
+
+    With --resume, values not given again default to the run's.
+    """
+    stored: dict[str, Any] = {}
+    if resume and out is not None:
         rundir = RunDir(out)
         rundir.prepare(resume=True)
         stored = rundir.read_run().get("workload", {})
         model = model if model is not None else stored.get("model")
         max_num_seqs = max_num_seqs if max_num_seqs is not None else stored.get("max_num_seqs")
+        tp = tp if tp is not None else stored.get("tp")
+        ep = ep if ep is not None else stored.get("ep")
+        graph_mode = graph_mode if graph_mode is not None else stored.get("graph_mode")
+        if max_num_batched_tokens is None:
+            max_num_batched_tokens = stored.get("max_num_batched_tokens")
     if model is None:
         raise AutotuneError("--model is required (a preset name or a local model directory)")
     if max_num_seqs is None:
         raise AutotuneError("--max-num-seqs is required")
-    # The additional-config decides flashcomm1 when it sets it: the trials run with that JSON.
-    fc1 = extra.get("enable_flashcomm1", flashcomm1)
-    if not isinstance(fc1, bool):
-        raise AutotuneError("--additional-config: enable_flashcomm1 must be true or false")
-    return Workload(model=model, max_num_seqs=max_num_seqs, flashcomm1=fc1, **fields)
+    launch = launch or LaunchOptions()
+    if backend == "simulate":
+        given = [
+            flag
+            for flag, value in (
+                ("--serve-args", launch.serve_args),
+                ("--serve-env", launch.serve_env),
+                ("--vllm", launch.vllm),
+                ("--port", launch.port),
+                ("--num-prompts", launch.num_prompts),
+            )
+            if value
+        ]
+        if given:
+            raise AutotuneError(
+                f"{', '.join(given)} only apply to --backend vllm-ascend (the simulator starts no "
+                "server)"
+            )
+    if resume and flashcomm1 is None and "flashcomm1" in stored:
+        # The trials so far ran with it; keep them comparable unless a source says otherwise.
+        flashcomm1 = bool(stored["flashcomm1"]) if backend == "simulate" else None
+    dep = resolve(
+        simulated=backend == "simulate",
+        serve=read_serve_args(launch.serve_args),
+        serve_env=launch.serve_env,
+        extra=extra,
+        tp=tp,
+        ep=ep,
+        graph_mode=graph_mode,
+        max_num_batched_tokens=max_num_batched_tokens,
+        flashcomm1=flashcomm1,
+    )
+    workload = Workload(
+        model=model,
+        max_num_seqs=max_num_seqs,
+        tp=dep.tp,
+        ep=dep.ep,
+        graph_mode=dep.graph_mode,
+        max_num_batched_tokens=dep.max_num_batched_tokens,
+        flashcomm1=dep.flashcomm1,
+        **fields,
+    )
+    return workload, dep.added
 
 
-def make_backend(name: str, workload: Workload, *, seed: int, noise: float) -> Backend:
+def make_backend(
+    name: str,
+    workload: Workload,
+    *,
+    seed: int,
+    noise: float,
+    launch: LaunchOptions | None = None,
+) -> Backend:
     """The backend behind `--backend`."""
     if name == "simulate":
         from autotune.workloads.simulate import SimulateBackend
@@ -105,7 +169,7 @@ def make_backend(name: str, workload: Workload, *, seed: int, noise: float) -> B
     if name == "vllm-ascend":
         from autotune.workloads.vllm_ascend import VllmAscendBackend
 
-        return VllmAscendBackend(workload)
+        return VllmAscendBackend(workload, launch)
     raise AutotuneError(f"--backend must be one of {', '.join(BACKENDS)}, got {name!r}")
 
 
@@ -137,10 +201,13 @@ def check_workload(workload: Workload) -> None:
 def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
     """Run or resume a study; draw progress unless --json; return the summary."""
     check_workload(req.workload)
-    extra = {"enable_flashcomm1": req.workload.flashcomm1, **req.options.extra}
+    added = {key: value for key, (value, _) in req.added.items()}
+    extra = {**added, **req.options.extra}
     target.disabled_config(extra)
-    options = SearchOptions(**{**req.options.__dict__, "extra": extra})
+    notes = {key: why for key, (_, why) in req.added.items()}
+    options = SearchOptions(**{**req.options.__dict__, "extra": extra, "extra_notes": notes})
     options.check()
+    req.launch.check()
 
     if req.resume:
         if req.out is None:
@@ -156,7 +223,9 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
         study_name = req.study_name or rundir.path.name
         storage = req.storage
 
-    backend = make_backend(req.backend, req.workload, seed=req.seed, noise=req.noise)
+    backend = make_backend(
+        req.backend, req.workload, seed=req.seed, noise=req.noise, launch=req.launch
+    )
     backend.check()
     tuner = Tuner(
         workload=req.workload,

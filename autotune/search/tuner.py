@@ -8,6 +8,7 @@ import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -220,6 +221,10 @@ class Tuner:
             for t in self._trials(study, TrialState.COMPLETE)
             if t.user_attrs.get(ATTR_ROLE) == "default"
         )
+        unprofiled = default.user_attrs.get("unprofiled")
+        if unprofiled:
+            self._static_probe(study, str(unprofiled))
+            return
         timings = {
             site: SiteTiming(**data) for site, data in default.user_attrs.get("timings", {}).items()
         }
@@ -237,6 +242,18 @@ class Tuner:
             + (", ".join(space.names) or "none")
             + (f"; inert: {', '.join(sorted(space.inert))}" if space.inert else "")
         )
+
+    def _static_probe(self, study: Study, reason: str) -> None:
+        """Without the default trial's profile, the active sites are those of the target's
+        static rules and there is no profile-guided seed; the run says so."""
+        note = (
+            f"the default trial was not profiled ({reason}); active sites follow the static "
+            "rules of vllm-ascend 0.23 and there is no profile-guided seed"
+        )
+        study.set_user_attr(ATTR_SPACE, self.space.to_json())
+        study.set_user_attr("probe_note", note)
+        self.observer.phase(note)
+        self.observer.phase("active sites: " + (", ".join(self.space.names) or "none"))
 
     @property
     def measured(self) -> int:
@@ -401,23 +418,39 @@ class Tuner:
         record.logs = [self.rundir.relative(p) for p in result.logs]
         record.simulated = result.simulated
         if result.profile_dir is not None:
-            record.profile = self.rundir.relative(result.profile_dir)
-            profiles = load_profiles(result.profile_dir)
-            overlap = analyze(
-                profiles, late_tolerance_ns=int(self.options.late_tolerance_us * 1000)
-            )
-            record.step_ms = profile_step_ms(profiles)
-            trial.set_user_attr("step_ms", record.step_ms)
-            record.sites = {s.site: site_json(s) for s in overlap.sites}
-            record.lateness_us = lateness_by_site(overlap)
-            timings = site_timings(overlap, config, self.setup)
-            trial.set_user_attr("timings", {s: asdict(t) for s, t in timings.items()})
-            trial.set_user_attr("fill_bytes", {s: t.fill_bytes for s, t in timings.items()})
+            self._read_profile(trial, record, result.profile_dir, config)
+        else:
+            record.unprofiled = result.unprofiled or "the backend returned no profile"
+        if record.unprofiled:
+            # Measured but not profiled: the numbers stand, the overlap is unknown.
+            trial.set_user_attr("unprofiled", record.unprofiled)
         trial.set_user_attr("lateness_us", record.lateness_us)
         tol = self.options.late_tolerance_us
         record.late_sites = sorted(s for s, v in record.lateness_us.items() if v > tol)
         record.feasible = not record.late_sites
         record.state = "complete"
+
+    def _read_profile(
+        self, trial: optuna.Trial, record: TrialRecord, path: Path, config: Mapping[str, Any]
+    ) -> None:
+        """Overlap, step time and window timings from the trial's profile; an unreadable one
+        leaves the trial unprofiled with the reader's one-line reason."""
+        try:
+            profiles = load_profiles(path)
+            overlap = analyze(
+                profiles, late_tolerance_ns=int(self.options.late_tolerance_us * 1000)
+            )
+        except AutotuneError as exc:
+            record.unprofiled = f"the profile is unreadable: {exc}"
+            return
+        record.profile = self.rundir.relative(path)
+        record.step_ms = profile_step_ms(profiles)
+        trial.set_user_attr("step_ms", record.step_ms)
+        record.sites = {s.site: site_json(s) for s in overlap.sites}
+        record.lateness_us = lateness_by_site(overlap)
+        timings = site_timings(overlap, config, self.setup)
+        trial.set_user_attr("timings", {s: asdict(t) for s, t in timings.items()})
+        trial.set_user_attr("fill_bytes", {s: t.fill_bytes for s, t in timings.items()})
 
     def _set_constraints(self, trial: optuna.Trial, record: TrialRecord) -> None:
         if not self.options.constraint:
@@ -538,4 +571,5 @@ class Tuner:
             finished=finished,
             stopped=stopped,
             rundir=self.rundir,
+            probe_note=str(self.study.user_attrs.get("probe_note", "")) if self.study else "",
         )

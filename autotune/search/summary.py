@@ -142,6 +142,7 @@ def build_summary(
             "measured": sum(1 for r in records if r.state == "complete"),
             "duplicates": sum(1 for r in records if r.state == "duplicate"),
             "failed": sum(1 for r in records if r.state == "failed"),
+            "unprofiled": sum(1 for r in records if r.state == "complete" and r.unprofiled),
             "budget": options.trials,
         },
         "active_sites": list(space.names),

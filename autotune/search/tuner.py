@@ -443,6 +443,11 @@ class Tuner:
         except AutotuneError as exc:
             record.unprofiled = f"the profile is unreadable: {exc}"
             return
+        # The reader keeps what precedes a cut in a trace file; a cut-off profile is not trusted.
+        cut = [w for p in profiles for w in p.warnings if "cut off" in w]
+        if cut:
+            record.unprofiled = f"the profile is truncated: {cut[0]}"
+            return
         record.profile = self.rundir.relative(path)
         record.step_ms = profile_step_ms(profiles)
         trial.set_user_attr("step_ms", record.step_ms)

@@ -1,0 +1,88 @@
+"""Children in their own process group: TERM then KILL, the whole tree, reaped; loopback ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from autotune.errors import AutotuneError
+from autotune.workloads.process import Child, free_port, log_tail, port_in_use
+
+# A parent that ignores SIGTERM and leaves a grandchild (same group) that ignores it too.
+STUBBORN = """
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+kid = subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"])
+print("grandchild", kid.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it holds no resources but counts as gone here.
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.split(")", 1)[1].split()[0] != "Z"
+
+
+def test_stop_kills_a_term_ignoring_tree_after_the_grace(tmp_path: Path) -> None:
+    log = tmp_path / "child.log"
+    child = Child([sys.executable, "-c", STUBBORN], env=dict(os.environ), log=log)
+    assert child.pgid == child.pid == os.getpgid(child.pid)  # its own group
+    deadline = time.monotonic() + 20
+    while "grandchild" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    grandchild = int(log.read_text().split()[1])
+    start = time.monotonic()
+    child.stop(grace_s=0.5)
+    took = time.monotonic() - start
+    assert 0.5 <= took < 10
+    assert child.returncode is not None  # reaped by us
+    deadline = time.monotonic() + 3
+    while _pid_alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _pid_alive(grandchild)
+    assert not child.group_alive()
+    child.stop(grace_s=0.5)  # twice is harmless
+
+
+def test_stop_is_quick_for_a_child_that_obeys_sigterm(tmp_path: Path) -> None:
+    child = Child(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        env=dict(os.environ),
+        log=tmp_path / "c.log",
+    )
+    start = time.monotonic()
+    child.stop(grace_s=30)
+    assert time.monotonic() - start < 5
+    assert child.returncode == -15
+
+
+def test_missing_executable_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(AutotuneError, match="cannot start /nonexistent/vllm"):
+        Child(["/nonexistent/vllm"], env={}, log=tmp_path / "x.log")
+
+
+def test_log_tail_joins_the_last_lines(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    log.write_text("".join(f"line {i}\n" for i in range(100)) + "\n\n")
+    assert log_tail(log, lines=3) == "line 97 | line 98 | line 99"
+    assert log_tail(tmp_path / "missing.log") == ""
+
+
+def test_ports() -> None:
+    port = free_port()
+    assert not port_in_use(port)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        assert port_in_use(port)

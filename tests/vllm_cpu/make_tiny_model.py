@@ -41,12 +41,13 @@ CONFIG = {
 }
 VOCAB_SIZE = 512  # tokenizer vocabulary; the model's embedding table is VOCAB_SIZE too
 SPECIALS = ["<|endoftext|>"]
-WORDS = (
+TEXT = (
     "the of and to in is that for it as was with be by on not he this are or his from at which "
     "but have an they you were her she there one all we their can has been if more when will "
     "would who so no time up out about into than them only other new some could these two may "
     "first then do any like my now over such our man me even most made after also did many off"
-).split()
+)
+WORDS = TEXT.split()
 
 
 def _corpus() -> list[str]:

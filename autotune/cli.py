@@ -216,7 +216,7 @@ def run(
     import json as _json
 
     from autotune.search import SearchOptions
-    from autotune.tune import RunRequest, make_workload, read_extra, run_job
+    from autotune.tune import RunRequest, make_workload, read_extra, resume_launch, run_job
     from autotune.workloads.deployment import LaunchOptions, parse_serve_env, split_serve_args
 
     extra = read_extra(additional_config)
@@ -230,6 +230,8 @@ def run(
         stop_timeout_s=stop_timeout,
         num_prompts=num_prompts,
     )
+    if resume and backend == "vllm-ascend":
+        launch = resume_launch(out, launch)
     workload, added = make_workload(
         model=model,
         max_num_seqs=max_num_seqs,

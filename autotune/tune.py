@@ -18,7 +18,7 @@ from autotune._io import read_json
 from autotune.errors import AutotuneError
 from autotune.report.html import write_run_report
 from autotune.report.terminal_run import TerminalRunView, print_result
-from autotune.rundir import BEST_FILE, RunDir, TrialRecord, load_run
+from autotune.rundir import BEST_FILE, RUN_FILE, RunDir, TrialRecord, load_run
 from autotune.search import RunObserver, SearchOptions, Tuner, static_space
 from autotune.workloads.base import Backend, Workload, setup_of
 from autotune.workloads.deployment import LaunchOptions, read_serve_args, resolve
@@ -153,6 +153,48 @@ def make_workload(
     return workload, dep.added
 
 
+def resume_launch(out: Path | None, given: LaunchOptions) -> LaunchOptions:
+    """With --resume, the launch settings the run started with, unless given again the same.
+
+    Server settings not given again are taken from the run; different ones would mix trials
+    measured on different deployments, so they are refused.
+    """
+    if out is None or not (out / RUN_FILE).is_file():
+        return given
+    stored = RunDir(out).read_run().get("launch")
+    if not isinstance(stored, dict):
+        return given
+    was = LaunchOptions(
+        vllm=stored.get("vllm"),
+        serve_args=tuple(stored.get("serve_args") or ()),
+        serve_env=dict(stored.get("serve_env") or {}),
+        port=stored.get("port"),
+        startup_timeout_s=given.startup_timeout_s,
+        bench_timeout_s=given.bench_timeout_s,
+        stop_timeout_s=given.stop_timeout_s,
+        num_prompts=stored.get("num_prompts"),
+    )
+    for flag, mine, theirs in (
+        ("--serve-args", given.serve_args, was.serve_args),
+        ("--serve-env", dict(given.serve_env), dict(was.serve_env)),
+        ("--num-prompts", given.num_prompts, was.num_prompts),
+    ):
+        if mine and mine != theirs:
+            raise AutotuneError(
+                f"--resume: the run in {out} was started with {flag} {theirs!r}, not {mine!r}"
+            )
+    return LaunchOptions(
+        vllm=given.vllm or was.vllm,
+        serve_args=was.serve_args,
+        serve_env=was.serve_env,
+        port=given.port or was.port,
+        startup_timeout_s=given.startup_timeout_s,
+        bench_timeout_s=given.bench_timeout_s,
+        stop_timeout_s=given.stop_timeout_s,
+        num_prompts=was.num_prompts,
+    )
+
+
 def make_backend(
     name: str,
     workload: Workload,
@@ -237,6 +279,9 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
         resume=req.resume,
     )
     tuner.open()
+    if req.backend == "vllm-ascend" and not req.resume:
+        # Kept so that --resume runs the remaining trials with the same server settings.
+        rundir.write_run({**rundir.read_run(), "launch": req.launch.to_json()})
     if req.json_out:
         outcome = tuner.run()
     else:

@@ -273,7 +273,9 @@ def test_ctrl_c_mid_trial_stops_it_cleanly_and_the_run_resumes(
 ) -> None:
     bin_dir, model = fake
     out = tmp_path / "run"
-    proc = _start(_args(model, out), _env(bin_dir, FAKE_VLLM_FAULT="slow@1"))
+    # The fault comes through --serve-env this time, as a user's server variable would.
+    more = ("--serve-args", "--dtype bfloat16", "--serve-env", "FAKE_VLLM_FAULT=slow@1")
+    proc = _start(_args(model, out, *more), _env(bin_dir))
     bench_log = out / "trials" / "001" / "warmup.log"
     deadline = time.monotonic() + 60
     while not bench_log.exists() and time.monotonic() < deadline and proc.poll() is None:
@@ -286,10 +288,19 @@ def test_ctrl_c_mid_trial_stops_it_cleanly_and_the_run_resumes(
     assert "Traceback" not in result.stderr
     _assert_nothing_left(model.parent)
     assert _trial(out, 1)["state"] == "failed" and _trial(out, 1)["error"] == "interrupted"
+    # Resumed without the server settings: the run's own are used again.
     resumed = _run([*_args(model, out), "--resume"], _env(bin_dir))
     _ok(resumed)
-    states = {r["role"]: r["state"] for r in _rows(out) if r["state"] == "complete"}
-    assert set(states) == {"baseline", "default", "seed"}
+    rows = _rows(out)
+    assert {r["role"] for r in rows if r["state"] == "complete"} == {"baseline", "default", "seed"}
+    retry = next(int(r["trial"]) for r in rows[2:] if r["role"] == "default")
+    command = (out / "trials" / f"{retry:03d}" / "command.sh").read_text()
+    assert "export FAKE_VLLM_FAULT=slow@1" in command and "--dtype bfloat16" in command
+    refused = _run(
+        [*_args(model, out, "--serve-args", "--dtype float16"), "--resume"], _env(bin_dir)
+    )
+    assert refused.returncode == 2
+    assert "was started with --serve-args ('--dtype', 'bfloat16')" in refused.stderr
     _assert_nothing_left(model.parent)
 
 

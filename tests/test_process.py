@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -86,3 +88,19 @@ def test_ports() -> None:
         sock.bind(("127.0.0.1", port))
         sock.listen()
         assert port_in_use(port)
+
+
+def test_ctrl_c_during_stop_waits_for_the_group_then_interrupts(tmp_path: Path) -> None:
+    log = tmp_path / "child.log"
+    child = Child([sys.executable, "-c", STUBBORN], env=dict(os.environ), log=log)
+    deadline = time.monotonic() + 20
+    while "grandchild" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)  # its SIGTERM handler is set from here on
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            child.stop(grace_s=1.0)
+    finally:
+        timer.cancel()
+    assert not child.group_alive()  # the Ctrl-C did not cut the stop short

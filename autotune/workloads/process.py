@@ -7,8 +7,9 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from autotune.errors import AutotuneError
@@ -62,7 +63,15 @@ class Child:
             return None
 
     def stop(self, grace_s: float) -> None:
-        """SIGTERM to the group, SIGKILL after `grace_s`, then reap; safe to call twice."""
+        """SIGTERM to the group, SIGKILL after `grace_s`, then reap; safe to call twice.
+
+        A Ctrl-C that arrives meanwhile is held back until the group is gone, so a second Ctrl-C
+        cannot leave a server behind.
+        """
+        with _sigint_held():
+            self._stop(grace_s)
+
+    def _stop(self, grace_s: float) -> None:
         if self.group_alive():
             self._signal(signal.SIGTERM)
             deadline = time.monotonic() + grace_s
@@ -96,6 +105,22 @@ class Child:
     def _signal(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pgid, sig)
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Defer SIGINT (main thread only) and raise KeyboardInterrupt afterwards if one came."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def log_tail(path: Path, lines: int = 15, width: int = 400) -> str:

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from autotune.errors import AutotuneError
+from autotune.lateness import DEFAULT_LATE_TOLERANCE_US
 
 app = typer.Typer(
     name="autotune",
@@ -48,7 +49,11 @@ def _clean_errors(fn: F) -> F:
 @_clean_errors
 def analyze(
     path: Annotated[
-        Path, typer.Argument(help="A *_ascend_pt dir, its parent, or ASCEND_PROFILER_OUTPUT.")
+        Path,
+        typer.Argument(
+            help="A trace_view.json or profiler db, or any folder with *_ascend_pt dirs below it "
+            "(a *_ascend_pt dir, a simulate --out dir, a run dir, trials/NNN)."
+        ),
     ],
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     rules: Annotated[
@@ -57,9 +62,19 @@ def analyze(
     html: Annotated[
         Path | None, typer.Option(help="Also write a self-contained HTML report.")
     ] = None,
+    tasks: Annotated[
+        Path | None,
+        typer.Option(
+            "--tasks", help="Also write the classified task table (one row per task) as CSV."
+        ),
+    ] = None,
+    by_rank: Annotated[
+        bool, typer.Option("--by-rank", help="One per-site table per rank, not one for all.")
+    ] = False,
     tolerance_us: Annotated[
-        float, typer.Option(help="A prefetch counts as late only past this many µs.")
-    ] = 0.0,
+        float,
+        typer.Option(help="A site is late when its median slack is below minus this many µs."),
+    ] = DEFAULT_LATE_TOLERANCE_US,
 ) -> None:
     """Check that every CMO prefetch hides behind its vector op and ends before it."""
     import json
@@ -67,10 +82,13 @@ def analyze(
 
     from autotune.overlap import analyze as analyze_overlap
     from autotune.profile import load_profiles
-    from autotune.report.terminal import print_overlap
+    from autotune.report.terminal import print_overlap, profiles_line
+    from autotune.task_table import check_task_path, task_table, write_task_table
 
     if not math.isfinite(tolerance_us) or tolerance_us < 0:
         raise AutotuneError(f"--tolerance-us must be a number >= 0, got {tolerance_us}")
+    if tasks is not None:
+        check_task_path(tasks)
     if html is not None:
         try:
             from autotune.report.html import write_analyze_report
@@ -78,15 +96,44 @@ def analyze(
             raise AutotuneError("--html: the HTML report is not available yet") from None
     if not path.exists():
         raise AutotuneError(
-            f"{path}: no such file or directory; pass a *_ascend_pt dir, its parent, "
-            "or ASCEND_PROFILER_OUTPUT"
+            f"{path}: no such file or directory; pass a trace_view.json, a profiler db, "
+            "or a folder with *_ascend_pt dirs below it"
         )
     profiles = load_profiles(path, rules=rules)
-    result = analyze_overlap(profiles, late_tolerance_ns=round(tolerance_us * 1000))
+    tol_ns = round(tolerance_us * 1000)
+    result = analyze_overlap(profiles, late_tolerance_ns=tol_ns)
+    ranks = sorted({-1 if p.rank is None else int(p.rank) for p in profiles})
+    per_rank = {}
+    if by_rank:
+        for r in ranks:
+            mine = [p for p in profiles if (-1 if p.rank is None else int(p.rank)) == r]
+            per_rank[r] = analyze_overlap(mine, late_tolerance_ns=tol_ns)
     if json_out:
-        typer.echo(json.dumps(result.to_json(), allow_nan=False))
+        doc = result.to_json()
+        doc["profiles"] = [
+            {
+                "rank": p.rank,
+                "path": str(p.path),
+                "source": p.source,
+                "tasks": len(p.tasks),
+            }
+            for p in profiles
+        ]
+        if by_rank:
+            doc["by_rank"] = {str(r): res.to_json() for r, res in per_rank.items()}
+        typer.echo(json.dumps(doc, allow_nan=False))
     else:
-        print_overlap(result, Console(highlight=False))
+        console = Console(highlight=False, soft_wrap=True)
+        console.print(profiles_line(profiles), markup=False)
+        if by_rank:
+            for r, res in per_rank.items():
+                print_overlap(res, console, title=f"rank {r}" if r >= 0 else "rank unknown")
+        else:
+            print_overlap(result, console)
+    if tasks is not None:
+        table = task_table(profiles, result)
+        write_task_table(table, tasks)
+        _stderr().print(f"wrote {tasks} ({len(table)} tasks)", markup=False)
     if html is not None:
         try:
             write_analyze_report(result, list(profiles), html)
@@ -115,8 +162,9 @@ def run(
         str, typer.Option(help="throughput (tok/s, higher) or tpot (ms, lower).")
     ] = "throughput",
     late_tolerance_us: Annotated[
-        float, typer.Option(help="A site is late when its prefetch ends this far past its window.")
-    ] = 2.0,
+        float,
+        typer.Option(help="A site is late when its median slack is below minus this many µs."),
+    ] = DEFAULT_LATE_TOLERANCE_US,
     no_constraint: Annotated[
         bool, typer.Option("--no-constraint", help="Do not treat late sites as infeasible.")
     ] = False,
@@ -332,6 +380,12 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     noise: Annotated[float, typer.Option(help="Relative noise of the bench result.")] = 0.01,
     steps: Annotated[int, typer.Option(help="Decode steps in the profile.")] = 8,
+    gate_up_join: Annotated[
+        str,
+        typer.Option(
+            help="Where mlp.gate_up is joined: swiglu (0.23) or norm (right after its norm)."
+        ),
+    ] = "swiglu",
 ) -> None:
     """Write one SIMULATED trial (bench JSON + profiler output) from the analytic model."""
     from autotune.workloads.base import Workload
@@ -346,6 +400,7 @@ def simulate(
         flashcomm1=flashcomm1,
         graph_mode=graph_mode,
         profile_steps=steps,
+        gate_up_join=gate_up_join,
     )
     cfg = read_config(config)
     out_dir = out if out is not None else Path("simulated") / f"{Path(model).name}-{max_num_seqs}"

@@ -7,6 +7,7 @@ later than it. The rules are those of docs/analysis.md; each stream is matched w
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from autotune.lateness import prefetch_late, rule_text, site_late
 from autotune.profile.tasks import ROLE_COLUMN, ROLES, Profile
 from autotune.target import SITES
 
@@ -41,7 +43,7 @@ PREFETCH_COLUMNS: tuple[str, ...] = (
     "hidden_fraction",  # share of the prefetch's duration overlapping window work, 0..1
     "slack_ns",  # window_end - prefetch_end; negative = late
     "stall_ns",  # time the compute stream was blocked in the join charged to this prefetch
-    "late",  # bool: slack_ns < -tolerance
+    "late",  # bool: slack_ns < -tolerance (autotune.lateness.prefetch_late)
 )
 
 
@@ -59,7 +61,7 @@ class SiteSummary:
     slack_us_min: float
     stall_us_total: float
     stall_us_per_step: float
-    verdict: str  # "hidden" | "late" | "inert"
+    verdict: str  # "inert" (no prefetch), "late" (autotune.lateness.site_late) or "hidden"
 
 
 @dataclass
@@ -74,6 +76,15 @@ class OverlapResult:
     steps: int  # profiled steps (>= 1)
     simulated: bool  # any input profile was written by the simulator
     warnings: list[str] = field(default_factory=list)
+    late_tolerance_us: float = 0.0  # the tolerance the late flags and verdicts used
+    join_us_total: float = 0.0  # time of every join (compute-stream wait on a prefetch stream)
+    unattributed_stall_us: float = 0.0  # join time charged to no prefetch
+    rank_steps: int = 1  # sum of the profiles' step counts (the per-step divisor)
+
+    @property
+    def unattributed_stall_us_per_step(self) -> float:
+        """Unattributed join time per rank and step, like the sites' stall per step."""
+        return self.unattributed_stall_us / max(self.rank_steps, 1)
 
     def to_json(self) -> dict[str, Any]:
         """The `autotune analyze --json` object: plain Python types, null for an empty median."""
@@ -108,7 +119,16 @@ class OverlapResult:
             "warnings": [str(w) for w in self.warnings],
             "steps": int(self.steps),
             "simulated": bool(self.simulated),
+            "late_tolerance_us": float(self.late_tolerance_us),
+            "late_rule": rule_text(self.late_tolerance_us),
+            "join_us_total": round(float(self.join_us_total), 4),
+            "unattributed_stall_us": round(float(self.unattributed_stall_us), 4),
         }
+
+
+def late_sites(result: OverlapResult) -> list[str]:
+    """The sites `autotune.lateness.site_late` calls late, in site order (every view uses this)."""
+    return [s.site for s in result.sites if s.verdict == "late"]
 
 
 def _json_float(x: float, digits: int) -> float | None:
@@ -198,11 +218,11 @@ def _find_windows(roles: I64, is_attn: Bools) -> _Windows:
     prev_role = np.concatenate(([-1], roles[:-1])).astype(np.int64)
     prev_attn = np.concatenate(([False], is_attn[:-1])).astype(bool)
 
-    # A norm or gating window extends over the comm/quant ops that follow it.
-    stops = idx[(roles != _COMM) & (roles != _QUANT)]
+    # A window runs up to the next cube op; the caller cuts it at the first join after its start.
+    cubes = idx[roles == _CUBE]
 
     def extent(first: I64) -> I64:
-        return _first_after(stops, first, n) - 1
+        return _first_after(cubes, first, n) - 1
 
     attn = idx[is_attn]
     plain_cube = idx[(roles == _CUBE) & ~is_attn]
@@ -234,11 +254,11 @@ def _find_windows(roles: I64, is_attn: Bools) -> _Windows:
     gating = idx[roles == _GATING]
 
     parts = [
-        (qkv, qkv, _W_QKV),
-        (o_proj, o_proj, _W_O),
-        (o_down, o_down, _W_O_DOWN),
+        (qkv, extent(qkv), _W_QKV),
+        (o_proj, extent(o_proj), _W_O),
+        (o_down, extent(o_down), _W_O_DOWN),
         (gate_up, extent(gate_up), _W_GATE_UP),
-        (swiglu, swiglu, _W_DOWN),
+        (swiglu, extent(swiglu), _W_DOWN),
         (gating, extent(gating), _W_MOE),
     ]
     first = np.concatenate([p[0] for p in parts]).astype(np.int64)
@@ -273,6 +293,54 @@ def _steps_of_layers(layer_t: I64, steps: int) -> tuple[I64, bool]:
     return np.cumsum(starts).astype(np.int64), True
 
 
+def _prefetch_waits(
+    waits: I64,
+    role: I64,
+    stream: I64,
+    start: I64,
+    end: I64,
+    cstream: int,
+    pf_streams: set[int],
+) -> I64:
+    """The compute-stream waits (indices, in time order) that wait on a prefetch stream.
+
+    A wait that was blocked was released by the record (on another stream of the device) that
+    ended last within it. A wait that was not blocked waits on a prefetch stream when that
+    stream has a record no earlier wait consumed. A wait consumes its stream's records ended by
+    its end. Without records on the prefetch streams every compute-stream wait counts.
+    """
+    if not len(waits) or not pf_streams:
+        return waits[:0]
+    rec = np.flatnonzero((role == _RECORD) & (stream != cstream))
+    if not np.isin(stream[rec], np.fromiter(pf_streams, dtype=np.int64)).any():
+        return waits
+    ends: dict[int, list[int]] = {}
+    for i in rec[np.argsort(end[rec], kind="stable")].tolist():
+        ends.setdefault(int(stream[i]), []).append(int(end[i]))
+    used = dict.fromkeys(ends, 0)  # per stream: records consumed so far
+    keep: list[int] = []
+    for w in waits.tolist():
+        ws, we = int(start[w]), int(end[w])
+        by: int | None = None
+        latest = ws
+        for s, e in ends.items():
+            k = bisect.bisect_right(e, we) - 1
+            if k >= used[s] and e[k] > latest:
+                by, latest = s, e[k]
+        if by is None:
+            by = next((s for s in pf_streams if s in ends and _unused(ends[s], used[s], we)), None)
+        if by is None:
+            continue
+        used[by] = bisect.bisect_right(ends[by], we)
+        if by in pf_streams:
+            keep.append(w)
+    return np.array(keep, dtype=np.int64)
+
+
+def _unused(ends: list[int], used: int, t: int) -> bool:
+    return used < len(ends) and ends[used] <= t
+
+
 def _col(df: pd.DataFrame, name: str) -> I64:
     return df[name].to_numpy(dtype=np.int64)
 
@@ -286,8 +354,12 @@ def _analyze_device(
     warnings: list[str],
     window_counts: dict[str, int],
     idle_windows: dict[str, int],
+    stall_totals: list[int],
 ) -> dict[str, Any]:
-    """Match the prefetches of one device of one profile; returns PREFETCH_COLUMNS as arrays."""
+    """Match the prefetches of one device of one profile; returns PREFETCH_COLUMNS as arrays.
+
+    Adds the device's join time to stall_totals[0] and its unattributed part to stall_totals[1].
+    """
     device = int(tasks["device"].iloc[0])
     where = f"{label} device {device}"
     role = pd.Categorical(tasks[ROLE_COLUMN], categories=list(ROLES)).codes.astype(np.int64)
@@ -333,7 +405,20 @@ def _analyze_device(
         ].astype(str).str.contains("Attention", regex=False)
         is_attn[cube_ops] = hit.to_numpy(dtype=bool)
 
+    # Joins: the compute-stream waits that wait on the prefetch stream.
+    joins = _prefetch_waits(waits, role, stream, start, end, cstream, set(pstream.tolist()))
+    join_start = start[joins]
+    join_end = end[joins]
+
     win = _find_windows(op_role, is_attn)
+    # A window ends before the first join that follows its first op (cube ops already cut it).
+    if len(win.first) and len(joins):
+        nxt = np.searchsorted(join_start, op_start[win.first], side="left")
+        has = nxt < len(joins)
+        cut = (
+            np.searchsorted(op_start, join_start[np.minimum(nxt, len(joins) - 1)], side="left") - 1
+        )
+        win.last = np.where(has, np.maximum(np.minimum(win.last, cut), win.first), win.last)
     n_win = len(win.first)
     if n_win and len(win.anchors) == 0:
         warnings.append(f"{where}: no attention kernel on the compute stream; layers are unknown")
@@ -383,31 +468,31 @@ def _analyze_device(
     win_s = np.where(ok, w_start[wi] if n_win else 0, -1)
     win_e = np.where(ok, w_end[wi] if n_win else 0, -1)
 
-    # Join: the first compute-stream wait starting at/after the window's end and ending at/after
-    # the prefetch's end. Waits on one stream are sequential, so both conditions select a suffix.
-    wait_start = start[waits]
-    wait_end = np.maximum.accumulate(end[waits]) if len(waits) else np.zeros(0, dtype=np.int64)
-    j = np.maximum(
-        np.searchsorted(wait_start, win_e, side="left"),
-        np.searchsorted(wait_end, pe, side="left"),
-    ).astype(np.int64)
-    has_join = ok & (j < len(waits))
-    ji = np.minimum(j, max(len(waits) - 1, 0))
-    join_s = np.where(has_join, start[waits][ji] if len(waits) else 0, -1)
-    join_e = np.where(has_join, end[waits][ji] if len(waits) else 0, -1)
+    # Join: the first join starting at/after the window's end (the one that cut the window, if
+    # any). One join's stall is charged once, to the prefetch that ends last among those it
+    # joins; a join no prefetch chose is unattributed stall.
+    j = np.searchsorted(join_start, win_e, side="left").astype(np.int64)
+    has_join = ok & (j < len(joins))
+    ji = np.minimum(j, max(len(joins) - 1, 0))
+    join_s = np.where(has_join, join_start[ji] if len(joins) else 0, -1)
+    join_e = np.where(has_join, join_end[ji] if len(joins) else 0, -1)
     no_join = int((ok & ~has_join).sum())
     if no_join:
         warnings.append(f"{where}: {no_join} prefetch(es) with no join on the compute stream")
 
-    # One join's stall is charged once, to the prefetch that ends last among those it waits for.
     stall = np.zeros(n_pf, dtype=np.int64)
     joined = np.flatnonzero(has_join)
+    charged_join = np.zeros(len(joins), dtype=bool)
     if len(joined):
         order = joined[np.lexsort((ps[joined], pe[joined], j[joined]))]
         js = j[order]
         last_of_join = np.concatenate((js[1:] != js[:-1], [True]))
         charged = order[last_of_join]
         stall[charged] = join_e[charged] - join_s[charged]
+        charged_join[j[charged]] = True
+    join_dur = join_end - join_start
+    stall_totals[0] += int(join_dur.sum())
+    stall_totals[1] += int(join_dur[~charged_join].sum())
 
     # Hidden fraction: the window's ops are consecutive on one stream, so sum the overlaps op by op.
     overlap = np.zeros(n_pf, dtype=np.int64)
@@ -425,7 +510,7 @@ def _analyze_device(
     hidden = np.where(ok, hidden, 0.0)
 
     slack = np.where(ok, win_e - pe, 0)
-    late = ok & (slack < -tolerance_ns)
+    late = ok & prefetch_late(slack, tolerance_ns)
 
     # Step and layer: from the window; an unattributed prefetch takes the step of the layer it
     # falls in by time.
@@ -500,6 +585,7 @@ def _summarise(
     window_counts: dict[str, int],
     idle_windows: dict[str, int],
     step_total: int,
+    tol_ns: int,
 ) -> list[SiteSummary]:
     out: list[SiteSummary] = []
     site_col = df["site"].to_numpy(dtype=object)
@@ -514,7 +600,8 @@ def _summarise(
         stall_ns = int(df["stall_ns"].to_numpy(dtype=np.int64)[mask].sum())
         late = int(df["late"].to_numpy(dtype=bool)[mask].sum())
         nan = float("nan")
-        verdict = ("late" if late else "hidden") if count else "inert"
+        median_ns = float(np.median(slack)) if count else nan
+        verdict = ("late" if site_late(median_ns, tol_ns) else "hidden") if count else "inert"
         out.append(
             SiteSummary(
                 site=site,
@@ -548,6 +635,7 @@ def analyze(profiles: Sequence[Profile], *, late_tolerance_ns: int = 0) -> Overl
     window_counts: dict[str, int] = {}
     idle_windows: dict[str, int] = {}
     unclassified: dict[str, int] = {}
+    stall_totals = [0, 0]
     step_total = 0
     steps_max = 1
     if not profiles:
@@ -581,11 +669,12 @@ def analyze(profiles: Sequence[Profile], *, late_tolerance_ns: int = 0) -> Overl
                     warnings,
                     window_counts,
                     idle_windows,
+                    stall_totals,
                 )
             )
     df = _frame(parts)
     unattributed = int((df["site"].to_numpy(dtype=object) == "").sum())
-    sites = _summarise(df, window_counts, idle_windows, max(step_total, 1))
+    sites = _summarise(df, window_counts, idle_windows, max(step_total, 1), late_tolerance_ns)
     return OverlapResult(
         prefetches=df,
         sites=sites,
@@ -595,4 +684,8 @@ def analyze(profiles: Sequence[Profile], *, late_tolerance_ns: int = 0) -> Overl
         steps=steps_max,
         simulated=any(p.simulated for p in profiles),
         warnings=warnings,
+        late_tolerance_us=late_tolerance_ns / 1000,
+        join_us_total=stall_totals[0] / 1000,
+        unattributed_stall_us=stall_totals[1] / 1000,
+        rank_steps=max(step_total, 1),
     )

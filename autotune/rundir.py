@@ -209,8 +209,15 @@ class RunDir:
                     out.append(TrialRecord.from_json(data))
         return sorted(out, key=lambda t: t.number)
 
-    def write_trials_csv(self, records: Sequence[TrialRecord], sites: Sequence[str]) -> None:
-        atomic_write_text(self.path / TRIALS_CSV, trials_csv(records, sites))
+    def write_trials_csv(
+        self,
+        records: Sequence[TrialRecord],
+        sites: Sequence[str],
+        *,
+        late_tolerance_us: float | None = None,
+    ) -> None:
+        text = trials_csv(records, sites, late_tolerance_us=late_tolerance_us)
+        atomic_write_text(self.path / TRIALS_CSV, text)
 
     def write_best(self, config: Mapping[str, Any]) -> None:
         atomic_write_json(self.path / BEST_FILE, dict(config))
@@ -234,8 +241,15 @@ class RunDir:
         return pruned
 
 
-def trials_csv(records: Sequence[TrialRecord], sites: Sequence[str]) -> str:
-    """trials.csv: one row per trial, effective MiB per site, measurements and lateness."""
+def trials_csv(
+    records: Sequence[TrialRecord],
+    sites: Sequence[str],
+    *,
+    late_tolerance_us: float | None = None,
+) -> str:
+    """trials.csv: one row per trial, effective MiB per site, measurements and lateness.
+
+    `late_sites` follows autotune.lateness; `late_tolerance_us` is the tolerance it used."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(
@@ -253,6 +267,7 @@ def trials_csv(records: Sequence[TrialRecord], sites: Sequence[str]) -> str:
             "tpot_ms",
             "feasible",
             "late_sites",
+            "late_tolerance_us",
             "repeats",
             "duration_s",
             "error",
@@ -276,6 +291,7 @@ def trials_csv(records: Sequence[TrialRecord], sites: Sequence[str]) -> str:
                 _num(r.tpot_ms, 4),
                 "" if r.feasible is None else str(r.feasible).lower(),
                 " ".join(r.late_sites),
+                "" if late_tolerance_us is None else f"{late_tolerance_us:g}",
                 len(tps),
                 _num(r.duration_s, 2),
                 r.error,

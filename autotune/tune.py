@@ -291,6 +291,7 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
             budget=options.trials,
             simulated=backend.simulated,
             done=tuner.measured,
+            late_tolerance_us=options.late_tolerance_us,
         )
         tuner.observer = _SpaceTracking(view, tuner)
         with view:

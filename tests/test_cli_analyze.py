@@ -65,7 +65,9 @@ def test_negative_tolerance_is_refused(tmp_path: Path) -> None:
 def test_sample_profiles_per_site_numbers(
     sample: str, expected: dict[str, tuple[int, int, float, float, float]], steps: int
 ) -> None:
-    result = runner.invoke(app, ["analyze", str(PROFILES / sample), "--json"])
+    result = runner.invoke(
+        app, ["analyze", str(PROFILES / sample), "--json", "--tolerance-us", "0"]
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     got = {
@@ -200,3 +202,58 @@ def test_terminal_view_shows_sites_and_leftovers() -> None:
 
 def test_terminal_view_says_simulated() -> None:
     assert SIMULATED in _render(simulated=True).splitlines()[0]
+
+
+# ---- paths users pass, ranks, --by-rank ------------------------------------------------------
+
+
+def _two_ranks(tmp_path: Path) -> Path:
+    """A run-dir-like tree: trials/001/prof/{rank0,rank1}; rank 1's attn.o is 9 µs late."""
+    base = tmp_path / "run" / "trials" / "001" / "prof"
+    for rank, o in ((0, 3), (1, 14)):
+        tl = Timeline(device=rank)
+        dense_layer(tl, qkv=3, o=o)
+        root = write_trace_view(base / f"r{rank}", tl, steps=1)
+        (root / "rank0_ascend_pt" / f"profiler_info_{rank}.json").write_text("{}")
+    return base
+
+
+def test_any_folder_above_the_profiles_and_ranks_read(tmp_path: Path) -> None:
+    _two_ranks(tmp_path)
+    for path in (tmp_path / "run", tmp_path / "run" / "trials" / "001"):
+        result = runner.invoke(app, ["analyze", str(path)])
+        assert result.exit_code == 0, result.output
+        assert result.stdout.startswith("read 2 profile(s): rank 0 (trace_view")
+        assert "; rank 1 (trace_view" in result.stdout
+        out = json.loads(runner.invoke(app, ["analyze", str(path), "--json"]).stdout)
+        assert [p["rank"] for p in out["profiles"]] == [0, 1]
+        assert out["prefetches"] == 4
+
+
+def test_file_paths_trace_view_and_db() -> None:
+    for f in (
+        PROFILES / "dense_current_ascend_pt/ASCEND_PROFILER_OUTPUT/trace_view.json",
+        PROFILES / "dense_db_ascend_pt/ASCEND_PROFILER_OUTPUT/ascend_pytorch_profiler_0.db",
+    ):
+        out = json.loads(runner.invoke(app, ["analyze", str(f), "--json"]).stdout)
+        assert out["prefetches"] == 10 and len(out["profiles"]) == 1
+
+
+def test_by_rank_tables(tmp_path: Path) -> None:
+    base = _two_ranks(tmp_path)
+    result = runner.invoke(app, ["analyze", str(base), "--by-rank"])
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    r0, r1 = text.index("rank 0: Prefetch overlap"), text.index("rank 1: Prefetch overlap")
+    assert r0 < r1
+    # attn.o: hidden on rank 0, late on rank 1 (slack -9 µs beyond the 2 µs default tolerance).
+    assert "late" not in text[r0:r1].split("attn.o", 1)[1].splitlines()[0]
+    assert "late" in text[r1:].split("attn.o", 1)[1].splitlines()[0]
+    out = json.loads(runner.invoke(app, ["analyze", str(base), "--json", "--by-rank"]).stdout)
+    verdicts = {r: {s["site"]: s["verdict"] for s in v["sites"]} for r, v in out["by_rank"].items()}
+    inert = {"mlp.gate_up": "inert", "mlp.down": "inert"}
+    assert verdicts == {
+        "0": {"attn.qkv": "hidden", "attn.o": "hidden", **inert},
+        "1": {"attn.qkv": "hidden", "attn.o": "late", **inert},
+    }
+    assert {s["site"]: s["verdict"] for s in out["sites"]}["attn.o"] in ("hidden", "late")

@@ -234,3 +234,31 @@ def test_default_backend_without_vllm_names_the_simulator(tmp_path: Path) -> Non
     assert result.exit_code == 2
     assert "--backend simulate" in _one_clean_line(result.output)
     assert not (tmp_path / "x").exists()
+
+
+def test_every_view_agrees_on_lateness(finished_run: tuple[Path, str]) -> None:
+    # One rule (autotune.lateness): analyze on a kept trial, trial.json, trials.csv, the summary
+    # and the report say the same sites are late, and each states the tolerance it used.
+    out, text = finished_run
+    rule = "late = median slack below −2 µs (tolerance 2 µs)"
+    assert rule in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["late_tolerance_us"], summary["late_rule"]) == (2.0, rule)
+    rows = {int(r["trial"]): r for r in csv.DictReader((out / "trials.csv").open())}
+    assert {r["late_tolerance_us"] for r in rows.values()} == {"2"}
+    run = load_run(out)
+    late_seen = 0
+    for number in sorted(run.profiles):
+        trial_dir = out / "trials" / f"{number:03d}"
+        res = runner.invoke(app, ["analyze", str(trial_dir), "--json"])
+        assert res.exit_code == 0, res.output
+        doc = json.loads(res.stdout)
+        assert doc["late_rule"] == rule
+        late = [s["site"] for s in doc["sites"] if s["verdict"] == "late"]
+        saved = json.loads((trial_dir / "trial.json").read_text())["late_sites"]
+        assert late == saved, number
+        assert rows[number]["late_sites"] == " ".join(late), number
+        assert rows[number]["feasible"] == ("false" if late else "true"), number
+        late_seen += bool(late)
+    assert late_seen  # the vendor default's mlp.down ends after SwiGLU
+    assert rule in (out / "report.html").read_text(encoding="utf-8")

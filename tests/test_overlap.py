@@ -93,6 +93,14 @@ class Timeline:
         self._row(self.compute, "wait", "", start, self.t)
         return start, self.t
 
+    def comm_wait(self, stream: int, dur: int) -> tuple[int, int]:
+        """A compute-stream wait for another (HCCL) stream, released by that stream's record."""
+        start = self.t
+        self._row(stream, "record", "", start + dur - WAIT - REC, start + dur - WAIT)
+        self.t = start + dur
+        self._row(self.compute, "wait", "", start, self.t)
+        return start, self.t
+
     def tasks(self, *, records: bool = True) -> pd.DataFrame:
         df = pd.DataFrame(self.rows, columns=[*TASK_COLUMNS, ROLE_COLUMN])
         if not records:
@@ -136,9 +144,12 @@ def dense_layer(
     down: int | None = None,
     o_down: int | None = None,
     flashcomm: bool = True,
+    gate_up_join: str = "swiglu",
     d: Durations = D,
 ) -> None:
-    """Rows 1-18 of the dense layer table; each keyword is that prefetch's CMO duration (µs)."""
+    """Rows 1-18 of the dense layer table; each keyword is that prefetch's CMO duration (µs).
+
+    `gate_up_join="norm"` joins mlp.gate_up right after its norm (before vllm-ascend #4168)."""
     tl.op("vector:norm", "AddRmsNorm", d.norm)
     if flashcomm:
         tl.op("comm", "AllGather", d.comm)
@@ -161,6 +172,9 @@ def dense_layer(
     if gate_up is not None:
         tl.issue(gate_up, "mlp.gate_up")
     tl.op("vector:norm", "AddRmsNorm", d.norm)
+    joined_at_norm = gate_up is not None and gate_up_join == "norm"
+    if joined_at_norm:
+        tl.join()
     if flashcomm:
         tl.op("comm", "AllGather", d.comm)
     tl.op("vector:quant", "AscendQuantV2", d.quant)
@@ -168,7 +182,7 @@ def dense_layer(
     if down is not None:
         tl.issue(down, "mlp.down")
     tl.op("vector:swiglu", "SwiGlu", d.swiglu)
-    if down is not None or gate_up is not None:
+    if down is not None or (gate_up is not None and not joined_at_norm):
         tl.join()
     if o_down is not None:
         tl.issue(o_down, "attn.o")
@@ -545,3 +559,114 @@ def test_every_prefetch_finds_its_site(
     joins = df[df["join_start_ns"] >= 0].drop_duplicates("join_start_ns")
     assert df["stall_ns"].sum() == (joins["join_end_ns"] - joins["join_start_ns"]).sum()
     assert result.unattributed == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Joins where they really are
+
+
+def _stalls_add_up(result: OverlapResult) -> None:
+    charged = sum(s.stall_us_total for s in result.sites)
+    assert charged + result.unattributed_stall_us == pytest.approx(result.join_us_total)
+
+
+def test_gate_up_joined_after_its_norm_is_late_with_its_stall() -> None:
+    tl = Timeline()
+    dense_layer(tl, gate_up=30, gate_up_join="norm")
+    result = analyze([tl.profile()])
+    (g,) = rows(result, "mlp.gate_up")
+    a = g["start_ns"] - REC * US  # the record before the post-attention norm [a+1, a+11]
+    # The window is the norm alone: the join right after it ends it, not the next cube op.
+    assert (g["window_start_ns"], g["window_end_ns"]) == (a + 1 * US, a + 11 * US)
+    assert g["window_kind"] == "norm" and g["weight"] == "gate_up_proj"
+    assert g["slack_ns"] == (11 - 31) * US and bool(g["late"])
+    # The join [a+11, a+33] waits for the prefetch stream's record [a+31, a+32] (+1 µs).
+    assert (g["join_start_ns"], g["join_end_ns"]) == (a + 11 * US, a + 33 * US)
+    assert g["stall_ns"] == 22 * US
+    s = summary(result, "mlp.gate_up")
+    assert (s.verdict, s.late, s.stall_us_total) == ("late", 1, 22.0)
+    assert result.unattributed_stall_us == 0.0 and result.join_us_total == 22.0
+    _stalls_add_up(result)
+
+
+def test_gate_up_joined_after_swiglu_is_hidden_behind_norm_comm_and_quant() -> None:
+    tl = Timeline()
+    dense_layer(tl, gate_up=30)
+    (g,) = rows(result := analyze([tl.profile()]), "mlp.gate_up")
+    a = g["start_ns"] - REC * US
+    # norm 10 + AllGather 20 + quant 5: the window runs up to the gate_up matmul.
+    assert (g["window_start_ns"], g["window_end_ns"]) == (a + 1 * US, a + 36 * US)
+    assert g["slack_ns"] == (36 - 31) * US and not g["late"]
+    assert summary(result, "mlp.gate_up").verdict == "hidden"
+    _stalls_add_up(result)
+
+
+def test_comm_wait_inside_a_window_is_not_a_join() -> None:
+    # The AllGather's compute-stream wait for the HCCL stream (4) neither ends the gate_up window
+    # nor counts as join time: the HCCL record, not the prefetch stream's, released it.
+    tl = Timeline()
+    tl.op("cube", "FusedInferAttentionScore", 30)
+    tl.op("vector:quant", "AscendQuantV2", 5)
+    tl.op("cube", "QuantBatchMatmulV3", 40)
+    tl.issue(30, "mlp.gate_up")
+    tl.op("vector:norm", "AddRmsNorm", 10)
+    tl.op("comm", "AllGather", 5)
+    tl.comm_wait(4, 20)
+    tl.op("vector:quant", "AscendQuantV2", 5)
+    tl.op("cube", "QuantBatchMatmulV3", 40)
+    tl.op("vector:swiglu", "SwiGlu", 8)
+    tl.join()
+    result = analyze([tl.profile()])
+    (g,) = rows(result, "mlp.gate_up")
+    a = g["start_ns"] - REC * US
+    assert (g["window_start_ns"], g["window_end_ns"]) == (a + 1 * US, a + 41 * US)
+    assert g["join_start_ns"] == a + 89 * US and g["stall_ns"] == WAIT * US
+    assert result.join_us_total == WAIT and result.unattributed_stall_us == 0.0
+
+
+def test_join_of_no_prefetch_is_unattributed_stall() -> None:
+    tl = Timeline()
+    dense_layer(tl, qkv=3, o=12)
+    tl.issue(20)  # no window follows its record
+    tl.op("other", "Cast", 2)
+    tl.join()
+    tl.op("cube", "MatMulV2", 10)
+    result = analyze([tl.profile(steps=2)])
+    assert result.unattributed == 1
+    # Cast [t, t+2]; the join waits until the record at t+20..t+21, +1 µs: 20 µs of stall.
+    assert result.unattributed_stall_us == 20.0
+    assert result.unattributed_stall_us_per_step == 10.0
+    assert result.to_json()["unattributed_stall_us"] == 20.0
+    _stalls_add_up(result)
+    assert result.join_us_total == pytest.approx(1.0 + 9.0 + 20.0)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(1, 60),
+            st.integers(1, 60),
+            st.integers(1, 60),
+            st.integers(1, 60),
+            st.sampled_from(["norm", "swiglu"]),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+@settings(max_examples=40, deadline=None)
+def test_per_site_stalls_add_up_to_the_join_time(
+    layers: list[tuple[int, int, int, int, str]],
+) -> None:
+    tl = Timeline()
+    for qkv, o, gate_up, down, join in layers:
+        dense_layer(tl, qkv=qkv, o=o, gate_up=gate_up, down=down, gate_up_join=join)
+    result = analyze([tl.profile()])
+    assert result.unattributed == 0 and result.unattributed_stall_us == 0.0
+    _stalls_add_up(result)
+    waits = tl.tasks()
+    on_compute = waits[(waits["role"] == "wait") & (waits["stream"] == tl.compute)]
+    total = int((on_compute["end_ns"] - on_compute["start_ns"]).sum())
+    assert result.join_us_total == pytest.approx(total / 1000)
+    late_norm = [g for g in rows(result, "mlp.gate_up") if g["window_end_ns"] < g["end_ns"]]
+    assert all(g["late"] for g in late_norm)

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from autotune.cli import app
 from autotune.errors import AutotuneError
 from autotune.hardware import load_hardware
+from autotune.profile import load_profiles
 from autotune.target import MLP_CAP_BYTES
 from autotune.workloads._sim_writer import KERNEL_DETAILS_HEADER
 from autotune.workloads.base import Backend, Workload
@@ -359,6 +360,23 @@ def test_msprof_analyze_reads_the_profile(written: tuple[Path, SimTrial], tmp_pa
 # ---- CLI -------------------------------------------------------------------------------------
 
 
+def test_cli_simulate_gate_up_joined_after_norm(tmp_path: Path) -> None:
+    out = tmp_path / "sim"
+    res = CliRunner().invoke(
+        app,
+        ["simulate", "--model", "Qwen3-32B-W8A8", "--max-num-seqs", "72", "--steps", "1",
+         "--gate-up-join", "norm", "--out", str(out)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "mlp.gate_up joined after its norm" in res.output
+    (p,) = load_profiles(out / "prof")
+    t = p.tasks
+    c = t[t["stream"] == 2].reset_index(drop=True)
+    # Each post-attention norm is followed at once by a compute-stream wait (the join).
+    post_norm = c.index[(c["op_type"] == "AddRmsNorm") & (c["role"].shift(-1) == "wait")]
+    assert len(post_norm) == 64
+
+
 def test_cli_simulate(tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "sim"
@@ -381,6 +399,7 @@ def test_cli_simulate(tmp_path: Path) -> None:
         ["--model", "Qwen3-32B-W8A8", "--max-num-seqs", "8", "--hardware", "H100"],
         ["--model", "Qwen3-32B-W8A8", "--max-num-seqs", "8", "--config", "CONFIG"],
         ["--model", "Qwen3-32B-W8A8", "--max-num-seqs", "8", "--config", "MISSING"],
+        ["--model", "Qwen3-32B-W8A8", "--max-num-seqs", "8", "--gate-up-join", "quant"],
     ],
 )
 def test_cli_simulate_bad_input(tmp_path: Path, args: list[str]) -> None:

@@ -17,6 +17,10 @@ from autotune.workloads.simulate import PROFILE_BASE_NS, SimTrial, SimulateBacke
 DENSE = Workload(model="Qwen3-32B-W8A8", max_num_seqs=72, profile_steps=2)
 DENSE_NO_FC1 = Workload(model="Qwen3-32B-W8A8", max_num_seqs=72, profile_steps=2, flashcomm1=False)
 MOE = Workload(model="Qwen3-30B-A3B-W8A8", max_num_seqs=64, profile_steps=2)
+# mlp.gate_up joined right after its norm (as before vllm-ascend #4168).
+DENSE_NORM_JOIN = Workload(
+    model="Qwen3-32B-W8A8", max_num_seqs=72, profile_steps=2, gate_up_join="norm"
+)
 
 
 def cfg(**modules: dict[str, float]) -> dict[str, Any]:
@@ -31,6 +35,8 @@ CASES: list[tuple[str, Workload, dict[str, Any]]] = [
     ("dense-mlp-off", DENSE, cfg(attn={"qkv": 0.5, "o": 1.0}, mlp={"gate_up": 0.0, "down": 0.0})),
     ("dense-no-fc1", DENSE_NO_FC1, cfg(mlp={"gate_up": 1.0, "down": 0.6})),
     ("dense-off", DENSE, {"weight_prefetch_config": {"enabled": False}}),
+    ("dense-norm-join", DENSE_NORM_JOIN, cfg(attn=ATTN_OFF, mlp={"gate_up": 1.0, "down": 0.25})),
+    ("dense-norm-join-small", DENSE_NORM_JOIN, cfg(mlp={"gate_up": 0.02, "down": 0.1})),
     ("moe-default", MOE, cfg()),
     ("moe-attn", MOE, cfg(attn={"qkv": 0.2, "o": 1.0}, moe={"gate_up": 0.5})),
 ]
@@ -105,3 +111,20 @@ def test_copy_of_profile_parent_is_one_rank(tmp_path: Path) -> None:
     _, prof = _simulate(tmp_path / "a", DENSE, cfg())
     shutil.copytree(prof, tmp_path / "b")
     assert len(load_profiles(tmp_path / "b")) == 1
+
+
+@pytest.mark.parametrize(("join", "verdict"), [("swiglu", "hidden"), ("norm", "late")])
+def test_gate_up_join_placement(tmp_path: Path, join: str, verdict: str) -> None:
+    # A full (18 MiB) gate_up prefetch: hidden behind norm, comm, quant and the gate_up matmul's
+    # lead-in when joined after SwiGLU; late, with its join's stall, when joined after its norm.
+    workload = Workload(model="Qwen3-32B-W8A8", max_num_seqs=72, profile_steps=2, gate_up_join=join)
+    trial, prof = _simulate(tmp_path, workload, cfg(attn=ATTN_OFF, mlp={"gate_up": 1.0}))
+    result = analyze(load_profiles(prof))
+    (s,) = [s for s in result.sites if s.site == "mlp.gate_up"]
+    assert s.verdict == verdict
+    truth = trial.prefetches[trial.prefetches["site"] == "mlp.gate_up"]
+    assert s.stall_us_total == pytest.approx(truth["stall_ns"].sum() / 1000, rel=0.01, abs=0.01)
+    assert (s.stall_us_total > 0) == (join == "norm")
+    assert result.unattributed_stall_us == 0.0
+    charged = sum(x.stall_us_total for x in result.sites)
+    assert charged == pytest.approx(result.join_us_total)

@@ -5,6 +5,7 @@ Public API: `load_profiles(path, rules=None) -> list[Profile]`.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from autotune.profile.classify import classify, load_rules
@@ -36,4 +37,14 @@ def load_profiles(path: Path, rules: Path | None = None) -> list[Profile]:
         if prof.steps is None:
             prof.warnings.append(f"{f.file}: no step markers; the profile counts as one step")
         out.append(prof)
+    seen = Counter(p.rank for p in out if p.rank is not None)
+    for rank, n in sorted(seen.items()):
+        if n > 1:
+            note = (
+                f"rank {rank} was read {n} times (separate captures, e.g. several trials of a "
+                "run); their tasks are pooled — pass one *_ascend_pt or trials/NNN for one capture"
+            )
+            for p in out:
+                if p.rank == rank:
+                    p.warnings.append(note)
     return out

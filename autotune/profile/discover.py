@@ -1,8 +1,9 @@
-"""Find profiler output: a `*_ascend_pt` dir, a parent of several, or ASCEND_PROFILER_OUTPUT."""
+"""Find profiler output: a `*_ascend_pt` dir, any folder with them below it, or one file."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,8 +78,20 @@ def _from_output(out: Path, root: Path) -> Found | None:
     return None
 
 
+def _roots(path: Path) -> list[Path]:
+    """Every directory at or below `path` holding an ASCEND_PROFILER_OUTPUT dir; not below one."""
+    out: list[Path] = []
+    for here, dirs, _ in os.walk(path):
+        if OUTPUT_DIR in dirs:
+            out.append(Path(here))
+            dirs.clear()  # a profile's own subdirectories (PROF_*, FRAMEWORK) hold no other rank
+        else:
+            dirs.sort()
+    return out
+
+
 def discover(path: Path) -> list[Found]:
-    """Every rank's profiler output under `path`, sorted by (rank, directory)."""
+    """Every rank's profiler output at or below `path` (any depth), sorted by (rank, directory)."""
     if not path.exists():
         raise AutotuneError(f"{path}: no such file or directory")
     if path.is_file():
@@ -96,20 +109,15 @@ def discover(path: Path) -> list[Found]:
         f = _from_output(path, path.parent)
         if f:
             found.append(f)
-    elif (path / OUTPUT_DIR).is_dir():
-        f = _from_output(path / OUTPUT_DIR, path)
-        if f:
-            found.append(f)
     else:
-        for child in sorted(path.iterdir()):
-            if child.is_dir() and (child / OUTPUT_DIR).is_dir():
-                f = _from_output(child / OUTPUT_DIR, child)
-                if f:
-                    found.append(f)
+        for root in _roots(path):
+            f = _from_output(root / OUTPUT_DIR, root)
+            if f:
+                found.append(f)
     if not found:
         raise AutotuneError(
             f"{path}: no profiler output found (expected a *_ascend_pt dir with "
-            f"{OUTPUT_DIR}/trace_view.json or ascend_pytorch_profiler*.db, or a parent of those)"
+            f"{OUTPUT_DIR}/trace_view.json or ascend_pytorch_profiler*.db at any depth below it)"
         )
     found.sort(key=lambda f: (f.rank if f.rank is not None else 1 << 30, str(f.root)))
     return found

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import AutotuneError
+from autotune.lateness import rule_text, tolerance_ns
 from autotune.overlap import OverlapResult
 from autotune.profile.tasks import Profile
 from autotune.report.figures import (
@@ -193,6 +194,11 @@ def analysis_findings(result: OverlapResult) -> list[str]:
             out.append(f"{site}: {n:,} window(s) without a prefetch")
     if result.unattributed:
         out.append(f"{result.unattributed:,} prefetch(es) matched no window (unattributed)")
+    if result.unattributed_stall_us > 0:
+        out.append(
+            f"unattributed stall: {result.unattributed_stall_us_per_step:,.1f} µs per step of "
+            "joins no prefetch was matched to"
+        )
     for t, n in sorted(result.unclassified_types.items()):
         out.append(f"unclassified task type {t}: {n:,} task(s)")
     out.extend(result.warnings)
@@ -368,7 +374,7 @@ def analyze_page(
     page.sections.append(headline(result))
     page.sections.append(
         "<section id='sites-section'><h2>Per-site overlap</h2>"
-        + site_table(rows, table_id="sites")
+        + site_table(rows, table_id="sites", caption=rule_text(result.late_tolerance_us))
         + "<h3>Findings</h3>"
         + findings_list(analysis_findings(result), list_id="findings")
         + "</section>"
@@ -469,7 +475,7 @@ def _analyse_trial(
         return AnalysedTrial(label, trial, [], None, "its profile was not kept (--keep-profiles)")
     try:
         profiles = load_profiles(path)
-        result = analyze(profiles, late_tolerance_ns=round(tolerance_us * 1000))
+        result = analyze(profiles, late_tolerance_ns=tolerance_ns(tolerance_us))
     except AutotuneError as exc:
         return AnalysedTrial(label, trial, [], None, f"its profile could not be read: {exc}")
     return AnalysedTrial(label, trial, list(profiles), result)
@@ -625,7 +631,10 @@ def run_page(record: RunRecord) -> Page:
         if a.result.prefetches.empty and a.trial.role == "baseline":
             continue  # prefetch off: nothing to tabulate
         tid = "sites" if a is best_a else f"sites-{a.trial.number}"
-        tables.append(f"<h3>{esc(a.label)}</h3>" + site_table(site_rows(a.result), table_id=tid))
+        cap = rule_text(a.result.late_tolerance_us)
+        tables.append(
+            f"<h3>{esc(a.label)}</h3>" + site_table(site_rows(a.result), table_id=tid, caption=cap)
+        )
     findings = [f"{site}: inert — {reason}" for site, reason in s.get("inert_sites", {}).items()]
     for key, value in s.items():
         if "redundant" in key and isinstance(value, Mapping):
@@ -688,7 +697,8 @@ def run_page(record: RunRecord) -> Page:
         f"<figure>{history_svg(hist, objective_name=objective, best_number=best_number)}</figure>"
         "<h3>Throughput against each site's effective bytes</h3><figure>"
         f"{scatter_svg(points, sites)}</figure>"
-        f"{imp_html}<h3>Trials</h3><p class='note'>Click a column to sort.</p>"
+        f"{imp_html}<h3>Trials</h3><p class='note' id='late-rule'>Click a column to sort. "
+        f"Late sites: {esc(rule_text(tolerance_us))}.</p>"
         f"{trials_table(record.trials, sites, best.number if best else None)}</section>"
     )
     page.data = {

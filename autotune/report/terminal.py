@@ -11,7 +11,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from autotune.lateness import rule_text
 from autotune.overlap import OverlapResult
+from autotune.profile.tasks import Profile
 
 SIMULATED = "SIMULATED (modelled, not measured)"
 VERDICT_STYLE = {"hidden": "bold green", "late": "bold red", "inert": "yellow"}
@@ -25,13 +27,15 @@ def _pct(value: float) -> str:
     return "—" if math.isnan(value) else f"{value * 100:.0f}%"
 
 
-def site_table(result: OverlapResult) -> Table:
+def site_table(result: OverlapResult, title: str = "") -> Table:
     """One row per site: count, lateness, hidden share, slack, stall per step and the verdict."""
     n = len(result.prefetches)
+    head = f"{title}: " if title else ""
     table = Table(
-        title=f"Prefetch overlap: {n} prefetch(es), {result.steps} step(s)",
+        title=f"{head}Prefetch overlap: {n} prefetch(es), {result.steps} step(s)",
         title_justify="left",
-        caption="slack and stall in µs; hidden: median share of a prefetch inside its window",
+        caption="slack and stall in µs; hidden: median share of a prefetch inside its window; "
+        + rule_text(result.late_tolerance_us),
         caption_justify="left",
     )
     # Site and verdict never wrap or truncate; the numeric headers wrap on a narrow terminal.
@@ -61,14 +65,33 @@ def _counts(items: dict[str, int]) -> str:
     return ", ".join(f"{k} ×{v}" for k, v in items.items())
 
 
-def print_overlap(result: OverlapResult, console: Console) -> None:
+def profiles_line(profiles: list[Profile]) -> str:
+    """Which ranks were read, from where: `read 2 profile(s): rank 0 (db, <dir>), ...`."""
+    parts = [
+        f"rank {'?' if p.rank is None else p.rank} ({p.source}, {len(p.tasks):,} tasks, {p.path})"
+        for p in profiles
+    ]
+    return f"read {len(profiles)} profile(s): " + "; ".join(parts)
+
+
+def print_overlap(result: OverlapResult, console: Console, title: str = "") -> None:
     """Print the analysis: simulated banner, site table, warnings and the leftovers."""
     if result.simulated:
         console.print(Text(SIMULATED, style="bold magenta"))
     if result.sites:
-        console.print(site_table(result))
+        console.print(site_table(result, title))
     else:
-        console.print("No prefetch and no prefetch window found.", markup=False)
+        head = f"{title}: " if title else ""
+        console.print(f"{head}No prefetch and no prefetch window found.", markup=False)
+    if result.unattributed_stall_us > 0:
+        console.print(
+            Text(
+                f"unattributed stall: {result.unattributed_stall_us_per_step:,.1f} µs per step "
+                f"(joins no prefetch was matched to; "
+                f"{result.join_us_total:,.1f} µs of joins in total)",
+                "yellow",
+            )
+        )
     for w in result.warnings:
         console.print(Text.assemble(("warning: ", "yellow"), w))
     if result.unclassified_types:

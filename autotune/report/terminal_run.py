@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from autotune.lateness import rule_text
 from autotune.rundir import MIB, TrialRecord
 
 SIMULATED = "SIMULATED (modelled)"
@@ -56,9 +57,11 @@ class TerminalRunView:
         budget: int,
         simulated: bool,
         done: int = 0,
+        late_tolerance_us: float | None = None,
     ) -> None:
         self.console = console
         self.sites = list(sites)
+        self.late_tolerance_us = late_tolerance_us
         self.simulated = simulated
         self.rows: list[tuple[TrialRecord, TrialRecord | None]] = []
         self.note = ""
@@ -116,7 +119,10 @@ class TerminalRunView:
 
     def _table(self) -> Table:
         title = "trials" + (f" — {SIMULATED}" if self.simulated else "")
-        table = Table(title=title, title_justify="left", expand=False)
+        caption = None if self.late_tolerance_us is None else rule_text(self.late_tolerance_us)
+        table = Table(
+            title=title, title_justify="left", expand=False, caption=caption, caption_justify="left"
+        )
         table.add_column("trial", justify="right")
         table.add_column("role")
         sites = self.sites or list(self.rows[-1][0].effective_bytes) if self.rows else self.sites
@@ -188,6 +194,9 @@ def print_result(
             console.print(f"  vs {label}: measured {g['pct']:+.2f} % ({spread}){est_text}")
     active = summary.get("active_sites") or []
     console.print(f"[bold]active sites:[/] {', '.join(active) or 'none'}")
+    tol = summary.get("late_tolerance_us")
+    if isinstance(tol, int | float):
+        console.print(f"[bold]lateness:[/] {rule_text(float(tol))}", markup=True)
     if summary.get("probe_note"):
         console.print(f"note: {summary['probe_note']}", markup=False)
     inert = summary.get("inert_sites") or {}

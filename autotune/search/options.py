@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from optuna.study import StudyDirection
 
 from autotune.errors import AutotuneError
+from autotune.lateness import DEFAULT_LATE_TOLERANCE_US
 from autotune.rundir import TrialRecord
 
 OBJECTIVES: dict[str, StudyDirection] = {
@@ -55,7 +56,7 @@ class SearchOptions:
     trials: int = 12  # measured trials in the study, probe and seed included
     timeout_s: float | None = None  # no new trial starts after this
     objective: str = "throughput"  # throughput | tpot
-    late_tolerance_us: float = 2.0
+    late_tolerance_us: float = DEFAULT_LATE_TOLERANCE_US
     constraint: bool = True
     repeats: int = 1
     sampler: str = "guided"

@@ -7,6 +7,7 @@ from typing import Any
 
 from optuna.study import StudyDirection
 
+from autotune.lateness import rule_text
 from autotune.rundir import MIB, RunDir, TrialRecord
 from autotune.search.measure import estimates
 from autotune.search.options import OBJECTIVES, SearchOptions
@@ -134,6 +135,7 @@ def build_summary(
         "objective": options.objective,
         "direction": OBJECTIVES[options.objective].name.lower(),
         "late_tolerance_us": options.late_tolerance_us,
+        "late_rule": rule_text(options.late_tolerance_us),
         "constraint": options.constraint,
         "repeats": options.repeats,
         "sampler": options.sampler,

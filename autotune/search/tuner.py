@@ -17,7 +17,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune import target
 from autotune.errors import AutotuneError
-from autotune.overlap import analyze
+from autotune.lateness import tolerance_ns
+from autotune.overlap import analyze, late_sites
 from autotune.profile import load_profiles
 from autotune.rundir import RunDir, TrialRecord
 from autotune.search.measure import (
@@ -425,8 +426,6 @@ class Tuner:
             # Measured but not profiled: the numbers stand, the overlap is unknown.
             trial.set_user_attr("unprofiled", record.unprofiled)
         trial.set_user_attr("lateness_us", record.lateness_us)
-        tol = self.options.late_tolerance_us
-        record.late_sites = sorted(s for s, v in record.lateness_us.items() if v > tol)
         record.feasible = not record.late_sites
         record.state = "complete"
 
@@ -438,7 +437,7 @@ class Tuner:
         try:
             profiles = load_profiles(path)
             overlap = analyze(
-                profiles, late_tolerance_ns=int(self.options.late_tolerance_us * 1000)
+                profiles, late_tolerance_ns=tolerance_ns(self.options.late_tolerance_us)
             )
         except AutotuneError as exc:
             record.unprofiled = f"the profile is unreadable: {exc}"
@@ -453,6 +452,7 @@ class Tuner:
         trial.set_user_attr("step_ms", record.step_ms)
         record.sites = {s.site: site_json(s) for s in overlap.sites}
         record.lateness_us = lateness_by_site(overlap)
+        record.late_sites = late_sites(overlap)
         timings = site_timings(overlap, config, self.setup)
         trial.set_user_attr("timings", {s: asdict(t) for s, t in timings.items()})
         trial.set_user_attr("fill_bytes", {s: t.fill_bytes for s, t in timings.items()})
@@ -536,7 +536,9 @@ class Tuner:
         return [self.records[n] for n in sorted(self.records)]
 
     def _write_tables(self) -> None:
-        self.rundir.write_trials_csv(self._ordered(), target.SITES)
+        self.rundir.write_trials_csv(
+            self._ordered(), target.SITES, late_tolerance_us=self.options.late_tolerance_us
+        )
         summary = self._summary(finished=False, stopped="")
         self.rundir.write_summary(summary)
         best = self.best()

@@ -24,6 +24,9 @@ class Workload:
     output_len: int = 512
     max_num_batched_tokens: int = 16384
     profile_steps: int = 8
+    # simulator only: where mlp.gate_up is joined, "swiglu" (0.23, after vllm-ascend #4168) or
+    # "norm" (right after the post-attention norm, as before #4168)
+    gate_up_join: str = "swiglu"
 
 
 def setup_of(workload: Workload) -> Setup:

@@ -55,6 +55,8 @@ _PF_WAIT_NS = 100.0  # event wait on the prefetch stream before a CMO starts
 _PF_RECORD_NS = 50.0  # event record after the last CMO of a join
 _SIGNAL_NS = 50.0  # record -> join wake-up latency
 _UINT32_MAX = 4294967295
+# Where the simulator joins mlp.gate_up: after SwiGLU (0.23) or after its norm (before #4168).
+GATE_UP_JOINS: tuple[str, ...] = ("swiglu", "norm")
 NOTE = (
     "SIMULATED by autotune's analytic model (hardware parameters are estimates); "
     "modelled, not measured on an NPU."
@@ -340,7 +342,11 @@ _SLOTS: dict[tuple[str, str], tuple[str, str, bool]] = {
 
 
 def _plan_layer(
-    spec: ModelSpec, setup: Setup, hw: Hardware, prefetches: Sequence[ResolvedPrefetch]
+    spec: ModelSpec,
+    setup: Setup,
+    hw: Hardware,
+    prefetches: Sequence[ResolvedPrefetch],
+    gate_up_join: str = "swiglu",
 ) -> _Plan:
     """Insert each firing prefetch's issue and join into the layer's op list."""
     bld = _Builder(spec, setup, hw)
@@ -356,6 +362,8 @@ def _plan_layer(
                 f"{'MoE' if spec.is_moe else 'dense'} layer"
             )
         first, last, join = slot
+        if gate_up_join == "norm" and p.site == "mlp.gate_up":
+            last, join = first, True  # joined right after the post-attention norm
         before.setdefault(bld.labels[first], []).append(i)
         last_label.append(last)
         # gate_up has no join of its own: the one after SwiGLU waits for it.
@@ -718,6 +726,10 @@ def _check_workload(workload: Workload) -> None:
             raise AutotuneError(f"{label} must be a positive integer, got {value!r}")
     if workload.output_len < 2:
         raise AutotuneError("output length must be at least 2 tokens to have a decode step")
+    if workload.gate_up_join not in GATE_UP_JOINS:
+        raise AutotuneError(
+            f"gate_up join {workload.gate_up_join!r} is not one of {', '.join(GATE_UP_JOINS)}"
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -817,7 +829,7 @@ def _prepare(
 
 @lru_cache(maxsize=4096)
 def _plan_cached(stat: _Static, prefetches: tuple[ResolvedPrefetch, ...]) -> _Plan:
-    return _plan_layer(stat.spec, stat.setup, stat.hw, prefetches)
+    return _plan_layer(stat.spec, stat.setup, stat.hw, prefetches, stat.workload.gate_up_join)
 
 
 def _tpot_ns(stat: _Static, plan: _Plan) -> float:
@@ -1161,7 +1173,8 @@ def summary_lines(trial: SimTrial, result: TrialResult) -> list[str]:
         "not measured on an NPU.",
         f"hardware   {trial.hardware.summary()}",
         f"workload   {w.model} TP{w.tp} EP{w.ep}, max-num-seqs {w.max_num_seqs}, flashcomm1 {fc1}, "
-        f"{mode}, {w.input_len} in / {w.output_len} out",
+        f"{mode}, {w.input_len} in / {w.output_len} out"
+        + (", mlp.gate_up joined after its norm" if w.gate_up_join == "norm" else ""),
     ]
     fired = ", ".join(
         f"{p.site}({p.weight}) {p.bytes / 2**20:.2f} MiB" for p in trial.prefetches_per_layer

@@ -63,6 +63,17 @@ def _one(ttype: str, name: str, op: str = "", stream: int = 2) -> Profile:
         ("MIX_AIC", "x", "GroupedMatmulSwigluQuant", "cube"),
         ("HCCL", "x", "", "comm"),
         ("AI_VECTOR_CORE", "x", "Mul", "other"),
+        # trace_view's most likely CMO: name CMO, Task Type SDMA_SQE.
+        ("SDMA_SQE", "CMO", "", "prefetch"),
+        # A memcpy is never a prefetch, even as an SDMA SQE on a stream without kernels.
+        ("SDMA_SQE", "MEMCPY_ASYNC", "", "other"),
+        ("PCIE_DMA_SQE", "MEMCPY_ASYNC", "", "other"),
+        ("MEMCPY_ASYNC", "MEMCPY_ASYNC", "", "other"),
+        # Real 910B captures: HCCL's own tasks, DSA kernels' host type.
+        ("Notify Wait", "Notify Wait", "", "comm"),
+        ("Write Value", "Write Value", "", "comm"),
+        ("SDMA", "SDMA", "", "comm"),
+        ("STARS_COMMON", "STARS_COMMON", "", "other"),
     ],
 )
 def test_synonyms(ttype: str, name: str, op: str, role: str) -> None:

@@ -26,15 +26,29 @@ def test_rank_from_file_name_and_string_rank() -> None:
     assert (f.rank, f.level) == (1, "Level0")
 
 
-def test_parent_dir_gives_one_per_rank() -> None:
+def test_parent_dir_finds_every_profile_at_any_depth() -> None:
     found = discover(PROFILES)
-    assert [f.root.name for f in found] == [
-        "dense_current_ascend_pt",
-        "dense_db_ascend_pt",
-        "truncated_ascend_pt",
-        "dense_legacy_ascend_pt",
+    assert [(f.rank, f.root.relative_to(PROFILES).as_posix()) for f in found] == [
+        (0, "dense_current_ascend_pt"),
+        (0, "dense_db_ascend_pt"),
+        (0, "real_910b_level1/db/rank0_ascend_pt"),
+        (0, "real_910b_level1/text/rank0_ascend_pt"),
+        (0, "truncated_ascend_pt"),
+        (1, "dense_legacy_ascend_pt"),
+        (1, "real_910b_level1/db/rank1_ascend_pt"),
+        (1, "real_910b_level1/text/rank1_ascend_pt"),
     ]
     assert [f.source for f in found][1] == "db"
+
+
+def test_nested_run_dir_layout(tmp_path: Path) -> None:
+    # A run dir keeps each trial's profile at trials/NNN/profile/<x>_ascend_pt.
+    deep = tmp_path / "run" / "trials" / "003" / "profile"
+    deep.mkdir(parents=True)
+    shutil.copytree(PROFILES / "dense_current_ascend_pt", deep / "a_1_2_ascend_pt")
+    for path in (tmp_path / "run", tmp_path / "run" / "trials", deep.parent):
+        (f,) = discover(path)
+        assert f.root == deep / "a_1_2_ascend_pt" and f.source == "trace_view"
 
 
 def test_db_preferred_and_simulated(tmp_path: Path) -> None:
@@ -64,3 +78,15 @@ def test_bad_paths(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(AutotuneError, match="not a profiler output"):
         discover(tmp_path / "notes.txt")
+
+
+def test_same_rank_read_twice_is_warned_once() -> None:
+    from autotune.overlap import analyze
+
+    # real_910b_level1 holds two captures of the same two ranks (text and db).
+    profiles = load_profiles(PROFILES / "real_910b_level1")
+    assert [p.rank for p in profiles] == [0, 0, 1, 1]
+    warned = [w for w in analyze(profiles).warnings if "was read 2 times" in w]
+    assert [w.split(" was")[0] for w in warned] == ["rank 0", "rank 1"]
+    (single,) = load_profiles(PROFILES / "real_910b_level1" / "db" / "rank0_ascend_pt")
+    assert not any("was read" in w for w in single.warnings)

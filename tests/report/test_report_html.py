@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from report_helpers import EVIL_NAMES, Loaded, open_report, write_trace_view_profile
 from typer.testing import CliRunner
@@ -233,3 +234,23 @@ def test_representative_layer_is_deterministic_and_whole(
     rows = result.prefetches
     rows = rows[(rows["step"] == first.step) & (rows["layer"] == first.layer)]
     assert sorted(p.site for p in layer.prefetches) == sorted(rows["site"])
+
+
+def test_unattributed_stall_is_a_finding() -> None:
+    from autotune.report.html import analysis_findings
+
+    result = OverlapResult(
+        prefetches=pd.DataFrame(),
+        sites=[],
+        unattributed=1,
+        windows_without_prefetch={},
+        unclassified_types={},
+        steps=2,
+        simulated=False,
+        unattributed_stall_us=30.0,
+        rank_steps=2,
+    )
+    found = analysis_findings(result)
+    assert "unattributed stall: 15.0 µs per step of joins no prefetch was matched to" in found
+    result.unattributed_stall_us = 0.0
+    assert not any("unattributed stall" in f for f in analysis_findings(result))

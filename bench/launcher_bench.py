@@ -5,16 +5,17 @@ Run: python bench/launcher_bench.py [--trials N] [--keep DIR]. Needs the CPU vLL
 
 A timing wrapper named `vllm`, first on PATH, runs the real `vllm` as its child and records, on
 the same monotonic clock, when each vllm process starts, when a server first answers /health,
-when it is asked to stop and when each process ends. vLLM's time in a trial is start → healthy,
-stop request → exit, and every `vllm bench serve` process; autotune's overhead is the trial's
-wall time (trials.csv `duration_s`) minus that. Anything else (health-poll latency, HTTP profile
-calls, waiting for the process group, writing files) counts as autotune's.
+when it is asked to stop and when each process ends (for a server: the last process of its group).
+vLLM's time in a trial is start → healthy, stop request → gone, and every `vllm bench serve`
+process; autotune's overhead is the trial's wall time (trials.csv `duration_s`) minus that.
+Anything else (health-poll latency, HTTP profile calls, writing files) counts as autotune's.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import shutil
@@ -80,6 +81,24 @@ child = subprocess.Popen([REAL, *argv], preexec_fn=_die_with_parent)
 if kind == "serve":
     threading.Thread(target=_watch_health, args=(child,), daemon=True).start()
 code = child.wait()
+if kind == "serve":
+    # vLLM's shutdown ends when the last of its processes (engine, workers) is gone.
+    group, mine = os.getpgrp(), os.getpid()
+    while time.monotonic() - rec["start"] < 36000:
+        others = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % entry) as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == group and int(entry) != mine and fields[0] != "Z":
+                others.append(entry)
+        if not others:
+            break
+        time.sleep(0.02)
 rec["end"] = time.monotonic()
 with open(LOG, "a") as handle:
     handle.write(json.dumps(rec) + "\\n")
@@ -96,6 +115,12 @@ class Trial:
     to_healthy_s: float = 0.0
     shutdown_s: float = 0.0
     bench_s: list[float] = field(default_factory=list)
+    # Where autotune's time goes: healthy -> first bench, gaps between benches (profile calls
+    # included), last bench -> stop request, and the trial's time outside the server's life.
+    poll_s: float = 0.0
+    between_s: float = 0.0
+    to_stop_s: float = 0.0
+    outside_s: float = 0.0
 
     @property
     def vllm_s(self) -> float:
@@ -134,9 +159,17 @@ def attribute(records: list[dict[str, Any]], rows: list[dict[str, str]]) -> list
             to_healthy_s=float(server["healthy"]) - start,
             shutdown_s=end - float(server["stop"]),
         )
-        for bench in benches:
-            if start <= float(bench["start"]) <= end:
-                trial.bench_s.append(float(bench["end"]) - float(bench["start"]))
+        spans = sorted(
+            (float(b["start"]), float(b["end"]))
+            for b in benches
+            if start <= float(b["start"]) <= end
+        )
+        trial.bench_s = [e - s for s, e in spans]
+        if spans:
+            trial.poll_s = spans[0][0] - float(server["healthy"])
+            trial.between_s = sum(b[0] - a[1] for a, b in itertools.pairwise(spans))
+            trial.to_stop_s = float(server["stop"]) - spans[-1][1]
+        trial.outside_s = trial.wall_s - (end - start)
         trials.append(trial)
     return trials
 
@@ -186,6 +219,8 @@ def main() -> int:
             print(f"error: autotune run exited {done.returncode}", file=sys.stderr)
             return 1
         records = [json.loads(line) for line in log.read_text().splitlines()]
+        if args.keep:
+            shutil.copy(log, out / "vllm-times.jsonl")
         with (out / "trials.csv").open() as handle:
             rows = list(csv.DictReader(handle))
     trials = attribute(records, rows)
@@ -201,6 +236,12 @@ def main() -> int:
         cells = (str(t.number), *(f"{v:.2f}" for v in (t.wall_s, t.vllm_s, t.to_healthy_s)))
         cells += (benches, f"{t.shutdown_s:.2f}", f"{t.overhead_s:.2f}")
         print(" ".join(f"{c:>{w}}" for c, w in zip(cells, WIDTHS, strict=True)))
+    print("autotune's time by phase (healthy->bench, between benches, ->stop, outside server):")
+    for t in trials:
+        print(
+            f"{t.number:>5} {t.poll_s:.2f} + {t.between_s:.2f} + {t.to_stop_s:.2f} "
+            f"+ {t.outside_s:.2f}"
+        )
     overheads = [t.overhead_s for t in trials]
     worst = max(overheads)
     others = [r for r in records if r["kind"] == "other"]

@@ -129,6 +129,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.timeout(RUN_TIMEOUT_S + 300)
 def test_three_real_trials(vllm_env: tuple[Path, Path], tmp_path: Path) -> None:
     bin_dir, tiny = vllm_env
     out = tmp_path / "run"
@@ -186,6 +187,7 @@ def test_three_real_trials(vllm_env: tuple[Path, Path], tmp_path: Path) -> None:
     print(f"3 real trials in {elapsed:.0f} s; throughput {[r['throughput'] for r in complete]}")
 
 
+@pytest.mark.timeout(RUN_TIMEOUT_S + 300)
 def test_busy_port_fails_the_trial_and_leaves_nothing(
     vllm_env: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -87,6 +87,11 @@ def _run_autotune(args: list[str], env: dict[str, str]) -> subprocess.CompletedP
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def _python_traceback(output: str) -> bool:
+    """autotune's own traceback (a server's, quoted inside a one-line reason, does not count)."""
+    return any(line.startswith("Traceback") for line in output.splitlines())
+
+
 def _cmdlines() -> dict[int, str]:
     found = {}
     for entry in Path("/proc").iterdir():
@@ -145,7 +150,7 @@ def test_three_real_trials(vllm_env: tuple[Path, Path], tmp_path: Path) -> None:
     assert result.returncode == 0, (
         f"exit {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     )
-    assert "Traceback" not in result.stderr
+    assert not _python_traceback(result.stdout + result.stderr), result.stderr[-4000:]
 
     with (out / "trials.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -207,10 +212,38 @@ def test_busy_port_fails_the_trial_and_leaves_nothing(
         result = _run_autotune(args, _env(bin_dir))
     # Without a baseline there is nothing to compare against: one clear line, exit 2.
     assert result.returncode == 2, result.stdout[-4000:] + result.stderr[-4000:]
-    assert "Traceback" not in result.stderr, result.stderr[-4000:]
+    assert not _python_traceback(result.stdout + result.stderr), result.stderr[-4000:]
     assert f"port {port}" in result.stdout + result.stderr
     with (out / "trials.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert rows and all(row["state"] == "failed" for row in rows), rows
     assert all(str(port) in row["error"] for row in rows), rows
+    _assert_nothing_left(tiny, out)
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S + 300)
+def test_server_exiting_at_startup_fails_the_trial_with_its_reason(
+    vllm_env: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # The tiny model's max_position_embeddings is 1024: vLLM refuses a longer --max-model-len
+    # while building its config, a real start-up failure some 20 s in.
+    bin_dir, tiny = vllm_env
+    out = tmp_path / "run"
+    too_long = SERVE_ARGS.replace("--max-model-len 512", "--max-model-len 4096")
+    args = [
+        "run", "--backend", "vllm-ascend", "--model", str(tiny), "--max-num-seqs", "4",
+        "--tp", "1", "--no-flashcomm1", "--trials", "2", "--repeats", "1",
+        "--input-len", str(INPUT_LEN), "--output-len", str(OUTPUT_LEN),
+        "--num-prompts", str(NUM_PROMPTS), "--serve-args", too_long, "--out", str(out),
+    ]  # fmt: skip
+    result = _run_autotune(args, _env(bin_dir))
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-4000:]
+    assert not _python_traceback(output), output[-4000:]
+    # The reason comes from the server's own log, in the trial's row and on the terminal.
+    assert "max_model_len (4096)" in output, output[-4000:]
+    with (out / "trials.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["state"] for row in rows] == ["failed"], rows
+    assert "max_model_len (4096)" in rows[0]["error"], rows
     _assert_nothing_left(tiny, out)

@@ -21,7 +21,7 @@ class TrialFailure(AutotuneError):
 
 def failure(reason: str, log: Path | None) -> TrialFailure:
     """`reason`, plus the tail of `log` when it has one, as one line."""
-    tail = log_tail(log) if log is not None else ""
+    tail = log_tail(log, lines=8, width=240) if log is not None else ""
     return TrialFailure(f"{reason}; log {log.name}: {tail}" if tail and log else reason)
 
 

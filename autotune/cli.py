@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+# click's parameter sources that mean "not on the command line".
+_UNGIVEN = ("DEFAULT", "DEFAULT_MAP")
 
 
 def _stderr() -> Console:
@@ -145,16 +147,30 @@ def analyze(
 @app.command()
 @_clean_errors
 def run(
+    ctx: typer.Context,
     model: Annotated[
-        str | None, typer.Option(help="Preset (e.g. Qwen3-32B-W8A8) or a local model directory.")
+        str | None,
+        typer.Option(
+            help="\\[required] Preset (e.g. Qwen3-32B-W8A8) or a local model directory "
+            "(--resume: the run's)."
+        ),
     ] = None,
     max_num_seqs: Annotated[
-        int | None, typer.Option(help="vllm --max-num-seqs of the deployment.")
+        int | None,
+        typer.Option(
+            help="\\[required] vllm --max-num-seqs of the deployment (--resume: the run's)."
+        ),
     ] = None,
     backend: Annotated[
         str, typer.Option(help="vllm-ascend (this host's NPUs) or simulate (runs anywhere).")
     ] = "vllm-ascend",
-    trials: Annotated[int, typer.Option(help="Measured trials in the study, probe included.")] = 12,
+    trials: Annotated[
+        int | None,
+        typer.Option(
+            help="Measured trials in the study, probe included; default 12, on --resume the "
+            "recorded total (give it to set a new total)."
+        ),
+    ] = None,
     timeout: Annotated[
         float | None, typer.Option(help="Start no new trial after this many seconds.")
     ] = None,
@@ -182,7 +198,11 @@ def run(
         str | None, typer.Option(help="Study name; default the run dir's name.")
     ] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the study in --out after an interruption.")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the run in --out: flags not given again keep the run's values.",
+        ),
     ] = False,
     out: Annotated[
         Path | None, typer.Option(help="Run directory; default runs/<model>-<max-num-seqs>-<time>.")
@@ -263,68 +283,17 @@ def run(
     """Find the best weight_prefetch_config by measurement and write it for `vllm serve`."""
     import json as _json
 
-    from autotune.search import SearchOptions
-    from autotune.tune import RunRequest, make_workload, read_extra, resume_launch, run_job
-    from autotune.workloads.deployment import LaunchOptions, parse_serve_env, split_serve_args
+    from autotune.tune import request_from_flags, run_job
 
-    extra = read_extra(additional_config)
-    launch = LaunchOptions(
-        vllm=vllm,
-        serve_args=split_serve_args(serve_args),
-        serve_env=parse_serve_env(serve_env or []),
-        port=port,
-        startup_timeout_s=startup_timeout,
-        bench_timeout_s=bench_timeout,
-        stop_timeout_s=stop_timeout,
-        num_prompts=num_prompts,
-    )
-    if resume and backend == "vllm-ascend":
-        launch = resume_launch(out, launch)
-    workload, added = make_workload(
-        model=model,
-        max_num_seqs=max_num_seqs,
-        resume=resume,
-        out=out,
-        extra=extra,
-        backend=backend,
-        launch=launch,
-        tp=tp,
-        ep=ep,
-        graph_mode=graph_mode,
-        max_num_batched_tokens=max_num_batched_tokens,
-        flashcomm1=flashcomm1,
-        hardware=hardware,
-        input_len=input_len,
-        output_len=output_len,
-        profile_steps=profile_steps,
-    )
-    options = SearchOptions(
-        trials=trials,
-        timeout_s=timeout,
-        objective=objective,
-        late_tolerance_us=late_tolerance_us,
-        constraint=not no_constraint,
-        repeats=repeats if repeats is not None else (1 if backend == "simulate" else 3),
-        sampler=sampler,
-        seed=seed,
-        keep_profiles=keep_profiles,
-        extra=extra,
-    )
-    request = RunRequest(
-        workload=workload,
-        backend=backend,
-        options=options,
-        out=out,
-        storage=storage,
-        study_name=study_name,
-        resume=resume,
-        seed=seed,
-        noise=noise,
-        json_out=json_out,
-        launch=launch,
-        added=added,
-    )
-    summary = run_job(request, Console(highlight=False))
+    # A resumed run takes every flag not given again from its run.json.
+    given = {
+        name
+        for name in ctx.params
+        # By name: typer may ship its own copy of click's ParameterSource.
+        if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in _UNGIVEN
+    }
+    console = Console(highlight=False, soft_wrap=True)
+    summary = run_job(request_from_flags(ctx.params, given), console)
     if json_out:
         typer.echo(_json.dumps(summary, indent=2))
 
@@ -338,9 +307,14 @@ def export(
     ] = "additional-config",
 ) -> None:
     """Print the best config of a run again, ready for `vllm serve`."""
-    from autotune.tune import export_text
+    from autotune.tune import export_note, export_text
 
-    typer.echo(export_text(run_dir, format))
+    text = export_text(run_dir, format)
+    note = export_note(run_dir)
+    typer.echo(text)
+    if note:
+        # stdout stays the config alone, ready for a pipe.
+        _stderr().print(f"note: {note}", markup=False)
 
 
 @app.command()

@@ -3,7 +3,9 @@
 A model is a preset name or a local checkpoint directory (HF `config.json`, plus ModelSlim's
 `quant_model_description.json` when present). Only the shapes and the quantization scheme of the
 linears matter here: the scheme decides which prefetch hooks vllm-ascend 0.23 installs, the shapes
-decide how many bytes a ratio stands for.
+and the scheme's weight width decide how many bytes a ratio stands for. A directory is read the way
+0.23 reads it: without `quant_model_description.json` it is not ModelSlim-quantized (BF16, or what
+`config.json`'s `quantization_config` says), and it is MoE when any config key mentions "expert".
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ from autotune.errors import AutotuneError
 # Quantization schemes as ModelSlim writes them, plus "BF16" for unquantized linears ("FLOAT").
 STATIC_W8A8 = "W8A8"
 DYNAMIC_W8A8 = "W8A8_DYNAMIC"
+# Static on decode (KV-consumer) nodes of a disaggregated deployment, dynamic elsewhere.
+MIX_W8A8 = "W8A8_MIX"
 BF16 = "BF16"
+_SCHEME_ALIASES = {"FLOAT": BF16, "BF16": BF16, "FP16": BF16, "W8A8_PDMIX": MIX_W8A8}
+# "W8A8", "W4A8_DYNAMIC", "compressed-tensors W8A8": the weight width is the number after W.
+_WIDTH_RE = re.compile(r"(?:^|[\s_])W(\d+)A")
 
 CONFIG_FILE = "config.json"
 QUANT_FILE = "quant_model_description.json"
@@ -46,14 +53,22 @@ class ModelSpec:
     attn_quant: str
     # Scheme of o_proj when it differs from qkv_proj; "" = same as attn_quant.
     o_proj_quant: str = ""
-    # Scheme of the dense MLP linears (gate_up_proj / down_proj). A static W8A8 down_proj also gets
-    # the attention "o" hook in 0.23, because it is the same row-parallel linear class as o_proj.
+    # Scheme of the MLP linears (dense gate_up_proj / down_proj, or the experts). A static W8A8
+    # down_proj also gets the attention "o" hook in 0.23 (same row-parallel class as o_proj).
     mlp_quant: str = STATIC_W8A8
     # What was assumed rather than read (shown to the user next to results).
     notes: tuple[str, ...] = ()
+    # 0.23's own MoE test (a config.json key mentions "expert"); None: the model has experts.
+    moe: bool | None = None
 
     @property
     def is_moe(self) -> bool:
+        """Whether vllm-ascend 0.23 treats the model as MoE (this gates the dense-MLP prefetch)."""
+        return self.moe if self.moe is not None else self.num_experts > 0
+
+    @property
+    def has_experts(self) -> bool:
+        """Whether the layers' MLP is a set of experts (this decides the shapes)."""
         return self.num_experts > 0
 
     @property
@@ -62,9 +77,16 @@ class ModelSpec:
         return self.o_proj_quant or self.attn_quant
 
 
-def _element_size(scheme: str) -> int:
-    # int8 weights for every W8A8 flavour; unquantized linears stay bf16.
-    return 2 if scheme == BF16 else 1
+def scheme_bits(scheme: str) -> int:
+    """Bits per weight element of a linear stored with `scheme`: W<n>A.. -> n, anything else 16."""
+    match = _WIDTH_RE.search(scheme)
+    if match is None:
+        return 16
+    return int(match.group(1))
+
+
+def _nbytes(numel: int, scheme: str) -> int:
+    return numel * scheme_bits(scheme) // 8
 
 
 # Dimensions from the published Qwen3 config.json files.
@@ -159,7 +181,10 @@ def _load_dir(directory: Path) -> ModelSpec:
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise AutotuneError(f"{config_path} not found: a model directory needs a {CONFIG_FILE}")
-    cfg = read_json_object(config_path)
+    top = read_json_object(config_path)
+    # 0.23 calls a model MoE when any key of its HF config mentions experts (utils.py).
+    moe_keys = sorted(key for key in top if "expert" in key.lower())
+    cfg = top
     # Multimodal checkpoints nest the language model's config.
     if "hidden_size" not in cfg and isinstance(cfg.get("text_config"), dict):
         cfg = cfg["text_config"]
@@ -189,20 +214,25 @@ def _load_dir(directory: Path) -> ModelSpec:
         inter = _int_field(cfg, "intermediate_size", config_path)
 
     notes: list[str] = []
+    if moe_keys and not experts:
+        notes.append(
+            f"{CONFIG_FILE} key(s) {', '.join(moe_keys)} mention experts, so 0.23 treats the "
+            "model as MoE"
+        )
     quant_path = directory / QUANT_FILE
     if quant_path.is_file():
         attn_q, o_q, mlp_q, quant_notes = _read_schemes(read_json_object(quant_path), quant_path)
         notes.extend(quant_notes)
     else:
-        attn_q = o_q = STATIC_W8A8
-        mlp_q = DYNAMIC_W8A8 if experts else STATIC_W8A8
-        notes.append(f"no {QUANT_FILE}: linears assumed static W8A8")
-    if experts:
-        # The experts' scheme gates no hook; it only documents the checkpoint.
-        mlp_q = mlp_q or DYNAMIC_W8A8
-    elif not mlp_q:
-        mlp_q = STATIC_W8A8
-        notes.append(f"{QUANT_FILE} lists no dense MLP linears: assumed static W8A8")
+        # No ModelSlim description: 0.23 does not quantize the linears with its own methods.
+        hf_quant = top.get("quantization_config", cfg.get("quantization_config"))
+        if hf_quant is None:
+            attn_q = o_q = mlp_q = BF16
+        else:
+            attn_q = o_q = mlp_q = _hf_scheme(hf_quant, config_path)
+    if not mlp_q:
+        mlp_q = BF16
+        notes.append(f"{QUANT_FILE} lists no MLP linears: taken as unquantized (BF16)")
 
     return ModelSpec(
         name=directory.name,
@@ -220,12 +250,57 @@ def _load_dir(directory: Path) -> ModelSpec:
         o_proj_quant="" if o_q == attn_q else o_q,
         mlp_quant=mlp_q,
         notes=tuple(notes),
+        moe=bool(moe_keys) or experts > 0,
     )
 
 
-# `model.layers.<i>.self_attn.q_proj.weight` and friends.
+def _compressed_tensors_scheme(group: Any) -> str:
+    """The Ascend scheme 0.23 picks for one compressed-tensors config group ("" = unknown)."""
+    if not isinstance(group, dict) or not isinstance(group.get("weights"), dict):
+        return ""
+    weights, acts = group["weights"], group.get("input_activations")
+    w_bits = weights.get("num_bits")
+    if isinstance(acts, dict) and acts.get("num_bits") == 8:
+        # 0.23 (quantization/compressed_tensors_config.py): a static per-tensor activation scale is
+        # its static W8A8 method, a per-token dynamic one the dynamic method.
+        if w_bits == 8:
+            return DYNAMIC_W8A8 if acts.get("dynamic") else STATIC_W8A8
+        if w_bits == 4:
+            return "W4A8_DYNAMIC"
+    if acts is None and w_bits == 4:
+        return "W4A16"
+    return ""
+
+
+def _hf_scheme(value: Any, path: Path) -> str:
+    """The scheme of config.json's `quantization_config` (a checkpoint without ModelSlim's file)."""
+    if not isinstance(value, dict):
+        raise AutotuneError(f"{path}: 'quantization_config' must be a JSON object, got {value!r}")
+    method = str(value.get("quant_method") or "quantized")
+    groups = value.get("config_groups")
+    if method == "compressed-tensors" and isinstance(groups, dict):
+        schemes = {_compressed_tensors_scheme(g) for g in groups.values()}
+        if len(schemes) == 1 and "" not in schemes:
+            return schemes.pop()
+    bits = value.get("bits", value.get("w_bit"))
+    if bits is None and isinstance(groups, dict):
+        widths = {
+            g["weights"].get("num_bits")
+            for g in groups.values()
+            if isinstance(g, dict) and isinstance(g.get("weights"), dict)
+        }
+        bits = widths.pop() if len(widths) == 1 else None
+    if bits is None and "fp8" in method.lower():
+        bits = 8
+    if isinstance(bits, int) and not isinstance(bits, bool) and 0 < bits <= 16:
+        return f"{method} W{bits}A"
+    return method
+
+
+# `model.layers.<i>.self_attn.q_proj.weight`, `...mlp.down_proj.weight`, `...mlp.experts.<j>...`.
 _LINEAR_RE = re.compile(
-    r"layers\.(\d+)\.(self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)\.weight$"
+    r"layers\.(\d+)\.(self_attn\.(?:q|k|v|o)_proj|mlp\.(?:experts\.\d+\.)?(?:gate|up|down)_proj)"
+    r"\.weight$"
 )
 
 
@@ -233,7 +308,7 @@ def _normalise_scheme(value: Any, key: str, path: Path) -> str:
     if not isinstance(value, str):
         raise AutotuneError(f"{path}: {key!r} must map to a scheme string, got {value!r}")
     scheme = value.strip().upper()
-    return BF16 if scheme in ("FLOAT", "BF16", "FP16") else scheme
+    return _SCHEME_ALIASES.get(scheme, scheme)
 
 
 def _read_schemes(desc: dict[str, Any], path: Path) -> tuple[str, str, str, list[str]]:
@@ -259,8 +334,8 @@ def _read_schemes(desc: dict[str, Any], path: Path) -> tuple[str, str, str, list
             mix = ", ".join(f"{s}×{n}" for s, n in sorted(counts.items()))
             notes.append(f"{group} linears mix schemes ({mix}); modelled as {scheme}")
     if not chosen["qkv"] and not chosen["o"]:
-        notes.append(f"{path.name} lists no attention linears: assumed static W8A8")
-        chosen["qkv"] = chosen["o"] = STATIC_W8A8
+        notes.append(f"{path.name} lists no attention linears: taken as unquantized (BF16)")
+        chosen["qkv"] = chosen["o"] = BF16
     chosen["qkv"] = chosen["qkv"] or chosen["o"]
     chosen["o"] = chosen["o"] or chosen["qkv"]
     return chosen["qkv"], chosen["o"], chosen["mlp"], notes
@@ -270,7 +345,7 @@ def weight_bytes(spec: ModelSpec, tp: int, ep: int = 1) -> dict[str, int]:
     """Per-device bytes of one layer's weights at tensor-parallel `tp` and expert-parallel `ep`.
 
     Dense: qkv_proj, o_proj, gate_up_proj, down_proj. MoE: qkv_proj, o_proj, w13 (every local
-    expert's gate_up), w2. int8 for W8A8 linears, bf16 for unquantized ones.
+    expert's gate_up), w2. Each at its scheme's width: 1 byte for W8A8, 2 for unquantized (BF16).
     """
     for label, value in (("tp", tp), ("ep", ep)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -292,12 +367,11 @@ def weight_bytes(spec: ModelSpec, tp: int, ep: int = 1) -> dict[str, int]:
         kv_local = 1
 
     hidden, hd = spec.hidden_size, spec.head_dim
-    attn_es = _element_size(spec.attn_quant)
     out = {
-        "qkv_proj": hidden * (heads // tp + 2 * kv_local) * hd * attn_es,
-        "o_proj": (heads // tp) * hd * hidden * _element_size(spec.o_quant),
+        "qkv_proj": _nbytes(hidden * (heads // tp + 2 * kv_local) * hd, spec.attn_quant),
+        "o_proj": _nbytes((heads // tp) * hd * hidden, spec.o_quant),
     }
-    if spec.is_moe:
+    if spec.has_experts:
         if spec.num_experts % ep:
             raise AutotuneError(
                 f"{spec.name}: {spec.num_experts} experts do not split over ep={ep}"
@@ -312,15 +386,14 @@ def weight_bytes(spec: ModelSpec, tp: int, ep: int = 1) -> dict[str, int]:
             local_experts, inter_local = spec.num_experts, inter // tp
         else:
             local_experts, inter_local = spec.num_experts // ep, inter
-        out["w13"] = local_experts * 2 * inter_local * hidden
-        out["w2"] = local_experts * inter_local * hidden
+        out["w13"] = _nbytes(local_experts * 2 * inter_local * hidden, spec.mlp_quant)
+        out["w2"] = _nbytes(local_experts * inter_local * hidden, spec.mlp_quant)
     else:
         inter = spec.intermediate_size
         if inter % tp:
             raise AutotuneError(
                 f"{spec.name}: intermediate_size {inter} does not split over tp={tp}"
             )
-        mlp_es = _element_size(spec.mlp_quant)
-        out["gate_up_proj"] = hidden * 2 * (inter // tp) * mlp_es
-        out["down_proj"] = (inter // tp) * hidden * mlp_es
+        out["gate_up_proj"] = _nbytes(hidden * 2 * (inter // tp), spec.mlp_quant)
+        out["down_proj"] = _nbytes((inter // tp) * hidden, spec.mlp_quant)
     return out

@@ -50,11 +50,20 @@ ROLES: tuple[str, ...] = ("baseline", "default", "seed", "search")
 STATES: tuple[str, ...] = ("complete", "duplicate", "failed", "running")
 
 
+def current_umask() -> int:
+    """The process umask (os.umask can only be read by setting it, so it is set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same directory and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600; a run directory is shared, so the file gets what open() would give.
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
             handle.flush()
@@ -150,6 +159,25 @@ class RunDir:
 
     def default_storage_url(self) -> str:
         return f"sqlite:///{self.study_db.resolve()}"
+
+    def storage_of(self, info: Mapping[str, Any]) -> str | None:
+        """The explicit --storage run.json records, or None for the run's own study.db.
+
+        run.json names the own study as plain `study.db`, so a copied or moved run directory
+        keeps using the study beside it; runs written before that named it by absolute path.
+        """
+        stored = info.get("storage")
+        if not isinstance(stored, str) or stored in ("", STUDY_DB):
+            return None
+        prefix = "sqlite:///"
+        legacy = stored.startswith(prefix) and Path(stored[len(prefix) :]).name == STUDY_DB
+        if legacy and self.study_db.is_file():
+            return None
+        return stored
+
+    def storage_url_of(self, info: Mapping[str, Any]) -> str:
+        """The storage URL to open for the study run.json records."""
+        return self.storage_of(info) or self.default_storage_url()
 
     def prepare(self, *, resume: bool) -> None:
         """Create the directory for a new run, or check that a resumed one exists."""

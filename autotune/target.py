@@ -11,11 +11,15 @@ How 0.23 turns a config into CMO prefetches, per decoder layer:
   a dropped or missing ratio reads as 0. A module is on only when one of its ratios is non-zero.
 - One prefetch moves `int(weight_bytes * ratio)` bytes; the mlp sites clip that at 18 MiB first.
   A result of 0 bytes (ratio 0) means the WHOLE weight, and the mlp clip does not apply to it.
-- Gates: attn hooks exist only in static-W8A8 linears, and the "o" hook fires in every row-parallel
-  linear — o_proj and, in dense models, down_proj. mlp only on dense models, only for forwards of
-  fewer than 500 tokens (frozen at trace time in graph mode, where the trace runs with
-  max_num_batched_tokens tokens); mlp.gate_up only when o_proj runs flashcomm1's row-parallel op.
-  moe.gate_up never fires in 0.23 (its layer index never advances on MoE models).
+- Gates: attn hooks exist only in static-W8A8 linears (W8A8_DYNAMIC and unquantized ones have
+  none), and the "o" hook fires in every row-parallel linear — o_proj and, in dense models,
+  down_proj — unless enable_matmul_allreduce's fused op bypasses the quant method. mlp only on
+  dense models (0.23: no config key mentions "expert"), only for forwards of fewer than 500 tokens
+  (frozen at trace time in graph mode, where the trace runs with max_num_batched_tokens tokens);
+  mlp.gate_up only when o_proj runs a custom row-parallel op (flashcomm1, enable_matmul_allreduce,
+  flashcomm2, o-proj TP). moe.gate_up never fires in 0.23 (its layer index never advances on MoE
+  models).
+- Start-up: flashcomm1 needs TP > 1, and expert parallelism on MoE models, or `vllm serve` aborts.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from functools import lru_cache
 from typing import Any
 
 from autotune.errors import AutotuneError
-from autotune.models import STATIC_W8A8, ModelSpec, load_model, weight_bytes
+from autotune.models import BF16, MIX_W8A8, STATIC_W8A8, ModelSpec, load_model, weight_bytes
 
 # The prefetch sites of a decoder layer; exactly the vllm-ascend config keys "<module>.<key>".
 SITES: tuple[str, ...] = ("attn.qkv", "attn.o", "mlp.gate_up", "mlp.down", "moe.gate_up")
@@ -52,6 +56,10 @@ MODULE_KEYS: dict[str, tuple[str, ...]] = {
 MLP_TOKEN_LIMIT = 500
 # The MoE prefetch would need at least this many tokens (moot in 0.23: it never fires).
 MOE_TOKEN_THRESHOLD = 96
+# On dense models flashcomm1's sequence-parallel comm (all-gather / reduce-scatter, norms on
+# batch/TP rows) runs only in forwards of more tokens than this; below it o_proj and down_proj
+# do matmul + all-reduce, as without flashcomm1 (ascend_forward_context.py).
+SP_MIN_TOKENS = 1000
 
 # Ratio written for "as good as off" on one site of a module that stays on. It cannot be 0: 0.23
 # reads 0 as the whole weight. 0.1 % of a weight is a few KiB to ~100 KiB: one short CMO.
@@ -71,6 +79,15 @@ SITE_WEIGHT: dict[str, str] = {
 
 _VERSION_RE = re.compile(r"^\s*v?(\d+)\.(\d+)(?:\.(\d+))?")
 
+# Custom row-parallel ops that additional-config keys other than enable_flashcomm1 put on o_proj,
+# in 0.23's order of precedence (ops/linear_op.py), with the key that switches each on. Any of
+# them, like flashcomm1's, starts the mlp.gate_up prefetch after o_proj.
+ROW_OP_KEYS: dict[str, str] = {
+    "oproj_tp": "finegrained_tp_config.oproj_tensor_parallel_size",
+    "matmul_allreduce": "enable_matmul_allreduce",
+    "flashcomm2": "enable_flashcomm2_parallel_size",
+}
+
 
 @dataclass(frozen=True)
 class Setup:
@@ -83,6 +100,9 @@ class Setup:
     flashcomm1: bool
     graph_mode: bool
     max_num_batched_tokens: int = 16384
+    # A custom row-parallel op other keys put on o_proj (a ROW_OP_KEYS name; "" = none). It takes
+    # precedence over flashcomm1's; see `row_op_of`.
+    row_op: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,11 +130,24 @@ def _weights(setup: Setup) -> tuple[ModelSpec, dict[str, int]]:
     return spec, weight_bytes(spec, setup.tp, setup.ep)
 
 
-def _attn_o_weight(spec: ModelSpec) -> str:
+def o_proj_op(setup: Setup) -> str:
+    """The custom row-parallel op o_proj runs here: a ROW_OP_KEYS name, "flashcomm1", or ""."""
+    return setup.row_op or ("flashcomm1" if setup.flashcomm1 else "")
+
+
+def _o_hooks(spec: ModelSpec, setup: Setup) -> tuple[bool, bool]:
+    """Whether the attention "o" hook fires on (o_proj, down_proj)."""
+    if setup.row_op == "matmul_allreduce":
+        # Its fused matmul + all-reduce runs every row-parallel linear without the quant method.
+        return False, False
+    down = not spec.has_experts and spec.mlp_quant == STATIC_W8A8
+    return spec.o_quant == STATIC_W8A8, down
+
+
+def _attn_o_weight(spec: ModelSpec, setup: Setup) -> str:
     """The weight attn.o is tuned for: o_proj, or down_proj when only that one has the hook."""
-    if spec.o_quant != STATIC_W8A8 and not spec.is_moe and spec.mlp_quant == STATIC_W8A8:
-        return "down_proj"
-    return "o_proj"
+    on_o, on_down = _o_hooks(spec, setup)
+    return "down_proj" if on_down and not on_o else "o_proj"
 
 
 def _cap(site: str) -> int | None:
@@ -178,6 +211,17 @@ def _read(config: Mapping[str, Any]) -> _Read:
     return _Read(enabled=enabled, ratios=ratios, on=on)
 
 
+def sequence_parallel(setup: Setup, num_tokens: int) -> bool:
+    """True when flashcomm1's sequence-parallel comm runs in a forward of `num_tokens` tokens.
+
+    Dense models switch it on only above SP_MIN_TOKENS, so a decode step keeps all-reduce and
+    whole-batch norms; MoE models with flashcomm1 run it at every token count.
+    """
+    if not setup.flashcomm1:
+        return False
+    return spec_of(setup).is_moe or num_tokens > SP_MIN_TOKENS
+
+
 def _mlp_gate_open(setup: Setup, num_tokens: int) -> bool:
     # In graph mode the branch is decided once, while tracing the profile run with
     # max_num_batched_tokens tokens; vLLM drops the guards, so later shapes reuse that trace.
@@ -208,21 +252,22 @@ def resolve_prefetches(
         out.append(ResolvedPrefetch(site, weight, cmo_bytes(whole, ratio, cap), whole))
 
     attn = read.ratios["attn"]
+    o_on_o, o_on_down = _o_hooks(spec, setup)
     if read.on["attn"]:
         if spec.attn_quant == STATIC_W8A8:
             add("attn.qkv", "qkv_proj", attn.get("qkv", 0.0), None)
-        if spec.o_quant == STATIC_W8A8:
+        if o_on_o:
             add("attn.o", "o_proj", attn.get("o", 0.0), None)
-    if not spec.is_moe:
+    if not spec.has_experts:
         mlp = read.ratios["mlp"]
-        if read.on["mlp"] and _mlp_gate_open(setup, num_tokens):
-            # gate_up starts from o_proj's custom row-parallel op, which only flashcomm1 installs.
-            if setup.flashcomm1:
+        if not spec.is_moe and read.on["mlp"] and _mlp_gate_open(setup, num_tokens):
+            # gate_up starts from o_proj's custom row-parallel op; plain o_proj has none.
+            if o_proj_op(setup):
                 add("mlp.gate_up", "gate_up_proj", mlp.get("gate_up", 0.0), MLP_CAP_BYTES)
             add("mlp.down", "down_proj", mlp.get("down", 0.0), MLP_CAP_BYTES)
         # down_proj is the same row-parallel class as o_proj, so the "o" hook fires there too,
         # with the attn.o ratio, uncapped, and at any token count.
-        if read.on["attn"] and spec.mlp_quant == STATIC_W8A8:
+        if read.on["attn"] and o_on_down:
             add("attn.o", "down_proj", attn.get("o", 0.0), None)
     elif moe_fixed and read.on["moe"] and num_tokens >= MOE_TOKEN_THRESHOLD:
         add("moe.gate_up", "w13", read.ratios["moe"].get("gate_up", 0.0), None)
@@ -233,7 +278,7 @@ def site_weight_bytes(setup: Setup) -> dict[str, int]:
     """Per-device bytes of the weight each site's ratio multiplies (attn.o: o_proj); 0 = none."""
     spec, wb = _weights(setup)
     out = {site: wb.get(weight, 0) for site, weight in SITE_WEIGHT.items()}
-    out["attn.o"] = wb[_attn_o_weight(spec)]
+    out["attn.o"] = wb[_attn_o_weight(spec, setup)]
     return out
 
 
@@ -244,7 +289,7 @@ def effective_bytes(config: Mapping[str, Any], setup: Setup) -> dict[str, int]:
     is tuned for (o_proj), not its second firing on down_proj; see `resolve_prefetches` for that.
     """
     spec = spec_of(setup)
-    o_weight = _attn_o_weight(spec)
+    o_weight = _attn_o_weight(spec, setup)
     out = dict.fromkeys(SITES, 0)
     for p in resolve_prefetches(config, setup, setup.max_num_seqs):
         if p.site == "attn.o" and p.weight != o_weight:
@@ -253,31 +298,51 @@ def effective_bytes(config: Mapping[str, Any], setup: Setup) -> dict[str, int]:
     return out
 
 
+def _unhooked(linear: str, scheme: str) -> str:
+    if scheme == BF16:
+        what = f"{linear} is unquantized (BF16)"
+    elif scheme == MIX_W8A8:
+        what = (
+            f"{linear} is {MIX_W8A8}, which 0.23 runs as static W8A8 only on the decode "
+            "(KV-consumer) nodes of a disaggregated deployment"
+        )
+    else:
+        what = f"{linear} is {scheme}"
+    return f"{what}, and 0.23 has the attention prefetch hook only in static W8A8 linears."
+
+
 def inert_sites(setup: Setup) -> dict[str, str]:
     """Sites whose ratio changes nothing on this setup -> the reason, in one sentence."""
     spec = spec_of(setup)
     out: dict[str, str] = {}
     if spec.attn_quant != STATIC_W8A8:
-        out["attn.qkv"] = (
-            f"qkv_proj is {spec.attn_quant}, and 0.23 has the attention prefetch hook only in "
-            "static W8A8 linears."
-        )
-    o_hooked = spec.o_quant == STATIC_W8A8
-    down_hooked = not spec.is_moe and spec.mlp_quant == STATIC_W8A8
-    if not o_hooked and not down_hooked:
+        out["attn.qkv"] = _unhooked("qkv_proj", spec.attn_quant)
+    o_on_o, o_on_down = _o_hooks(spec, setup)
+    if setup.row_op == "matmul_allreduce":
         out["attn.o"] = (
-            f"o_proj is {spec.o_quant}, and 0.23 has the attention prefetch hook only in "
-            "static W8A8 linears."
+            "enable_matmul_allreduce runs o_proj and down_proj as a fused matmul + all-reduce "
+            "that skips the quant method, where 0.23's attention prefetch hook lives."
         )
+    elif not o_on_o and not o_on_down:
+        out["attn.o"] = _unhooked("o_proj", spec.o_quant)
     if spec.is_moe:
-        reason = "0.23 turns the dense-MLP prefetch off for MoE models."
+        if spec.has_experts:
+            reason = "0.23 turns the dense-MLP prefetch off for MoE models."
+        else:
+            reason = (
+                "0.23 turns the dense-MLP prefetch off for MoE models, and a key of this "
+                "model's config.json mentions experts, which is how 0.23 recognises one."
+            )
         out["mlp.gate_up"] = reason
         out["mlp.down"] = reason
+    if spec.has_experts:
         out["moe.gate_up"] = (
             "0.23 never issues the MoE prefetch: its layer index stays at 0 on MoE models."
         )
         return out
     out["moe.gate_up"] = "A dense model has no experts to prefetch."
+    if spec.is_moe:
+        return out
     mlp_reason = ""
     if setup.graph_mode and setup.max_num_batched_tokens >= MLP_TOKEN_LIMIT:
         mlp_reason = (
@@ -292,10 +357,10 @@ def inert_sites(setup: Setup) -> dict[str, str]:
     if mlp_reason:
         out["mlp.gate_up"] = mlp_reason
         out["mlp.down"] = mlp_reason
-    elif not setup.flashcomm1:
+    elif not o_proj_op(setup):
         out["mlp.gate_up"] = (
-            "The gate_up prefetch starts only from flashcomm1's row-parallel o_proj; "
-            "enable_flashcomm1 is off."
+            "The gate_up prefetch starts only from a custom row-parallel op on o_proj "
+            "(enable_flashcomm1, enable_matmul_allreduce, flashcomm2 or o-proj TP); none is on."
         )
     return out
 
@@ -304,6 +369,74 @@ def active_sites(setup: Setup) -> tuple[str, ...]:
     """Sites whose ratio can change what runs on this setup, in SITES order."""
     inert = inert_sites(setup)
     return tuple(site for site in SITES if site not in inert)
+
+
+# ---------------------------------------------------------------------------------------------
+# The rest of the additional-config, and what 0.23 refuses to start with
+
+
+def _positive_int_key(value: Any, key: str) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise AutotuneError(f"additional-config {key} must be an integer >= 0, got {value!r}")
+    return value > 0
+
+
+def row_op_of(extra: Mapping[str, Any]) -> str:
+    """The custom row-parallel op additional-config keys other than flashcomm1 put on o_proj.
+
+    A ROW_OP_KEYS name, the first in 0.23's order of precedence that is switched on, or "".
+    """
+    ftp = extra.get("finegrained_tp_config")
+    if ftp is not None and not isinstance(ftp, Mapping):
+        raise AutotuneError(
+            f"additional-config finegrained_tp_config must be a JSON object, got {ftp!r}"
+        )
+    oproj_tp = extra.get("oproj_tensor_parallel_size")  # older spelling, at the top level
+    if isinstance(ftp, Mapping):
+        oproj_tp = ftp.get("oproj_tensor_parallel_size", oproj_tp)
+    if _positive_int_key(oproj_tp, ROW_OP_KEYS["oproj_tp"]):
+        return "oproj_tp"
+    matmul_allreduce = extra.get("enable_matmul_allreduce", False)
+    if not isinstance(matmul_allreduce, bool):
+        raise AutotuneError(
+            f"additional-config enable_matmul_allreduce must be true or false, "
+            f"got {matmul_allreduce!r}"
+        )
+    if matmul_allreduce:
+        return "matmul_allreduce"
+    if _positive_int_key(extra.get("enable_flashcomm2_parallel_size"), ROW_OP_KEYS["flashcomm2"]):
+        return "flashcomm2"
+    return ""
+
+
+_FC1_OFF = "turn enable_flashcomm1 off (--no-flashcomm1, or false in --additional-config)"
+
+
+def check_setup(setup: Setup) -> None:
+    """Refuse, in one line, a deployment that makes 0.23's `vllm serve` abort at start-up.
+
+    0.23 asserts (platform.py) that flashcomm1 runs with TP > 1, and with expert parallelism on
+    a model it treats as MoE.
+    """
+    if setup.row_op and setup.row_op not in ROW_OP_KEYS:
+        raise AutotuneError(
+            f"unknown row-parallel op {setup.row_op!r}; use one of {', '.join(ROW_OP_KEYS)}"
+        )
+    if not setup.flashcomm1:
+        return
+    if setup.tp <= 1:
+        raise AutotuneError(
+            "enable_flashcomm1 needs tensor parallelism: vllm-ascend 0.23 aborts `vllm serve` "
+            f"with flashcomm1 at --tp 1; pass --tp 2 or more, or {_FC1_OFF}"
+        )
+    spec = spec_of(setup)
+    if spec.is_moe and setup.ep <= 1:
+        raise AutotuneError(
+            f"enable_flashcomm1 on the MoE model {spec.name} needs expert parallelism: "
+            f"vllm-ascend 0.23 aborts `vllm serve` without it; pass --ep N (N > 1), or {_FC1_OFF}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

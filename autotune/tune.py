@@ -16,15 +16,28 @@ from rich.console import Console
 from autotune import target
 from autotune._io import read_json
 from autotune.errors import AutotuneError
+from autotune.lateness import rule_text
 from autotune.report.html import write_run_report
-from autotune.report.terminal_run import TerminalRunView, print_result
-from autotune.rundir import BEST_FILE, RUN_FILE, RunDir, TrialRecord, load_run
-from autotune.search import RunObserver, SearchOptions, Tuner, static_space
+from autotune.report.terminal_run import (
+    PlainRunView,
+    TerminalRunView,
+    past_rows,
+    print_result,
+)
+from autotune.rundir import BEST_FILE, RunDir, TrialRecord, load_run
+from autotune.search import RunObserver, RunOutcome, SearchOptions, Tuner, static_space
 from autotune.workloads.base import Backend, Workload, setup_of
-from autotune.workloads.deployment import LaunchOptions, read_serve_args, resolve
+from autotune.workloads.deployment import (
+    LaunchOptions,
+    parse_serve_env,
+    read_serve_args,
+    resolve,
+    split_serve_args,
+)
 
 BACKENDS: tuple[str, ...] = ("vllm-ascend", "simulate")
 EXPORT_FORMATS: tuple[str, ...] = ("additional-config", "vllm-args")
+DEFAULT_TRIALS = 12
 
 
 @dataclass(frozen=True)
@@ -76,8 +89,6 @@ def make_workload(
     *,
     model: str | None,
     max_num_seqs: int | None,
-    resume: bool,
-    out: Path | None,
     extra: Mapping[str, Any],
     backend: str = "simulate",
     launch: LaunchOptions | None = None,
@@ -90,20 +101,9 @@ def make_workload(
 ) -> tuple[Workload, dict[str, tuple[Any, str]]]:
     """The workload the trials really run with, and the config keys autotune adds (-> why).
 
-    With --resume, values not given again default to the run's.
+    Parallelism, graph mode, max-num-batched-tokens and flashcomm1 are read from what `vllm serve`
+    gets (--serve-args, --serve-env, --additional-config) and the flags; see deployment.resolve.
     """
-    stored: dict[str, Any] = {}
-    if resume and out is not None:
-        rundir = RunDir(out)
-        rundir.prepare(resume=True)
-        stored = rundir.read_run().get("workload", {})
-        model = model if model is not None else stored.get("model")
-        max_num_seqs = max_num_seqs if max_num_seqs is not None else stored.get("max_num_seqs")
-        tp = tp if tp is not None else stored.get("tp")
-        ep = ep if ep is not None else stored.get("ep")
-        graph_mode = graph_mode if graph_mode is not None else stored.get("graph_mode")
-        if max_num_batched_tokens is None:
-            max_num_batched_tokens = stored.get("max_num_batched_tokens")
     if model is None:
         raise AutotuneError("--model is required (a preset name or a local model directory)")
     if max_num_seqs is None:
@@ -126,9 +126,6 @@ def make_workload(
                 f"{', '.join(given)} only apply to --backend vllm-ascend (the simulator starts no "
                 "server)"
             )
-    if resume and flashcomm1 is None and "flashcomm1" in stored:
-        # The trials so far ran with it; keep them comparable unless a source says otherwise.
-        flashcomm1 = bool(stored["flashcomm1"]) if backend == "simulate" else None
     dep = resolve(
         simulated=backend == "simulate",
         serve=read_serve_args(launch.serve_args),
@@ -148,50 +145,163 @@ def make_workload(
         graph_mode=dep.graph_mode,
         max_num_batched_tokens=dep.max_num_batched_tokens,
         flashcomm1=dep.flashcomm1,
+        row_op=target.row_op_of(extra),
         **fields,
     )
     return workload, dep.added
 
 
-def resume_launch(out: Path | None, given: LaunchOptions) -> LaunchOptions:
-    """With --resume, the launch settings the run started with, unless given again the same.
+# `autotune run` flags a resume takes from run.json when they are not given again.
+RESUMED_WORKLOAD_FLAGS: tuple[str, ...] = (
+    "model",
+    "max_num_seqs",
+    "tp",
+    "ep",
+    "hardware",
+    "flashcomm1",
+    "graph_mode",
+    "max_num_batched_tokens",
+    "input_len",
+    "output_len",
+    "profile_steps",
+)
+RESUMED_OPTION_FLAGS: dict[str, str] = {
+    "trials": "trials",
+    "timeout": "timeout_s",
+    "objective": "objective",
+    "late_tolerance_us": "late_tolerance_us",
+    "repeats": "repeats",
+    "sampler": "sampler",
+    "seed": "seed",
+    "keep_profiles": "keep_profiles",
+}
 
-    Server settings not given again are taken from the run; different ones would mix trials
-    measured on different deployments, so they are refused.
-    """
-    if out is None or not (out / RUN_FILE).is_file():
-        return given
-    stored = RunDir(out).read_run().get("launch")
-    if not isinstance(stored, dict):
-        return given
-    was = LaunchOptions(
-        vllm=stored.get("vllm"),
-        serve_args=tuple(stored.get("serve_args") or ()),
-        serve_env=dict(stored.get("serve_env") or {}),
-        port=stored.get("port"),
-        startup_timeout_s=given.startup_timeout_s,
-        bench_timeout_s=given.bench_timeout_s,
-        stop_timeout_s=given.stop_timeout_s,
-        num_prompts=stored.get("num_prompts"),
-    )
-    for flag, mine, theirs in (
-        ("--serve-args", given.serve_args, was.serve_args),
-        ("--serve-env", dict(given.serve_env), dict(was.serve_env)),
-        ("--num-prompts", given.num_prompts, was.num_prompts),
+
+def recorded_flags(values: Mapping[str, Any], given: set[str]) -> dict[str, Any]:
+    """With --resume: every flag not given again takes the value run.json recorded, so the run
+    continues as it was started (the trial budget included)."""
+    out = values.get("out")
+    if out is None:
+        raise AutotuneError("--resume needs --out: the run directory to continue")
+    rundir = RunDir(Path(out))
+    rundir.prepare(resume=True)
+    info = rundir.read_run()
+    workload = info.get("workload") or {}
+    options = info.get("options") or {}
+    recorded: dict[str, Any] = {k: workload[k] for k in RESUMED_WORKLOAD_FLAGS if k in workload}
+    recorded.update({f: options[k] for f, k in RESUMED_OPTION_FLAGS.items() if k in options})
+    if "constraint" in options:
+        recorded["no_constraint"] = not options["constraint"]
+    if isinstance(info.get("backend"), str):
+        recorded["backend"] = info["backend"]
+    extra = options.get("extra")
+    if isinstance(extra, dict):
+        # enable_flashcomm1 comes back through --flashcomm1; the other keys as given.
+        rest = {k: v for k, v in extra.items() if k != "enable_flashcomm1"}
+        recorded["additional_config"] = json.dumps(rest) if rest else None
+    recorded.update(_recorded_launch(info.get("launch"), values, given, rundir))
+    merged = dict(values)
+    merged.update({k: v for k, v in recorded.items() if k not in given})
+    return merged
+
+
+def _recorded_launch(
+    launch: Any, values: Mapping[str, Any], given: set[str], rundir: RunDir
+) -> dict[str, Any]:
+    """The server settings a real run was started with, as flag values. Given again, the
+    deployment's (--serve-args, --serve-env) must be the same: trials on another deployment
+    would not compare."""
+    if not isinstance(launch, dict):
+        return {}
+    recorded: dict[str, Any] = {
+        "serve_args": shlex.join(launch.get("serve_args") or ()) or None,
+        "serve_env": [f"{k}={v}" for k, v in (launch.get("serve_env") or {}).items()] or None,
+        "vllm": launch.get("vllm"),
+        "port": launch.get("port"),
+        "num_prompts": launch.get("num_prompts"),
+    }
+    for flag, now, then in (
+        (
+            "--serve-args",
+            split_serve_args(values.get("serve_args")),
+            tuple(launch.get("serve_args") or ()),
+        ),
+        (
+            "--serve-env",
+            parse_serve_env(values.get("serve_env") or []),
+            dict(launch.get("serve_env") or {}),
+        ),
     ):
-        if mine and mine != theirs:
+        name = flag.removeprefix("--").replace("-", "_")
+        if name in given and now != then:
             raise AutotuneError(
-                f"--resume: the run in {out} was started with {flag} {theirs!r}, not {mine!r}"
+                f"--resume: the run in {rundir.path} was started with {flag} {then!r}, not {now!r}"
             )
+    return recorded
+
+
+def launch_from_flags(v: Mapping[str, Any]) -> LaunchOptions:
+    """The real backend's server settings from `autotune run`'s flags."""
     return LaunchOptions(
-        vllm=given.vllm or was.vllm,
-        serve_args=was.serve_args,
-        serve_env=was.serve_env,
-        port=given.port or was.port,
-        startup_timeout_s=given.startup_timeout_s,
-        bench_timeout_s=given.bench_timeout_s,
-        stop_timeout_s=given.stop_timeout_s,
-        num_prompts=was.num_prompts,
+        vllm=v.get("vllm"),
+        serve_args=split_serve_args(v.get("serve_args")),
+        serve_env=parse_serve_env(v.get("serve_env") or []),
+        port=v.get("port"),
+        startup_timeout_s=v.get("startup_timeout", 1800.0),
+        bench_timeout_s=v.get("bench_timeout", 3600.0),
+        stop_timeout_s=v.get("stop_timeout", 60.0),
+        num_prompts=v.get("num_prompts"),
+    )
+
+
+def request_from_flags(values: Mapping[str, Any], given: set[str]) -> RunRequest:
+    """The RunRequest of `autotune run`'s flags (`given`: the flags on the command line)."""
+    v = recorded_flags(values, given) if values.get("resume") else dict(values)
+    extra = read_extra(v["additional_config"])
+    backend = v["backend"]
+    launch = launch_from_flags(v)
+    workload, added = make_workload(
+        model=v["model"],
+        max_num_seqs=v["max_num_seqs"],
+        extra=extra,
+        backend=backend,
+        launch=launch,
+        flashcomm1=v["flashcomm1"],
+        tp=v["tp"],
+        ep=v["ep"],
+        graph_mode=v["graph_mode"],
+        max_num_batched_tokens=v.get("max_num_batched_tokens"),
+        hardware=v["hardware"],
+        input_len=v["input_len"],
+        output_len=v["output_len"],
+        profile_steps=v["profile_steps"],
+    )
+    repeats = v["repeats"]
+    options = SearchOptions(
+        trials=DEFAULT_TRIALS if v["trials"] is None else v["trials"],
+        timeout_s=v["timeout"],
+        objective=v["objective"],
+        late_tolerance_us=v["late_tolerance_us"],
+        constraint=not v["no_constraint"],
+        repeats=repeats if repeats is not None else (1 if backend == "simulate" else 3),
+        sampler=v["sampler"],
+        seed=v["seed"],
+        keep_profiles=v["keep_profiles"],
+        extra=extra,
+    )
+    return RunRequest(
+        workload=workload,
+        backend=backend,
+        options=options,
+        out=v["out"],
+        storage=v["storage"],
+        study_name=v["study_name"],
+        resume=v["resume"],
+        seed=v["seed"],
+        noise=v["noise"],
+        json_out=v["json_out"],
+        launch=launch,
+        added=added,
     )
 
 
@@ -238,6 +348,8 @@ def check_workload(workload: Workload) -> None:
             raise AutotuneError(f"{flag} must be a positive integer, got {value}")
     # Loads the model (preset or directory) and checks that it splits over tp/ep.
     static_space(setup_of(workload))
+    # A deployment `vllm serve` would abort on never becomes a trial.
+    target.check_setup(setup_of(workload))
 
 
 def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
@@ -246,11 +358,14 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
     added = {key: value for key, (value, _) in req.added.items()}
     extra = {**added, **req.options.extra}
     target.disabled_config(extra)
-    notes = {key: why for key, (_, why) in req.added.items()}
-    options = SearchOptions(**{**req.options.__dict__, "extra": extra, "extra_notes": notes})
+    notes_by_key = {key: why for key, (_, why) in req.added.items()}
+    options = SearchOptions(**{**req.options.__dict__, "extra": extra, "extra_notes": notes_by_key})
     options.check()
     req.launch.check()
+    # Messages that are not the result go to stderr under --json, so stdout stays one JSON.
+    notes = Console(stderr=True, highlight=False, soft_wrap=True) if req.json_out else console
 
+    info: dict[str, Any] = {}
     if req.resume:
         if req.out is None:
             raise AutotuneError("--resume needs --out: the run directory to continue")
@@ -259,7 +374,7 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
         info = rundir.read_run()
         _check_same_run(info, req)
         study_name = req.study_name or str(info.get("study_name", ""))
-        storage = req.storage or info.get("storage")
+        storage = req.storage or rundir.storage_of(info)
     else:
         rundir = RunDir(req.out or default_out(req.workload))
         study_name = req.study_name or rundir.path.name
@@ -279,23 +394,24 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
         resume=req.resume,
     )
     tuner.open()
-    if req.backend == "vllm-ascend" and not req.resume:
+    if req.resume:
+        _record_budget(rundir, info, options.trials)
+    elif req.backend == "vllm-ascend":
         # Kept so that --resume runs the remaining trials with the same server settings.
         rundir.write_run({**rundir.read_run(), "launch": req.launch.to_json()})
-    if req.json_out:
-        outcome = tuner.run()
-    else:
-        view = TerminalRunView(
-            console,
-            sites=tuner.space.names,
-            budget=options.trials,
-            simulated=backend.simulated,
-            done=tuner.measured,
-            late_tolerance_us=options.late_tolerance_us,
-        )
-        tuner.observer = _SpaceTracking(view, tuner)
-        with view:
+    if not req.json_out:
+        for line in workload_lines(req.workload, backend):
+            console.print(line, markup=False)
+    notes.print(f"run directory: {rundir.path}", markup=False)
+    try:
+        if req.json_out:
             outcome = tuner.run()
+        else:
+            outcome = _run_with_view(tuner, console, options, backend.simulated)
+    except KeyboardInterrupt:
+        # On stderr, beside the "interrupted" line, also when stdout goes to a log.
+        _after_interrupt(rundir, tuner, Console(stderr=True, highlight=False, soft_wrap=True))
+        raise
     # The report only lays out what the run directory holds, so it is written last.
     write_run_report(rundir.path)
     if not req.json_out:
@@ -304,10 +420,83 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
     return outcome.summary
 
 
+def _run_with_view(
+    tuner: Tuner, console: Console, options: SearchOptions, simulated: bool
+) -> RunOutcome:
+    """Run the tuner under a live view on a terminal, one plain line per trial otherwise."""
+    # A resumed run shows the whole study, not only this call's trials.
+    history = past_rows(list(tuner.records.values()), options.objective)
+    if not console.is_terminal:
+        plain = PlainRunView(
+            console, sites=tuner.space.names, simulated=simulated, objective=options.objective
+        )
+        console.print(rule_text(options.late_tolerance_us), markup=False)
+        for record, best in history:
+            plain.trial_finished(record, best)
+        tuner.observer = _SpaceTracking(plain, tuner)
+        return tuner.run()
+    view = TerminalRunView(
+        console,
+        sites=tuner.space.names,
+        budget=options.trials,
+        simulated=simulated,
+        done=tuner.measured,
+        history=history,
+        late_tolerance_us=options.late_tolerance_us,
+    )
+    tuner.observer = _SpaceTracking(view, tuner)
+    with view:
+        return tuner.run()
+
+
+def workload_lines(workload: Workload, backend: Backend) -> list[str]:
+    """What this run measures, stated before the first trial (as `autotune simulate` does)."""
+    w = workload
+    lines = [
+        f"workload   {w.model} TP{w.tp} EP{w.ep}, max-num-seqs {w.max_num_seqs}, "
+        f"flashcomm1 {'on' if w.flashcomm1 else 'off'}, {'graph' if w.graph_mode else 'eager'}, "
+        f"{w.input_len} in / {w.output_len} out, {w.profile_steps} profiled steps",
+    ]
+    if backend.simulated:
+        hardware = getattr(backend, "hardware", None)
+        summary = hardware.summary() if hardware is not None else w.hardware
+        lines.append(f"backend    {backend.name} (SIMULATED), hardware {summary}")
+    else:
+        lines.append(f"backend    {backend.name}")
+    return lines
+
+
+def _record_budget(rundir: RunDir, info: dict[str, Any], trials: int) -> None:
+    """A resume with a new --trials total keeps it in run.json for the next resume."""
+    options = info.get("options")
+    if isinstance(options, dict) and options.get("trials") != trials:
+        info["options"] = {**options, "trials": trials}
+        rundir.write_run(info)
+
+
+def resume_command(rundir: RunDir) -> str:
+    """The command that continues this run (run.json holds everything else)."""
+    return f"autotune run --resume --out {shlex.quote(str(rundir.path))}"
+
+
+def _after_interrupt(rundir: RunDir, tuner: Tuner, notes: Console) -> None:
+    """Ctrl-C: a report of what was measured, and how to continue."""
+    try:
+        write_run_report(rundir.path)
+        wrote = "summary.json, trials.csv and report.html (marked unfinished)"
+    except (AutotuneError, OSError) as exc:
+        wrote = f"summary.json and trials.csv (report.html failed: {exc})"
+    notes.print(
+        f"stopped after {tuner.measured} measured trials; wrote {wrote} in {rundir.path}",
+        markup=False,
+    )
+    notes.print(f"resume with: {resume_command(rundir)}", markup=False)
+
+
 class _SpaceTracking:
     """Passes progress to the view, narrowing its columns once the probe found the active sites."""
 
-    def __init__(self, view: TerminalRunView, tuner: Tuner) -> None:
+    def __init__(self, view: TerminalRunView | PlainRunView, tuner: Tuner) -> None:
         self.view = view
         self.tuner = tuner
 
@@ -352,6 +541,18 @@ def export_text(run_dir: Path, fmt: str) -> str:
     if fmt == "vllm-args":
         return f"--additional-config {shlex.quote(compact)}"
     return json.dumps(record.best_config, indent=2)
+
+
+def export_note(run_dir: Path) -> str:
+    """One line for stderr when the exported config is not a finished measurement ("" if it is)."""
+    record = load_run(run_dir)
+    parts = []
+    if record.simulated:
+        parts.append("SIMULATED: this config comes from a model, not from measurements on an NPU")
+    if not record.summary.get("finished", False):
+        resume = resume_command(RunDir(run_dir))
+        parts.append(f"the run has not finished (best so far); continue it with: {resume}")
+    return "; ".join(parts)
 
 
 _ = RunObserver  # the view classes above implement it

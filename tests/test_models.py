@@ -9,7 +9,16 @@ from typing import Any
 import pytest
 
 from autotune.errors import AutotuneError
-from autotune.models import BF16, DYNAMIC_W8A8, PRESETS, STATIC_W8A8, load_model, weight_bytes
+from autotune.models import (
+    BF16,
+    DYNAMIC_W8A8,
+    MIX_W8A8,
+    PRESETS,
+    STATIC_W8A8,
+    load_model,
+    scheme_bits,
+    weight_bytes,
+)
 
 MiB = 1024 * 1024
 DATA = Path(__file__).parent / "data"
@@ -200,11 +209,90 @@ def test_config_json_path_is_accepted() -> None:
     assert load_model(str(QWEN3_32B_DIR / "config.json")).hidden_size == 5120
 
 
-def test_missing_quant_description_is_noted(tmp_path: Path) -> None:
+def test_missing_quant_description_is_unquantized_bf16(tmp_path: Path) -> None:
+    # 0.23 (quantization/modelslim_config.py) quantizes nothing without the description file.
     cfg = json.loads((QWEN3_32B_DIR / "config.json").read_text())
     spec = load_model(str(_write_model(tmp_path / "m", cfg)))
-    assert spec.attn_quant == STATIC_W8A8
-    assert any("assumed static W8A8" in note for note in spec.notes)
+    assert (spec.attn_quant, spec.o_quant, spec.mlp_quant) == (BF16, BF16, BF16)
+    got = weight_bytes(spec, 4, 1)
+    # bf16: 2 bytes a parameter, so twice the int8 sizes of the W8A8 tables.
+    assert got == {
+        "qkv_proj": 2 * 13_107_200,
+        "o_proj": 2 * 10_485_760,
+        "gate_up_proj": 2 * 65_536_000,
+        "down_proj": 2 * 32_768_000,
+    }
+
+
+def _ct_group(w_bits: int, acts: dict[str, Any] | None) -> dict[str, Any]:
+    group: dict[str, Any] = {"targets": ["Linear"], "weights": {"num_bits": w_bits}}
+    if acts is not None:
+        group["input_activations"] = acts
+    return {"quant_method": "compressed-tensors", "config_groups": {"group_0": group}}
+
+
+@pytest.mark.parametrize(
+    ("quant", "scheme", "down_bytes"),
+    [
+        # compressed-tensors maps onto 0.23's own Ascend schemes.
+        (_ct_group(8, {"num_bits": 8, "strategy": "tensor", "dynamic": False}), "W8A8", 1),
+        (_ct_group(8, {"num_bits": 8, "strategy": "token", "dynamic": True}), "W8A8_DYNAMIC", 1),
+        (_ct_group(4, None), "W4A16", 0.5),
+        ({"quant_method": "gptq", "bits": 4}, "gptq W4A", 0.5),
+        ({"quant_method": "fp8"}, "fp8 W8A", 1),
+    ],
+)
+def test_hf_quantization_config_is_read(
+    tmp_path: Path, quant: dict[str, Any], scheme: str, down_bytes: float
+) -> None:
+    cfg = json.loads((QWEN3_32B_DIR / "config.json").read_text())
+    cfg["quantization_config"] = quant
+    spec = load_model(str(_write_model(tmp_path / "m", cfg)))
+    assert spec.attn_quant == spec.mlp_quant == scheme
+    assert weight_bytes(spec, 4, 1)["down_proj"] == int(32_768_000 * down_bytes)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "bits"),
+    [("W8A8", 8), ("W8A8_DYNAMIC", 8), ("W8A8_MIX", 8), ("W4A8_DYNAMIC", 4), ("BF16", 16)],
+)
+def test_scheme_bits(scheme: str, bits: int) -> None:
+    assert scheme_bits(scheme) == bits
+
+
+def test_mix_scheme_is_read_and_pdmix_is_its_alias(tmp_path: Path) -> None:
+    cfg = json.loads((QWEN3_32B_DIR / "config.json").read_text())
+    quant = {
+        "model.layers.0.self_attn.q_proj.weight": "W8A8_PDMIX",
+        "model.layers.0.self_attn.o_proj.weight": "W8A8_MIX",
+        "model.layers.0.mlp.down_proj.weight": "W8A8_MIX",
+    }
+    spec = load_model(str(_write_model(tmp_path / "mix", cfg, quant)))
+    assert (spec.attn_quant, spec.o_quant, spec.mlp_quant) == (MIX_W8A8,) * 3
+
+
+def test_any_expert_key_makes_the_model_moe(tmp_path: Path) -> None:
+    # 0.23 (utils.py is_moe_model): any HF config key containing "expert", whatever its value.
+    cfg = json.loads((QWEN3_32B_DIR / "config.json").read_text())
+    assert not load_model(str(_write_model(tmp_path / "dense", cfg))).is_moe
+    cfg["num_experts_per_tok"] = None
+    spec = load_model(str(_write_model(tmp_path / "flagged", cfg)))
+    assert spec.is_moe and not spec.has_experts
+    assert any("num_experts_per_tok" in note for note in spec.notes)
+    # Still a dense MLP for the shapes.
+    assert weight_bytes(spec, 4, 1)["gate_up_proj"] == 2 * 65_536_000
+
+
+def test_expert_weights_are_read_for_moe(tmp_path: Path) -> None:
+    quant = {
+        "model.layers.0.self_attn.q_proj.weight": "W8A8",
+        "model.layers.0.self_attn.o_proj.weight": "W8A8",
+        "model.layers.0.mlp.experts.0.gate_proj.weight": "W8A8_DYNAMIC",
+    }
+    spec = load_model(str(_write_model(tmp_path / "moe", _moe_config(), quant)))
+    assert spec.mlp_quant == DYNAMIC_W8A8
+    bf16 = load_model(str(_write_model(tmp_path / "moe_bf16", _moe_config())))
+    assert weight_bytes(bf16, 4, 1)["w13"] == 2 * weight_bytes(spec, 4, 1)["w13"]
 
 
 def test_dynamic_attention_is_read(tmp_path: Path) -> None:

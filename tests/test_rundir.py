@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from autotune.rundir import (
     RunDir,
     TrialRecord,
     atomic_write_json,
+    atomic_write_text,
     load_run,
     trials_csv,
 )
@@ -127,3 +130,33 @@ def test_load_run_errors_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "run.json").write_text("{broken")
     with pytest.raises(AutotuneError, match="not valid JSON"):
         load_run(tmp_path)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_atomic_writes_follow_the_umask(tmp_path: Path, mask: int) -> None:
+    old = os.umask(mask)
+    try:
+        atomic_write_text(tmp_path / "x.json", "{}\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o666 & ~mask
+
+
+def test_storage_of_names_the_own_study_relative_to_the_run(tmp_path: Path) -> None:
+    rundir = RunDir(tmp_path / "run")
+    rundir.path.mkdir()
+    own = f"sqlite:///{(tmp_path / 'run' / 'study.db').resolve()}"
+    assert rundir.storage_of({"storage": "study.db"}) is None
+    assert rundir.storage_of({}) is None
+    assert rundir.storage_url_of({"storage": "study.db"}) == own
+    explicit = "postgresql+psycopg2://u@db:5432/autotune"
+    assert rundir.storage_of({"storage": explicit}) == explicit
+    # Runs written before named their study.db by absolute path; a copy whose own study.db is
+    # beside run.json uses that one, not the original's.
+    legacy = "sqlite:////elsewhere/original-run/study.db"
+    assert rundir.storage_of({"storage": legacy}) == legacy
+    rundir.study_db.touch()
+    assert rundir.storage_of({"storage": legacy}) is None
+    assert (
+        rundir.storage_of({"storage": "sqlite:////shared/team.db"}) == "sqlite:////shared/team.db"
+    )

@@ -21,9 +21,12 @@ from autotune.search import (
     SiteSpace,
     SiteTiming,
     Tuner,
+    best_record,
     estimates,
+    pick_rule,
     profile_inert,
     propose,
+    ranked_records,
     site_levels,
     static_space,
 )
@@ -270,3 +273,19 @@ def test_shown_url_hides_the_password() -> None:
         "postgresql+psycopg2://u:***@h:5432/db"
     )
     assert shown_url("sqlite:////tmp/run/study.db") == "sqlite:////tmp/run/study.db"
+
+
+def test_ranking_puts_the_pick_first_and_names_the_runner_up() -> None:
+    # Trial 1 has the best estimate but a late site; 2 wins, and 3 (higher measurement, worse
+    # estimate) is the runner-up.
+    recs = [_rec(0, 1000 / 20.0, 20.0), _rec(1, 1000 / 19.0, 19.0)]
+    recs += [_rec(2, 1000 / 19.5 * 0.99, 19.5), _rec(3, 1000 / 19.6 * 1.01, 19.6)]
+    recs[1].feasible = False
+    ranked = ranked_records(recs, "throughput")
+    assert [r.number for r in ranked] == [2, 3, 0, 1]
+    assert best_record(recs, "throughput") is recs[2]
+    assert recs[3].throughput is not None and recs[2].throughput is not None
+    assert recs[3].throughput > recs[2].throughput  # the winner is not the highest measurement
+    rule = pick_rule("throughput", 2.0)
+    assert "highest estimated throughput" in rule and "2 µs" in rule and "\n" not in rule
+    assert "lowest estimated TPOT" in pick_rule("tpot", 0.5)

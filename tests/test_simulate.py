@@ -143,6 +143,54 @@ def test_eviction_when_prefetches_exceed_usable_l2(tmp_path: Path) -> None:
     assert large_roomy > large
 
 
+def test_flashcomm1_at_decode_keeps_all_reduce_and_whole_batch_norms() -> None:
+    # 0.23 runs flashcomm1's sequence-parallel comm on dense models only above 1000 tokens: a
+    # decode step of 72 does matmul + all-reduce after o_proj and down_proj, norms on all rows.
+    w = Workload(model="Qwen3-32B-W8A8", max_num_seqs=72, profile_steps=1)
+    trial = simulate_trial(w, cfg(ATTN_OFF, {"gate_up": 1.0, "down": 0.3}))
+    layers = trial.tasks[trial.tasks["layer"] >= 0]
+    comm = layers[layers["type"] == "HCCL"]
+    assert comm["op_type"].tolist() == ["hcom_allReduce_"] * (2 * 64)
+    norms = layers[layers["op_type"].isin(["AddRmsNorm"])]
+    assert set(norms["in_shapes"]) == {"72,5120"}
+    # So the gate_up window is the post-attention norm + quantize only, and 18 MiB ends late.
+    gate_up = trial.prefetches[trial.prefetches["site"] == "mlp.gate_up"]
+    assert len(gate_up) == 64 and gate_up["late"].all()
+    # With prefetch off, flashcomm1 changes nothing at decode.
+    no_fc1 = Workload(model="Qwen3-32B-W8A8", max_num_seqs=72, flashcomm1=False)
+    assert simulate_throughput(w, OFF) == simulate_throughput(no_fc1, OFF)
+
+
+def test_flashcomm1_above_1000_tokens_runs_sequence_parallel() -> None:
+    w = Workload(model="Qwen3-32B-W8A8", max_num_seqs=1024, profile_steps=1)
+    layers = simulate_trial(w, OFF).tasks.query("layer >= 0")
+    counts = layers.loc[layers["type"] == "HCCL", "op_type"].value_counts().to_dict()
+    assert counts == {"hcom_allGather_": 2 * 64, "hcom_reduceScatter_": 2 * 64}
+    norms = layers[layers["op_type"] == "AddRmsNorm"]
+    assert set(norms["in_shapes"]) == {"256,5120"}  # 1024 rows over TP4
+
+
+def test_unquantized_checkpoint_runs_bf16_linears_without_attention_prefetch(
+    tmp_path: Path,
+) -> None:
+    # A model dir without quant_model_description.json is BF16 in 0.23: no activation quantize,
+    # bf16 matmuls over 2-byte weights, and only the mlp.* prefetches.
+    model = tmp_path / "qwen3-32b"
+    model.mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "qwen3-32b-w8a8" / "config.json", model)
+    w = Workload(model=str(model), max_num_seqs=72, profile_steps=1)
+    trial = simulate_trial(w, cfg(mlp={"gate_up": 0.1, "down": 0.1}))
+    fired = {(p.site, p.bytes) for p in trial.prefetches_per_layer}
+    assert fired == {("mlp.gate_up", 13_107_200), ("mlp.down", 6_553_600)}  # 10 % of bf16 sizes
+    layers = trial.tasks[trial.tasks["layer"] >= 0]
+    assert not layers["op_type"].str.contains("Quant").any()
+    assert set(layers.loc[layers["type"] == "AI_CORE", "op_type"]) == {"MatMulV2"}
+    # The gate_up window is the post-attention norm alone.
+    gate_up = trial.prefetches[trial.prefetches["site"] == "mlp.gate_up"]
+    norms = layers[layers["op_type"] == "AddRmsNorm"]
+    assert set(gate_up["window_end_ns"]) <= set(norms["end_ns"])
+
+
 # ---- ground truth and timeline consistency ---------------------------------------------------
 
 
@@ -399,6 +447,9 @@ def test_cli_simulate(tmp_path: Path) -> None:
         ["--model", "Qwen3-32B-W8A8", "--max-num-seqs", "8", "--hardware", "H100"],
         ["--model", "Qwen3-32B-W8A8", "--max-num-seqs", "8", "--config", "CONFIG"],
         ["--model", "Qwen3-32B-W8A8", "--max-num-seqs", "8", "--config", "MISSING"],
+        # flashcomm1 (on by default) makes 0.23 abort at TP 1, and on MoE without EP.
+        ["--model", "Qwen3-32B-W8A8", "--max-num-seqs", "8", "--tp", "1"],
+        ["--model", "Qwen3-30B-A3B-W8A8", "--max-num-seqs", "8"],
         ["--model", "Qwen3-32B-W8A8", "--max-num-seqs", "8", "--gate-up-join", "quant"],
     ],
 )
@@ -410,3 +461,4 @@ def test_cli_simulate_bad_input(tmp_path: Path, args: list[str]) -> None:
     res = CliRunner().invoke(app, ["simulate", *args, "--out", str(tmp_path / "o")])
     assert res.exit_code == 2, res.output
     assert res.output.startswith("error: ") and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

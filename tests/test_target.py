@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from autotune import target
 from autotune.errors import AutotuneError
-from autotune.models import BF16, DYNAMIC_W8A8, PRESETS
+from autotune.models import BF16, DYNAMIC_W8A8, MIX_W8A8, PRESETS
 from autotune.target import (
     MLP_CAP_BYTES,
     NEAR_OFF_RATIO,
@@ -39,6 +40,7 @@ from autotune.target import (
 )
 
 MiB = 1024 * 1024
+DATA = Path(__file__).parent / "data"
 QKV, O_PROJ, GATE_UP, DOWN = 13_107_200, 10_485_760, 65_536_000, 32_768_000  # Qwen3-32B TP4
 DENSE = Setup("Qwen3-32B-W8A8", tp=4, ep=1, max_num_seqs=72, flashcomm1=True, graph_mode=False)
 MOE = Setup(
@@ -227,6 +229,137 @@ def test_gate_up_needs_flashcomm1() -> None:
     assert got["mlp.down"] == MLP_CAP_BYTES
     assert "flashcomm1" in inert_sites(plain)["mlp.gate_up"]
     assert "mlp.down" not in inert_sites(plain)
+
+
+def test_ratio_truncating_below_one_byte_is_the_whole_weight_uncapped() -> None:
+    # int(bytes * ratio) == 0 reads as "no size" and 0.23's prefetch op moves the whole tensor,
+    # past the 18 MiB mlp cap (which clipped the product before, not after).
+    tiny = 1e-9
+    assert int(DOWN * tiny) == 0
+    got = effective_bytes(cfg(full(gate_up=tiny, down=tiny)), DENSE)
+    assert got["mlp.gate_up"] == GATE_UP > MLP_CAP_BYTES
+    assert got["mlp.down"] == DOWN > MLP_CAP_BYTES
+    assert target.cmo_bytes(DOWN, tiny, MLP_CAP_BYTES) == DOWN
+
+
+@pytest.mark.parametrize(
+    ("extra", "row_op"),
+    [
+        ({}, ""),
+        ({"enable_matmul_allreduce": True}, "matmul_allreduce"),
+        ({"enable_flashcomm2_parallel_size": 2}, "flashcomm2"),
+        ({"finegrained_tp_config": {"oproj_tensor_parallel_size": 2}}, "oproj_tp"),
+        # 0.23's precedence: o-proj TP before matmul_allreduce before flashcomm2.
+        (
+            {
+                "enable_flashcomm2_parallel_size": 2,
+                "enable_matmul_allreduce": True,
+                "finegrained_tp_config": {"oproj_tensor_parallel_size": 2},
+            },
+            "oproj_tp",
+        ),
+        ({"enable_flashcomm2_parallel_size": 0, "enable_matmul_allreduce": False}, ""),
+    ],
+)
+def test_row_op_of_extra_keys(extra: dict[str, Any], row_op: str) -> None:
+    assert target.row_op_of(extra) == row_op
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ({"enable_matmul_allreduce": "yes"}, "enable_matmul_allreduce must be true or false"),
+        ({"enable_flashcomm2_parallel_size": -1}, "enable_flashcomm2_parallel_size"),
+        ({"finegrained_tp_config": 2}, "finegrained_tp_config must be a JSON object"),
+    ],
+)
+def test_row_op_of_rejects_bad_values(extra: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(AutotuneError, match=fragment):
+        target.row_op_of(extra)
+
+
+@pytest.mark.parametrize("row_op", ["matmul_allreduce", "flashcomm2", "oproj_tp"])
+def test_any_custom_row_op_on_o_proj_arms_gate_up(row_op: str) -> None:
+    setup = replace(DENSE, flashcomm1=False, row_op=row_op)
+    got = effective_bytes(cfg(full(gate_up=0.1)), setup)
+    assert got["mlp.gate_up"] == int(GATE_UP * 0.1)
+    assert "mlp.gate_up" not in inert_sites(setup)
+
+
+def test_matmul_allreduce_skips_the_attn_o_hook() -> None:
+    setup = replace(DENSE, row_op="matmul_allreduce")
+    prefetches = resolve_prefetches(cfg(full(o=0.5)), setup, 72)
+    assert [p.site for p in prefetches if p.site.startswith("attn.")] == ["attn.qkv"]
+    assert "enable_matmul_allreduce" in inert_sites(setup)["attn.o"]
+    assert "attn.o" not in active_sites(setup)
+    # The other row ops keep the quant method, so the hook still fires on o_proj and down_proj.
+    fc2 = resolve_prefetches(cfg(full(o=0.5)), replace(DENSE, row_op="flashcomm2"), 72)
+    assert [p.weight for p in fc2 if p.site == "attn.o"] == ["o_proj", "down_proj"]
+
+
+def test_no_row_op_reason_names_every_way_to_arm_gate_up() -> None:
+    reason = inert_sites(replace(DENSE, flashcomm1=False))["mlp.gate_up"]
+    for key in ("enable_flashcomm1", "enable_matmul_allreduce", "flashcomm2", "o-proj TP"):
+        assert key in reason
+
+
+def test_check_setup_refuses_flashcomm1_without_tp() -> None:
+    with pytest.raises(AutotuneError, match=r"needs tensor parallelism.*--tp 2.*--no-flashcomm1"):
+        target.check_setup(replace(DENSE, tp=1))
+    target.check_setup(replace(DENSE, tp=1, flashcomm1=False))
+    target.check_setup(DENSE)
+
+
+def test_check_setup_refuses_flashcomm1_on_moe_without_ep() -> None:
+    moe = Setup(
+        "Qwen3-30B-A3B-W8A8", tp=4, ep=1, max_num_seqs=64, flashcomm1=True, graph_mode=False
+    )
+    with pytest.raises(AutotuneError, match=r"MoE model Qwen3-30B-A3B-W8A8 needs expert parallel"):
+        target.check_setup(moe)
+    target.check_setup(replace(moe, ep=8))
+    target.check_setup(replace(moe, flashcomm1=False))
+
+
+def test_w8a8_dynamic_and_mix_have_no_attention_hooks() -> None:
+    for scheme in (DYNAMIC_W8A8, MIX_W8A8, BF16):
+        spec = replace(PRESETS["Qwen3-32B-W8A8"], attn_quant=scheme, mlp_quant=scheme)
+        setup = replace(DENSE, model=spec)
+        assert {p.site for p in resolve_prefetches(cfg(full()), setup, 72)} == {
+            "mlp.gate_up",
+            "mlp.down",
+        }
+        inert = inert_sites(setup)
+        assert {"attn.qkv", "attn.o"} <= set(inert)
+        assert scheme in inert["attn.qkv"] or "unquantized" in inert["attn.qkv"]
+    mix = inert_sites(replace(DENSE, model=replace(PRESETS["Qwen3-32B-W8A8"], attn_quant=MIX_W8A8)))
+    assert "decode (KV-consumer) nodes" in mix["attn.qkv"]
+
+
+def test_unquantized_checkpoint_moves_cap_points(tmp_path: Path) -> None:
+    # A directory without quant_model_description.json is BF16: gate_up_proj is 125 MiB per
+    # TP4 rank, so the 18 MiB cap binds from ratio 0.144 (not 0.288 as for int8).
+    model = tmp_path / "qwen3-32b"
+    model.mkdir()
+    (model / "config.json").write_text((DATA / "qwen3-32b-w8a8" / "config.json").read_text())
+    setup = replace(DENSE, model=str(model))
+    assert site_weight_bytes(setup)["mlp.gate_up"] == 2 * GATE_UP
+    assert effective_bytes(cfg(full(gate_up=0.15)), setup)["mlp.gate_up"] == MLP_CAP_BYTES
+    assert effective_bytes(cfg(full(gate_up=0.14)), setup)["mlp.gate_up"] == int(2 * GATE_UP * 0.14)
+    assert set(inert_sites(setup)) == {"attn.qkv", "attn.o", "moe.gate_up"}
+
+
+def test_expert_key_gates_the_dense_mlp(tmp_path: Path) -> None:
+    model = tmp_path / "dense-with-expert-key"
+    model.mkdir()
+    config = json.loads((DATA / "qwen3-32b-w8a8" / "config.json").read_text())
+    config["num_experts_per_tok"] = None
+    (model / "config.json").write_text(json.dumps(config))
+    setup = replace(DENSE, model=str(model), flashcomm1=False)
+    assert {p.site for p in resolve_prefetches(cfg(full()), setup, 72)} == set()
+    inert = inert_sites(setup)
+    assert "experts" in inert["mlp.gate_up"] and "experts" in inert["mlp.down"]
+    with pytest.raises(AutotuneError, match="expert parallelism"):
+        target.check_setup(replace(setup, flashcomm1=True))
 
 
 def test_moe_gate_up_never_fires() -> None:

@@ -1,92 +1,232 @@
-"""Wiring of `autotune run`: the deployment behind the workload, launcher flags, resume."""
+"""`autotune run` as a user drives it, through real processes on the simulator: a run directory
+that is copied, moved, interrupted with SIGINT and resumed keeps its own study, its budget and
+consistent trial numbers; files follow the umask; logs get one line per trial."""
 
 from __future__ import annotations
 
+import csv
 import json
+import os
+import shlex
+import shutil
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import Any
 
-import pytest
-from typer.testing import CliRunner
+import optuna
 
-from autotune.cli import app
-from autotune.errors import AutotuneError
-from autotune.search.summary import config_keys
-from autotune.tune import make_workload, resume_launch
-from autotune.workloads.base import Workload
-from autotune.workloads.deployment import LaunchOptions
+from autotune.rundir import load_run
+
+MODEL = ["--model", "Qwen3-32B-W8A8", "--max-num-seqs", "72"]
+# One profiled step keeps a simulated trial well under a second.
+FAST = ["--backend", "simulate", "--profile-steps", "1"]
 
 
-def _workload(**kw: Any) -> tuple[Workload, dict[str, tuple[Any, str]]]:
-    args: dict[str, Any] = {
-        "model": "Qwen3-32B-W8A8",
-        "max_num_seqs": 72,
-        "resume": False,
-        "out": None,
-        "extra": {},
-    }
-    args.update(kw)
-    return make_workload(**args)
-
-
-def test_the_workload_is_what_vllm_serve_gets() -> None:
-    launch = LaunchOptions(serve_args=("-tp", "2", "--max-num-batched-tokens", "8192"))
-    workload, added = _workload(backend="vllm-ascend", launch=launch)
-    assert (workload.tp, workload.max_num_batched_tokens, workload.flashcomm1) == (2, 8192, False)
-    assert added == {}
-
-
-def test_the_simulator_refuses_launcher_flags() -> None:
-    with pytest.raises(AutotuneError, match="--serve-args, --port only apply to --backend vllm"):
-        _workload(launch=LaunchOptions(serve_args=("--dtype", "bf16"), port=8000))
-
-
-def test_contradiction_is_one_line_with_exit_2(tmp_path: Path) -> None:
-    args = ["run", "--model", "Qwen3-32B-W8A8", "--max-num-seqs", "8", "--tp", "2", "--serve-args"]
-    result = CliRunner().invoke(app, [*args, "-tp 4", "--out", str(tmp_path / "run")])
-    assert result.exit_code == 2
-    assert result.output.strip().splitlines() == [
-        "error: --tp 2 contradicts --serve-args --tensor-parallel-size 4; give one of them"
-    ]
-    assert not (tmp_path / "run").exists()
-
-
-def test_resume_takes_the_runs_launch_settings(tmp_path: Path) -> None:
-    (tmp_path / "run.json").write_text(
-        json.dumps(
-            {
-                "launch": {
-                    "vllm": "/v/bin",
-                    "serve_args": ["--dtype", "bfloat16"],
-                    "serve_env": {"A": "1"},
-                    "port": None,
-                    "num_prompts": 16,
-                }
-            }
-        )
+def autotune(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in its own process group, as a user would, and wait for it."""
+    return subprocess.run(
+        [sys.executable, "-m", "autotune", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        start_new_session=True,
     )
-    again = resume_launch(tmp_path, LaunchOptions(startup_timeout_s=5))
-    assert again.serve_args == ("--dtype", "bfloat16") and again.serve_env == {"A": "1"}
-    assert (again.vllm, again.num_prompts, again.startup_timeout_s) == ("/v/bin", 16, 5)
-    with pytest.raises(AutotuneError, match="was started with --serve-env"):
-        resume_launch(tmp_path, LaunchOptions(serve_env={"A": "2"}))
 
 
-def test_every_best_config_key_is_explained() -> None:
-    config = {
-        "weight_prefetch_config": {
-            "enabled": True,
-            "prefetch_ratio": {
-                "attn": {"qkv": 0.5, "o": 0.001},
-                "moe": {"gate_up": 0.0},
-                "mlp": {"gate_up": 0.001, "down": 0.25},
-            },
-        },
-        "enable_flashcomm1": True,
-        "torchair_graph_config": {},
-    }
-    keys = config_keys(config, {"enable_flashcomm1": "you asked for --flashcomm1"})
-    assert keys["enable_flashcomm1"] == "you asked for --flashcomm1"
-    assert keys["torchair_graph_config"].startswith("from your --additional-config")
-    assert "module is off" in keys["weight_prefetch_config.prefetch_ratio.moe"]
-    assert "weight_prefetch_config.prefetch_ratio.attn" not in keys  # not all zero
+def study_numbers(run: Path) -> list[int]:
+    """Numbers of the finished (complete) trials in the run's own study.db."""
+    name = json.loads((run / "run.json").read_text())["study_name"]
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{run / 'study.db'}")
+    done = (optuna.trial.TrialState.COMPLETE,)
+    return sorted(t.number for t in study.get_trials(deepcopy=False, states=done))
+
+
+def disk_numbers(run: Path) -> list[int]:
+    return sorted(int(p.parent.name) for p in (run / "trials").glob("*/trial.json"))
+
+
+def csv_numbers(run: Path) -> list[int]:
+    with (run / "trials.csv").open() as fh:
+        return sorted(int(row["trial"]) for row in csv.DictReader(fh))
+
+
+def assert_numbers_agree(run: Path) -> None:
+    finished = [t.number for t in load_run(run).trials if t.state in ("complete", "duplicate")]
+    assert study_numbers(run) == finished
+    assert disk_numbers(run) == csv_numbers(run)
+    assert set(finished) <= set(disk_numbers(run))
+
+
+def measured(run: Path) -> int:
+    return int(json.loads((run / "summary.json").read_text())["trials"]["measured"])
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_copied_and_moved_runs_resume_their_own_study(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    done = autotune("run", *MODEL, *FAST, "--trials", "5", "--out", str(run))
+    assert done.returncode == 0, done.stderr
+    assert json.loads((run / "run.json").read_text())["storage"] == "study.db"
+    original = (run / "study.db").read_bytes()
+
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-a", str(run), str(copy)], check=True)
+    resumed = autotune("run", "--resume", "--out", str(copy), "--trials", "7")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (run / "study.db").read_bytes() == original, "the copy wrote into the original study"
+    assert measured(copy) == 7
+    assert_numbers_agree(copy)
+    assert_numbers_agree(run)
+
+    moved = tmp_path / "moved"
+    shutil.move(str(run), str(moved))
+    resumed = autotune("run", "--resume", "--out", str(moved), "--trials", "6")
+    assert resumed.returncode == 0, resumed.stderr
+    assert measured(moved) == 6
+    assert_numbers_agree(moved)
+
+    # A study that holds trials this directory does not (here: the copy's, with 7 trials)
+    # is refused in one line, and nothing in the directory changes.
+    shutil.copy2(copy / "study.db", moved / "study.db")
+    before = snapshot(moved)
+    refused = autotune("run", "--resume", "--out", str(moved), "--trials", "9")
+    assert refused.returncode == 2
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert "does not match" in lines[0] and "trial 6 is in the study but not in trials/" in lines[0]
+    assert snapshot(moved) == before
+
+
+def test_sigint_reports_and_resume_continues_to_the_budget(tmp_path: Path) -> None:
+    # Default --out (runs/… under the working directory), stdout a pipe as in a log.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autotune", "run", *MODEL, *FAST, "--trials", "14"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        umask=0o002,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("runs/*/trials/004/trial.json")):
+            assert proc.poll() is None, "the run ended before it could be interrupted"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    (run,) = list((tmp_path / "runs").iterdir())
+    rel = Path("runs") / run.name
+
+    # The workload, then the run directory, come before the first trial.
+    lines = out.splitlines()
+    assert lines[0].startswith("workload   Qwen3-32B-W8A8 TP4 EP1, max-num-seqs 72, flashcomm1 on")
+    assert "eager, 1024 in / 512 out" in lines[0]
+    assert lines[1].startswith("backend    simulate (SIMULATED), hardware 910B2")
+    assert lines[2] == f"run directory: {rel}"
+    # Without a terminal: one plain line per finished trial, in order.
+    trial_lines = [line for line in lines if line.startswith("SIMULATED trial ")]
+    finished = [t for t in load_run(run).trials if t.state != "failed"]
+    assert len(trial_lines) == len(finished) >= 4
+    first = trial_lines[0]
+    assert first.startswith("SIMULATED trial 0 baseline: MiB qkv/o/gate_up/down 0/0/0/0; ")
+    assert (
+        "throughput " in first and "late sites: none" in first and "best so far: trial 0" in first
+    )
+    late = trial_lines[1].split("late sites: ")[1].split(";")[0].split(", ")
+    assert "attn.o" in late  # the vendor default is late
+    assert "late = median slack below −2 µs (tolerance 2 µs)" in lines
+
+    # What was measured is written and marked unfinished; the exact resume command is printed.
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finished"] is False and summary["stopped"] == "interrupted"
+    report = (run / "report.html").read_text()
+    assert "unfinished: interrupted; continue it with autotune run --resume --out" in report
+    assert f"stopped after {measured(run)} measured trials" in err
+    command = next(line for line in err.splitlines() if line.startswith("resume with: "))
+    assert command == f"resume with: autotune run --resume --out {rel}"
+
+    # Files follow the umask (0o002 here: group-writable, not 0600).
+    for path in [run / "report.html", run / "study.db", *run.glob("*.json"), run / "trials.csv"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o664, path
+    for path in run.glob("trials/*/*.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o664, path
+
+    # export of an unfinished simulated run: the config alone on stdout, one note on stderr.
+    exported = autotune("export", str(rel), cwd=tmp_path)
+    assert exported.returncode == 0
+    assert json.loads(exported.stdout) == json.loads((run / "best_config.json").read_text())
+    note = exported.stderr.strip().splitlines()
+    assert len(note) == 1 and "SIMULATED" in note[0] and "has not finished" in note[0]
+
+    # The printed command, run as is, continues to the recorded budget of 14.
+    args = shlex.split(command.removeprefix("resume with: "))
+    assert args[0] == "autotune"
+    resumed = autotune(*args[1:], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert measured(run) == 14
+    # Its log shows the whole study, the trials measured before the interruption included.
+    shown = [line for line in resumed.stdout.splitlines() if line.startswith("SIMULATED trial ")]
+    assert shown[: len(trial_lines)] == trial_lines
+    assert len(shown) == len(load_run(run).trials)
+    assert json.loads((run / "summary.json").read_text())["finished"] is True
+    assert_numbers_agree(run)
+
+    # --trials on resume sets a new total, kept for the next resume.
+    resumed = autotune("run", "--resume", "--out", str(rel), "--trials", "16", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert measured(run) == 16
+    assert json.loads((run / "run.json").read_text())["options"]["trials"] == 16
+    resumed = autotune("run", "--resume", "--out", str(rel), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert measured(run) == 16
+    assert_numbers_agree(run)
+
+
+def test_resume_keeps_explicit_storage_as_given(tmp_path: Path) -> None:
+    db = tmp_path / "shared.db"
+    run = tmp_path / "run"
+    done = autotune("run", *MODEL, *FAST, "--trials", "3", "--out", str(run),
+                    "--storage", f"sqlite:///{db}")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads((run / "run.json").read_text())["storage"] == f"sqlite:///{db}"
+    assert not (run / "study.db").exists()
+    moved = tmp_path / "moved"
+    shutil.move(str(run), str(moved))
+    resumed = autotune("run", "--resume", "--out", str(moved), "--trials", "4")
+    assert resumed.returncode == 0, resumed.stderr
+    assert measured(moved) == 4
+    with sqlite3.connect(db) as conn:
+        (count,) = conn.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()
+    assert count == 4
+
+
+def test_resume_refuses_a_study_that_differs_from_trials_dir(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    done = autotune("run", *MODEL, *FAST, "--trials", "3", "--out", str(run))
+    assert done.returncode == 0, done.stderr
+    path = run / "trials" / "002" / "trial.json"
+    data = json.loads(path.read_text())
+    data["effective_bytes"]["attn.qkv"] += 1
+    path.write_text(json.dumps(data))
+    before = snapshot(run)
+    refused = autotune("run", "--resume", "--out", str(run), "--trials", "4")
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    assert "trial 2 differs between the study and trials/" in refused.stderr
+    assert snapshot(run) == before

@@ -18,7 +18,7 @@ import pandas as pd
 
 from autotune.overlap import OverlapResult, SiteSummary
 from autotune.profile.tasks import ROLES, Profile
-from autotune.rundir import RunRecord
+from autotune.rundir import RunDir, RunRecord
 
 # Roles that run on the compute stream as real work (not record/wait bookkeeping).
 _WORK_ROLES = tuple(r for r in ROLES if r not in ("prefetch", "wait", "record"))
@@ -531,21 +531,31 @@ def rank_correlation_importance(points: Sequence[TrialPoint], sites: Sequence[st
     return Importance("|Spearman ρ| with the objective", values, f"{len(rows)} complete trials")
 
 
-def _readable_storage(record: RunRecord, url: object) -> str | None:
-    """The study's storage URL, or None when it is an SQLite file that is gone.
-
-    Opening a missing SQLite file would create an empty database, so it is checked first; a run
-    directory that was moved still finds its own study.db.
-    """
-    if not isinstance(url, str) or not url:
-        return None
+def _readable_storage(record: RunRecord) -> str | None:
+    """The study's storage URL as run.json records it, or None when it is an SQLite file that is
+    gone (opening a missing SQLite file would create an empty database)."""
+    url = RunDir(record.path).storage_url_of(record.run)
     prefix = "sqlite:///"
-    if not url.startswith(prefix):
-        return url
-    if Path(url[len(prefix) :]).is_file():
-        return url
-    local = record.path / "study.db"
-    return f"{prefix}{local.resolve()}" if local.is_file() else None
+    if url.startswith(prefix) and not Path(url[len(prefix) :]).is_file():
+        return None
+    return url
+
+
+def unvaried_sites(points: Sequence[TrialPoint], sites: Sequence[str]) -> dict[str, float]:
+    """Sites whose effective MiB was the same in every complete trial but the probes.
+
+    The probes set every site at once (all off, all vendor default), so a site the search never
+    moved would still seem to vary through them and be credited with the probes' effect.
+    """
+    searched = [
+        p for p in points if p.state == "complete" and p.role not in ("baseline", "default")
+    ]
+    out: dict[str, float] = {}
+    for s in sites:
+        values = {round(p.effective_mib.get(s, 0.0), 4) for p in searched}
+        if len(values) < 2:
+            out[s] = next(iter(values), 0.0)
+    return out
 
 
 def search_importance(
@@ -557,10 +567,20 @@ def search_importance(
         return Importance(
             "", [], f"{len(complete)} complete trials; needs at least {MIN_TRIALS_FOR_IMPORTANCE}"
         )
+    fixed = unvaried_sites(points, sites)
+    if fixed:
+        return Importance(
+            "",
+            [],
+            "; ".join(
+                f"{s} was {mib:.3g} MiB in every trial but the probes" for s, mib in fixed.items()
+            )
+            + "; importance needs every site to vary",
+        )
     study = record.summary.get("study") or {}
     # An unfinished run has no summary yet; run.json names the study too.
     name = study.get("name") or record.run.get("study_name")
-    storage = _readable_storage(record, study.get("storage") or record.run.get("storage"))
+    storage = _readable_storage(record)
     if name and storage:
         try:
             import optuna

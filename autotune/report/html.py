@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -344,6 +345,14 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).astimezone().strftime("%Y-%m-%d %H:%M %Z")
 
 
+def _ranks_text(profiles: Sequence[Profile]) -> str:
+    """How many ranks and which, e.g. "1 (rank 0)": a bare "0" reads as zero ranks."""
+    if not profiles:
+        return "—"
+    ids = ", ".join("?" if p.rank is None else str(p.rank) for p in profiles)
+    return f"{len(profiles)} (rank{'s' if len(profiles) > 1 else ''} {ids})"
+
+
 def analyze_page(
     result: OverlapResult,
     profiles: Sequence[Profile],
@@ -362,7 +371,7 @@ def analyze_page(
         ("backend", "simulate" if simulated else "device profile"),
         ("vllm-ascend", "0.23 (modelled)" if simulated else unknown),
         ("profiles", ", ".join(str(p.path) for p in profiles) or "—"),
-        ("ranks", ", ".join("?" if p.rank is None else str(p.rank) for p in profiles) or "—"),
+        ("ranks", _ranks_text(profiles)),
         ("source", ", ".join(sorted({p.source for p in profiles})) or "—"),
         ("profiler level", ", ".join(sorted({p.level or "?" for p in profiles})) or "—"),
         ("profiled steps", result.steps),
@@ -574,7 +583,10 @@ def run_page(record: RunRecord) -> Page:
         ("objective", f"{objective} ({s['direction']})" if "direction" in s else objective),
         ("run directory", str(record.path)),
     ]
-    if not s.get("finished", True):
+    if s.get("stopped") == "interrupted":
+        resume = f"autotune run --resume --out {shlex.quote(str(record.path))}"
+        meta.append(("state", f"unfinished: interrupted; continue it with {resume}"))
+    elif not s.get("finished", True):
         meta.append(("state", "unfinished: the run is still going or was interrupted"))
     page = Page(title="autotune — prefetch tuning report", simulated=simulated, meta=meta)
 
@@ -607,7 +619,7 @@ def run_page(record: RunRecord) -> Page:
     )
     page.sections.append(
         f"<section id='best-section'><h2>Best config</h2><p>{esc(best_txt)}</p>"
-        f"{kpis}{cfg_html}</section>"
+        f"{kpis}{_pick_html(record, best, objective, tolerance_us)}{cfg_html}</section>"
     )
 
     # Overlap of the probes and the best trial, from their kept profiles.
@@ -712,6 +724,32 @@ def run_page(record: RunRecord) -> Page:
         "layers": _layers_data(layers),
     }
     return page
+
+
+def _pick_html(
+    record: RunRecord, best: TrialRecord | None, objective: str, tolerance_us: float
+) -> str:
+    """The pick rule in one line, and measured against estimated for the winner and runner-up."""
+    from autotune.search import OBJECTIVES, pick_rule, ranked_records
+
+    if best is None or objective not in OBJECTIVES:
+        return ""
+    rule = str(record.summary.get("pick_rule") or pick_rule(objective, tolerance_us))
+    runner_up = next((t for t in ranked_records(record.trials, objective) if t is not best), None)
+    unit = "tok/s" if objective == "throughput" else "ms TPOT"
+    rows = "".join(
+        f"<tr data-trial='{t.number}'><th scope='row'>{label}</th><td>{t.number:03d}</td>"
+        f"<td>{esc(t.role)}</td><td class='num'>{fmt_num(t.objective)}</td>"
+        f"<td class='num'>{fmt_num(t.estimate)}</td></tr>"
+        for label, t in (("winner", best), ("runner-up", runner_up))
+        if t is not None
+    )
+    return (
+        f"<p class='note' id='pick-rule'>{esc(rule)}</p>"
+        "<table id='pick'><thead><tr><th></th><th>trial</th><th>role</th>"
+        f"<th>measured ({esc(unit)})</th><th>estimated ({esc(unit)})</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+    )
 
 
 def _fill_estimates(record: RunRecord, objective: str) -> TrialRecord | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -57,13 +58,15 @@ class TerminalRunView:
         budget: int,
         simulated: bool,
         done: int = 0,
+        history: Sequence[tuple[TrialRecord, TrialRecord | None]] = (),
         late_tolerance_us: float | None = None,
     ) -> None:
         self.console = console
         self.sites = list(sites)
         self.late_tolerance_us = late_tolerance_us
         self.simulated = simulated
-        self.rows: list[tuple[TrialRecord, TrialRecord | None]] = []
+        # A resumed run starts with the rows of the trials it already has.
+        self.rows: list[tuple[TrialRecord, TrialRecord | None]] = list(history)
         self.note = ""
         self.progress = Progress(
             TextColumn("[bold]trials"),
@@ -119,9 +122,17 @@ class TerminalRunView:
 
     def _table(self) -> Table:
         title = "trials" + (f" — {SIMULATED}" if self.simulated else "")
-        caption = None if self.late_tolerance_us is None else rule_text(self.late_tolerance_us)
+        omitted = max(0, len(self.rows) - LIVE_ROWS)
+        notes = [] if self.late_tolerance_us is None else [rule_text(self.late_tolerance_us)]
+        if omitted:
+            s = "s" if omitted != 1 else ""
+            notes.append(f"{omitted} earlier trial{s} not shown (all in trials.csv)")
         table = Table(
-            title=title, title_justify="left", expand=False, caption=caption, caption_justify="left"
+            title=title,
+            title_justify="left",
+            expand=False,
+            caption="\n".join(notes) or None,
+            caption_justify="left",
         )
         table.add_column("trial", justify="right")
         table.add_column("role")
@@ -160,6 +171,70 @@ class TerminalRunView:
         return Group(*parts)
 
 
+def past_rows(
+    records: Sequence[TrialRecord], objective: str
+) -> list[tuple[TrialRecord, TrialRecord | None]]:
+    """Rows for trials already in the run, each with the best as it stood after it."""
+    from autotune.search.summary import best_record
+
+    ordered = sorted(records, key=lambda r: r.number)
+    rows: list[tuple[TrialRecord, TrialRecord | None]] = []
+    for i, record in enumerate(ordered):
+        # Copies: ranking a prefix sets estimates, and the records' own must stay the full run's.
+        best = best_record([replace(r) for r in ordered[: i + 1]], objective)
+        rows.append((record, best))
+    return rows
+
+
+def trial_line(
+    record: TrialRecord, best: TrialRecord | None, sites: Sequence[str], objective: str
+) -> str:
+    """One plain line per trial, for logs: number, role, MiB per site, objective, late, best."""
+    sites = list(sites) or [s for s, b in record.effective_bytes.items() if b]
+    unit = "tok/s" if objective == "throughput" else "ms TPOT"
+    if record.state == "failed":
+        result = f"failed: {record.error or 'no result'}"
+    elif record.state == "duplicate":
+        result = f"same effective bytes as trial {record.duplicate_of}, not re-run"
+    else:
+        result = f"{objective} {_fmt(record.objective, 2)} {unit}"
+    late = ", ".join(record.late_sites) or "none"
+    best_text = (
+        "-" if best is None else f"trial {best.number} (estimated {_fmt(best.estimate, 2)} {unit})"
+    )
+    return (
+        f"trial {record.number} {record.role}: {config_header(sites)} "
+        f"{config_text(record.effective_bytes, sites)}; {result}; late sites: {late}; "
+        f"best so far: {best_text}"
+    )
+
+
+class PlainRunView:
+    """A RunObserver for logs and pipes: one plain line per phase and per finished trial."""
+
+    def __init__(
+        self, console: Console, *, sites: Sequence[str], simulated: bool, objective: str
+    ) -> None:
+        self.console = console
+        self.sites = list(sites)
+        self.simulated = simulated
+        self.objective = objective
+
+    def phase(self, message: str) -> None:
+        self.console.print(message, markup=False, soft_wrap=True)
+
+    def trial_started(self, number: int, role: str, effective_bytes: Mapping[str, int]) -> None:
+        """Nothing until the trial ends: a log wants one line per trial."""
+
+    def trial_finished(self, record: TrialRecord, best: TrialRecord | None) -> None:
+        line = trial_line(record, best, self.sites, self.objective)
+        prefix = "SIMULATED " if self.simulated else ""
+        self.console.print(prefix + line, markup=False, soft_wrap=True)
+
+    def set_sites(self, sites: Sequence[str]) -> None:
+        self.sites = list(sites)
+
+
 def print_result(
     console: Console, summary: Mapping[str, Any], best_config: Mapping[str, Any] | None
 ) -> None:
@@ -192,6 +267,18 @@ def print_result(
             est = g.get("estimated_pct")
             est_text = "" if est is None else f", estimated {est:+.2f} %"
             console.print(f"  vs {label}: measured {g['pct']:+.2f} % ({spread}){est_text}")
+        rule = summary.get("pick_rule")
+        if rule:
+            console.print(f"[bold]pick rule:[/] {rule}", soft_wrap=True, highlight=False)
+        for label, brief in (("winner", best), ("runner-up", summary.get("runner_up"))):
+            if brief is None:
+                continue
+            value = brief.get("throughput") if objective == "throughput" else brief.get("tpot_ms")
+            console.print(
+                f"  {label:<9} trial {brief['trial']} ({brief['role']}): measured "
+                f"{_fmt(value, 2)} {unit}, estimated {_fmt(brief.get('estimate'), 2)} {unit}",
+                markup=False,
+            )
     active = summary.get("active_sites") or []
     console.print(f"[bold]active sites:[/] {', '.join(active) or 'none'}")
     tol = summary.get("late_tolerance_us")

@@ -32,7 +32,7 @@ from autotune.search.options import (
 from autotune.search.sampler import propose
 from autotune.search.space import SearchSpace, SiteSpace, site_levels, static_space
 from autotune.search.storage import open_study, shown_url
-from autotune.search.summary import best_record, build_summary, gain
+from autotune.search.summary import best_record, build_summary, gain, pick_rule, ranked_records
 from autotune.search.tuner import RunOutcome, Tuner
 
 __all__ = [
@@ -53,8 +53,10 @@ __all__ = [
     "estimates",
     "gain",
     "open_study",
+    "pick_rule",
     "profile_inert",
     "propose",
+    "ranked_records",
     "shown_url",
     "site_levels",
     "static_space",

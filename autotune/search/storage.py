@@ -38,6 +38,10 @@ def open_study(
     if resume and db_file and not Path(db_file).is_file():
         # Opening would create an empty database; there is nothing to continue.
         raise AutotuneError(f"--resume: no study named {study_name!r}: {db_file} does not exist")
+    if not resume and db_file and Path(db_file).parent.is_dir():
+        # SQLite creates its file 0644 whatever the umask; an empty file made here follows it,
+        # and SQLite keeps an existing file's mode.
+        Path(db_file).touch(exist_ok=True)
     shown = shown_url(storage_url)
     engine_kwargs: dict[str, Any] = {}
     if storage_url.startswith("postgresql"):

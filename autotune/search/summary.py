@@ -16,19 +16,37 @@ from autotune.search.storage import shown_url
 from autotune.workloads.base import Workload
 
 
-def best_record(records: Sequence[TrialRecord], objective: str) -> TrialRecord | None:
-    """The feasible measured trial with the best estimate (`estimates`); updates every estimate."""
+def ranked_records(records: Sequence[TrialRecord], objective: str) -> list[TrialRecord]:
+    """Measured trials in pick order (`pick_rule`); updates every trial's estimate."""
     est = estimates(records, objective)
     for r in records:
         r.estimate = est.get(r.number)
         if r.state == "duplicate" and r.duplicate_of is not None:
             r.estimate = est.get(r.duplicate_of)
     measured = [r for r in records if r.state == "complete" and r.estimate is not None]
-    if not measured:
-        return None
-    pool = [r for r in measured if r.feasible is not False] or measured
     sign = 1.0 if OBJECTIVES[objective] == StudyDirection.MAXIMIZE else -1.0
-    return max(pool, key=lambda r: (sign * (r.estimate or 0.0), -r.number))
+    # Trials with no late site first, then by estimate; ties go to the earlier trial.
+    return sorted(
+        measured, key=lambda r: (r.feasible is False, -sign * (r.estimate or 0.0), r.number)
+    )
+
+
+def best_record(records: Sequence[TrialRecord], objective: str) -> TrialRecord | None:
+    """The feasible measured trial with the best estimate (`estimates`); updates every estimate."""
+    ranked = ranked_records(records, objective)
+    return ranked[0] if ranked else None
+
+
+def pick_rule(objective: str, late_tolerance_us: float) -> str:
+    """How the best trial is chosen, in one line."""
+    what = "throughput" if objective == "throughput" else "TPOT"
+    high = "highest" if OBJECTIVES.get(objective) == StudyDirection.MAXIMIZE else "lowest"
+    return (
+        f"best = the {high} estimated {what} among trials with no site late by more than "
+        f"{late_tolerance_us:g} µs (all trials if every one is late); the estimate is the measured "
+        f"{what} regressed on the profiled decode-step time over all trials, which evens out "
+        "bench noise, so the best need not be the highest single measurement"
+    )
 
 
 def site_json(summary: Any) -> dict[str, Any]:
@@ -120,6 +138,8 @@ def build_summary(
     probe_note: str = "",
 ) -> dict[str, Any]:
     """summary.json: what the run found, against what, and where it is."""
+    ranked = ranked_records(records, options.objective)
+    runner_up = next((r for r in ranked if best is None or r.number != best.number), None)
     best_brief = _trial_brief(best)
     if best_brief is not None and best is not None:
         best_brief["config"] = best.config
@@ -155,6 +175,8 @@ def build_summary(
         "probe_note": probe_note,
         "best": best_brief,
         "best_config_keys": config_keys(best.config, options.extra_notes) if best else {},
+        "runner_up": _trial_brief(runner_up),
+        "pick_rule": pick_rule(options.objective, options.late_tolerance_us),
         "gain_over_baseline": gain(best, baseline, options.objective)
         if best and baseline
         else None,

@@ -20,7 +20,7 @@ from autotune.errors import AutotuneError
 from autotune.lateness import tolerance_ns
 from autotune.overlap import analyze, late_sites
 from autotune.profile import load_profiles
-from autotune.rundir import RunDir, TrialRecord
+from autotune.rundir import STUDY_DB, RunDir, TrialRecord
 from autotune.search.measure import (
     SiteTiming,
     lateness_by_site,
@@ -39,7 +39,7 @@ from autotune.search.options import (
 )
 from autotune.search.sampler import GuidedSampler, make_sampler
 from autotune.search.space import SearchSpace, static_space
-from autotune.search.storage import open_study
+from autotune.search.storage import open_study, shown_url
 from autotune.search.summary import best_record, build_summary, site_json
 from autotune.workloads.base import Backend, TrialResult, Workload, setup_of
 
@@ -157,8 +157,12 @@ class Tuner:
                 self._analyse_probe(study)
             self._set_space(study)
             stopped = self._search(study) if self.space.sites else "no-active-sites"
+        except KeyboardInterrupt:
+            stopped = "interrupted"
+            raise
         finally:
-            self._write_tables()
+            # What was measured stays readable; the summary says why the run has not finished.
+            self._write_tables(stopped="" if stopped == "trials" else stopped)
         return self._finish(stopped)
 
     def _open(self) -> Study:
@@ -186,12 +190,18 @@ class Tuner:
             "vllm_ascend_version": self.backend.target_version(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "study_name": self.study_name,
-            "storage": self.storage_url,
+            "storage": self.recorded_storage,
             "options": {
                 k: (dict(v) if isinstance(v, Mapping) else v)
                 for k, v in asdict(self.options).items()
             },
         }
+
+    @property
+    def recorded_storage(self) -> str:
+        """The storage as run.json and summary.json name it: the own study relative to the run
+        directory (so it follows a copy or a move), an explicit --storage as given."""
+        return self.storage_url if self.storage_given else STUDY_DB
 
     # -- phases ------------------------------------------------------------------------------
 
@@ -480,6 +490,7 @@ class Tuner:
     def _restore(self, study: Study) -> None:
         """Reload records; fail interrupted trials and queue them again so they are not lost."""
         self.records = {r.number: r for r in self.rundir.read_trials()}
+        self._check_study_matches(study)
         finished = {t.number for t in self._trials(study, TrialState.COMPLETE)}
         for record in self.records.values():
             # Only what the study recorded as finished counts; anything else runs again.
@@ -500,6 +511,37 @@ class Tuner:
             if t.number in retried or role in ("baseline", "default"):
                 continue  # probe trials are re-queued by their own phase
             study.enqueue_trial(dict(t.params), user_attrs={ATTR_ROLE: role, "retry_of": t.number})
+
+    def _check_study_matches(self, study: Study) -> None:
+        """Refuse a study that is not this run directory's: its trials and trials/ must agree,
+        or a resume would number, skip or mix up trials."""
+        in_study = {t.number: t for t in self._trials(study)}
+        problems: list[str] = []
+        for number, record in sorted(self.records.items()):
+            trial = in_study.get(number)
+            if trial is None:
+                problems.append(f"trials/{number:03d} is not in the study")
+            elif (
+                trial.user_attrs.get("effective_bytes", record.effective_bytes)
+                != (record.effective_bytes)
+                or trial.user_attrs.get(ATTR_ROLE, record.role) != record.role
+            ):
+                problems.append(f"trial {number} differs between the study and trials/")
+        if not self.storage_given:
+            # The run's own study holds only this directory's trials (a shared --storage may
+            # also hold other runs').
+            problems += [
+                f"trial {n} is in the study but not in trials/"
+                for n, t in sorted(in_study.items())
+                if t.state == TrialState.COMPLETE and n not in self.records
+            ]
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise AutotuneError(
+                f"--resume: study {self.study_name!r} in {shown_url(self.storage_url)} does not "
+                f"match {self.rundir.path}: {problems[0]}{more}; resume the run directory this "
+                "study belongs to"
+            )
 
     def best(self) -> TrialRecord | None:
         """The best measured trial: feasible first, then by estimated objective."""
@@ -535,11 +577,11 @@ class Tuner:
     def _ordered(self) -> list[TrialRecord]:
         return [self.records[n] for n in sorted(self.records)]
 
-    def _write_tables(self) -> None:
+    def _write_tables(self, stopped: str = "") -> None:
         self.rundir.write_trials_csv(
             self._ordered(), target.SITES, late_tolerance_us=self.options.late_tolerance_us
         )
-        summary = self._summary(finished=False, stopped="")
+        summary = self._summary(finished=False, stopped=stopped)
         self.rundir.write_summary(summary)
         best = self.best()
         if best is not None:
@@ -574,7 +616,7 @@ class Tuner:
             simulated=self.backend.simulated,
             options=self.options,
             study_name=self.study_name,
-            storage_url=self.storage_url,
+            storage_url=self.recorded_storage,
             finished=finished,
             stopped=stopped,
             rundir=self.rundir,

@@ -24,6 +24,8 @@ class Workload:
     output_len: int = 512
     max_num_batched_tokens: int = 16384
     profile_steps: int = 8
+    # Custom row-parallel op the other additional-config keys put on o_proj (target.row_op_of).
+    row_op: str = ""
     # simulator only: where mlp.gate_up is joined, "swiglu" (0.23, after vllm-ascend #4168) or
     # "norm" (right after the post-attention norm, as before #4168)
     gate_up_join: str = "swiglu"
@@ -39,6 +41,7 @@ def setup_of(workload: Workload) -> Setup:
         flashcomm1=workload.flashcomm1,
         graph_mode=workload.graph_mode,
         max_num_batched_tokens=workload.max_num_batched_tokens,
+        row_op=workload.row_op,
     )
 
 

@@ -1,12 +1,12 @@
 """The simulator backend: an analytic decode-step twin of vllm-ascend 0.23 on one Ascend die.
 
-Per decode step and layer it lays out the W8A8 op sequence of docs/analysis.md on the compute
-stream (roofline durations) and the CMO prefetches on the single prefetch stream. A CMO shares HBM
-bandwidth with the op it runs beside (fluid sharing), the join waits when it ends late, and the
-next matmul reads the prefetched bytes from L2 at a hit fraction that falls once the resident
-prefetched bytes exceed the usable L2. Which prefetches fire, and how many bytes they move, comes
-from `autotune.target.resolve_prefetches`. Everything here is MODELLED, not measured; the
-parameters are the estimates of `autotune.hardware`.
+Per decode step and layer it lays out the op sequence of docs/analysis.md on the compute stream
+(roofline durations; quantize + int8 matmul for quantized linears, bf16 matmul otherwise) and the
+CMO prefetches on the single prefetch stream. A CMO shares HBM bandwidth with the op it runs beside
+(fluid sharing), the join waits when it ends late, and the next matmul reads the prefetched bytes
+from L2 at a hit fraction that falls once the resident prefetched bytes exceed the usable L2. Which
+prefetches fire, and how many bytes they move, comes from `autotune.target.resolve_prefetches`.
+Everything here is MODELLED, not measured; the parameters are the estimates of `autotune.hardware`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import json
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -28,11 +28,14 @@ import pandas as pd
 from autotune._io import read_text
 from autotune.errors import AutotuneError
 from autotune.hardware import Hardware, load_hardware
-from autotune.models import ModelSpec, weight_bytes
+from autotune.models import STATIC_W8A8, ModelSpec, scheme_bits, weight_bytes
 from autotune.target import (
     ResolvedPrefetch,
     Setup,
+    check_setup,
     resolve_prefetches,
+    row_op_of,
+    sequence_parallel,
     spec_of,
     validate_config,
     vendor_default_config,
@@ -123,9 +126,30 @@ class _Builder:
         self.items: list[_Item] = []
         self.labels: dict[str, int] = {}
         self.b = setup.max_num_seqs
-        # flashcomm1 runs the norms sequence-parallel: each rank holds batch/TP tokens.
-        self.t_norm = -(-self.b // setup.tp) if setup.flashcomm1 else self.b
+        # Sequence parallel (flashcomm1, and on dense models only above 1000 tokens) splits the
+        # norms' rows over the TP ranks and swaps all-reduce for all-gather + reduce-scatter.
+        # A dense decode step stays below that, so flashcomm1 only arms the gate_up hook there.
+        self.sp = sequence_parallel(setup, self.b)
+        self.t_norm = -(-self.b // setup.tp) if self.sp else self.b
         self.wb = weight_bytes(spec, setup.tp, setup.ep)
+
+    def linear(
+        self, scheme: str, weight: str, k: int, n: int, label: str, quant_bytes: float
+    ) -> None:
+        """A linear as its checkpoint scheme runs it: activation quantize + int8 matmul, or bf16."""
+        b = self.b
+        if scheme_bits(scheme) < 16:
+            # Static W8A8 quantizes with a fixed scale; the dynamic flavours (W8A8_MIX outside
+            # decode nodes) compute per-token scales.
+            api, op_type = (
+                ("AscendQuantV3", "AscendQuantV2")
+                if scheme == STATIC_W8A8
+                else ("DynamicQuant", "DynamicQuant")
+            )
+            self.vec(api, op_type, quant_bytes, f"{b},{k}", label)
+            self.matmul("QuantMatmulV4", "QuantBatchMatmulV3", weight, self.wb[weight], k, n)
+        else:
+            self.matmul("Mm", "MatMulV2", weight, self.wb[weight], k, n, int8=False)
 
     def add(self, op: _Op, label: str = "") -> None:
         if label:
@@ -203,20 +227,12 @@ class _Builder:
         kv_heads = spec.num_key_value_heads
         kv_l = (kv_heads // tp if kv_heads >= tp else 1) * hd
         tn = self.t_norm
-        fc1 = setup.flashcomm1
+        sp = self.sp
         # Input norm with residual: read x and residual, write both (bf16).
         self.vec("AddRmsNorm", "AddRmsNorm", tn * h * 8 + h * 2, f"{tn},{h}", "input_norm")
-        if fc1:
+        if sp:
             self.comm("allGather", hw.t_comm_us)
-        self.vec("AscendQuantV3", "AscendQuantV2", b * h * 3, f"{b},{h}", "quant_qkv")
-        self.matmul(
-            "QuantMatmulV4",
-            "QuantBatchMatmulV3",
-            "qkv_proj",
-            self.wb["qkv_proj"],
-            h,
-            q_l + 2 * kv_l,
-        )
+        self.linear(spec.attn_quant, "qkv_proj", h, q_l + 2 * kv_l, "quant_qkv", b * h * 3)
         self.vec("RmsNorm", "RmsNorm", b * (q_l + kv_l) * 4, f"{b},{q_l + kv_l}")
         self.vec("ApplyRotaryPosEmb", "ApplyRotaryPosEmb", b * (q_l + kv_l) * 4, f"{b},{q_l}")
         self.vec("ReshapeAndCache", "ReshapeAndCache", b * kv_l * 8, f"{b},{kv_l}")
@@ -236,11 +252,10 @@ class _Builder:
             ),
             "attention",
         )
-        self.vec("AscendQuantV3", "AscendQuantV2", b * q_l * 3, f"{b},{q_l}", "quant_o")
-        self.matmul("QuantMatmulV4", "QuantBatchMatmulV3", "o_proj", self.wb["o_proj"], q_l, h)
-        self.comm("reduceScatter" if fc1 else "allReduce", hw.t_comm_us)
+        self.linear(spec.o_quant, "o_proj", q_l, h, "quant_o", b * q_l * 3)
+        self.comm("reduceScatter" if sp else "allReduce", hw.t_comm_us)
         self.vec("AddRmsNorm", "AddRmsNorm", tn * h * 8 + h * 2, f"{tn},{h}", "post_norm")
-        if spec.is_moe:
+        if spec.has_experts:
             self._moe()
         else:
             self._mlp()
@@ -248,24 +263,14 @@ class _Builder:
     def _mlp(self) -> None:
         spec, setup, hw, b = self.spec, self.setup, self.hw, self.b
         h, i_l = spec.hidden_size, spec.intermediate_size // setup.tp
-        fc1 = setup.flashcomm1
-        if fc1:
+        sp = self.sp
+        if sp:
             self.comm("allGather", hw.t_comm_us)
-        self.vec("AscendQuantV3", "AscendQuantV2", b * h * 3, f"{b},{h}", "quant_gate_up")
-        self.matmul(
-            "QuantMatmulV4",
-            "QuantBatchMatmulV3",
-            "gate_up_proj",
-            self.wb["gate_up_proj"],
-            h,
-            2 * i_l,
-        )
+        q = spec.mlp_quant
+        self.linear(q, "gate_up_proj", h, 2 * i_l, "quant_gate_up", b * h * 3)
         self.vec("SwiGlu", "SwiGlu", b * i_l * 6, f"{b},{2 * i_l}", "swiglu")
-        self.vec("AscendQuantV3", "AscendQuantV2", b * i_l * 3, f"{b},{i_l}", "quant_down")
-        self.matmul(
-            "QuantMatmulV4", "QuantBatchMatmulV3", "down_proj", self.wb["down_proj"], i_l, h
-        )
-        self.comm("reduceScatter" if fc1 else "allReduce", hw.t_comm_us)
+        self.linear(q, "down_proj", i_l, h, "quant_down", b * i_l * 3)
+        self.comm("reduceScatter" if sp else "allReduce", hw.t_comm_us)
 
     def _moe(self) -> None:
         spec, setup, hw, b = self.spec, self.setup, self.hw, self.b
@@ -359,11 +364,13 @@ def _plan_layer(
         if slot is None or slot[0] not in bld.labels:
             raise AutotuneError(
                 f"simulator: no place for prefetch {p.site} of {p.weight} in a "
-                f"{'MoE' if spec.is_moe else 'dense'} layer"
+                f"{'MoE' if spec.has_experts else 'dense'} layer"
             )
         first, last, join = slot
         if gate_up_join == "norm" and p.site == "mlp.gate_up":
             last, join = first, True  # joined right after the post-attention norm
+        elif last not in bld.labels:
+            last = first  # no quantize before a bf16 gate_up: the window is the norm alone
         before.setdefault(bld.labels[first], []).append(i)
         last_label.append(last)
         # gate_up has no join of its own: the one after SwiGLU waits for it.
@@ -772,7 +779,7 @@ def _static(workload: Workload, hw: Hardware) -> _Static:
 def _prefill_seconds(spec: ModelSpec, workload: Workload, hw: Hardware) -> float:
     """One wave's prefill: compute-bound roofline, prefetch effects ignored (simplification)."""
     tp, h, hd = workload.tp, spec.hidden_size, spec.head_dim
-    if spec.is_moe:
+    if spec.has_experts:
         ffn = 3 * h * spec.moe_intermediate_size * spec.num_experts_per_tok
     else:
         ffn = 3 * h * spec.intermediate_size
@@ -1158,7 +1165,13 @@ def simulate_once(
     seed: int = 0,
     noise: float = 0.01,
 ) -> tuple[SimTrial, TrialResult]:
-    """One simulated trial with a profile, as `autotune simulate` runs it."""
+    """One simulated trial with a profile, as `autotune simulate` runs it.
+
+    Refuses a deployment 0.23 would not start; the config's other keys pick o_proj's row op.
+    """
+    if not workload.row_op:
+        workload = replace(workload, row_op=row_op_of(config))
+    check_setup(setup_of(workload))
     backend = SimulateBackend(workload, seed=seed, noise=noise)
     return backend.run_trial(config, out_dir, repeats=1, profile=True)
 

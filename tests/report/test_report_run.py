@@ -12,7 +12,8 @@ from report_helpers import open_report
 from typer.testing import CliRunner
 
 from autotune.cli import app
-from autotune.report.html import SIMULATED_BANNER
+from autotune.report.figures import unvaried_sites
+from autotune.report.html import SIMULATED_BANNER, _points
 from autotune.rundir import RunRecord, load_run
 
 EVIL = "<script>alert(1)</script>"
@@ -161,7 +162,24 @@ def test_run_report_in_browser(browser: Any, run_dir: Path, record: RunRecord) -
     active = record.summary["active_sites"]
     assert page.js("return document.querySelectorAll('#scatter g.scatter').length") >= len(active)
     importance = page.js("return window.autotuneReport.importance")
-    assert {name for name, _ in importance["values"]} == set(active)
+    # Importance only when every site varied outside the probes; otherwise the page says which.
+    fixed = unvaried_sites(_points(record.trials), active)
+    if fixed:
+        assert importance["values"] == []
+        text = page.js("return document.getElementById('search-section').textContent")
+        assert all(f"{s} was" in text for s in fixed) and "Not shown" in text
+    else:
+        assert {name for name, _ in importance["values"]} == set(active)
+    # The pick rule in one line, and winner beside runner-up, measured and estimated.
+    assert "estimated throughput" in page.js(
+        "return document.getElementById('pick-rule').textContent"
+    )
+    rows = page.js(
+        "return Array.from(document.querySelectorAll('#pick tbody tr'))"
+        ".map(r => [r.querySelector('th').textContent, r.dataset.trial]);"
+    )
+    assert rows[0] == ["winner", str(best.number)]
+    assert rows[1][0] == "runner-up" and rows[1][1] == str(record.summary["runner_up"]["trial"])
     assert page.js("return document.querySelectorAll('#trials tbody tr').length") == len(
         record.trials
     )

@@ -1,0 +1,98 @@
+"""The terminal view of `autotune run`: the live table says what it leaves out and starts with a
+resumed run's trials, plain lines for logs, and the pick rule with winner and runner-up."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from autotune.report.terminal_run import (
+    LIVE_ROWS,
+    TerminalRunView,
+    past_rows,
+    print_result,
+    trial_line,
+)
+from autotune.rundir import MIB, TrialRecord
+
+SITES = ["attn.qkv", "attn.o"]
+
+
+def _trial(n: int, tput: float, *, late: list[str] | None = None) -> TrialRecord:
+    """A measured trial; throughput 1000/step, so the estimates follow the step time."""
+    return TrialRecord(
+        number=n,
+        role="baseline" if n == 0 else "search",
+        state="complete",
+        config={},
+        effective_bytes={"attn.qkv": n * MIB, "attn.o": 2 * MIB},
+        objective=tput,
+        throughput=tput,
+        throughputs=[tput],
+        step_ms=1000.0 / tput,
+        late_sites=late or [],
+        feasible=not late,
+    )
+
+
+def _console() -> tuple[Console, io.StringIO]:
+    buffer = io.StringIO()
+    return Console(file=buffer, width=160, force_terminal=True, color_system=None), buffer
+
+
+def test_live_table_counts_the_rows_it_leaves_out() -> None:
+    console, buffer = _console()
+    trials = [_trial(n, 100.0 + n) for n in range(LIVE_ROWS + 3)]
+    view = TerminalRunView(console, sites=SITES, budget=30, simulated=True)
+    with view:
+        for t in trials:
+            view.trial_finished(t, t)
+    text = buffer.getvalue()
+    assert "3 earlier trials not shown (all in trials.csv)" in text
+    # With no more rows than fit, nothing is said to be left out.
+    console, buffer = _console()
+    with TerminalRunView(console, sites=SITES, budget=30, simulated=False) as view:
+        view.trial_finished(trials[0], trials[0])
+    assert "not shown" not in buffer.getvalue()
+
+
+def test_resumed_view_starts_with_the_whole_study() -> None:
+    trials = [_trial(0, 100.0), _trial(1, 104.0, late=["attn.o"]), _trial(2, 102.0)]
+    rows = past_rows(trials, "throughput")
+    # The best as it stood after each trial: a late trial does not take the lead.
+    assert [(r.number, b.number if b else None) for r, b in rows] == [(0, 0), (1, 0), (2, 2)]
+    console, buffer = _console()
+    with TerminalRunView(console, sites=SITES, budget=5, simulated=False, history=rows, done=3):
+        pass
+    table = buffer.getvalue()
+    for n in range(3):
+        assert f"│     {n} │" in table
+    assert "3/5" in table
+
+
+def test_plain_line_has_number_role_mib_objective_late_and_best() -> None:
+    best = _trial(2, 102.0)
+    best.estimate = 101.5
+    line = trial_line(_trial(3, 99.0, late=["attn.o"]), best, SITES, "throughput")
+    assert line == (
+        "trial 3 search: MiB qkv/o 3/2; throughput 99.00 tok/s; late sites: attn.o; "
+        "best so far: trial 2 (estimated 101.50 tok/s)"
+    )
+
+
+def test_result_states_the_pick_rule_and_winner_beside_runner_up() -> None:
+    console, buffer = _console()
+    summary = {
+        "objective": "throughput",
+        "pick_rule": "best = the highest estimated throughput among trials with no late site",
+        "best": {"trial": 4, "role": "search", "throughput": 99.5, "estimate": 101.0},
+        "runner_up": {"trial": 5, "role": "search", "throughput": 100.2, "estimate": 100.9},
+    }
+    print_result(console, summary, None)
+    lines = buffer.getvalue().splitlines()
+    assert "pick rule: best = the highest estimated throughput among trials with no late site" in (
+        lines
+    )
+    assert "  winner    trial 4 (search): measured 99.50 tok/s, estimated 101.00 tok/s" in lines
+    assert "  runner-up trial 5 (search): measured 100.20 tok/s, estimated 100.90 tok/s" in lines

@@ -279,6 +279,19 @@ def run(
     ] = "910B2",
     seed: Annotated[int, typer.Option(help="Simulator noise and sampler seed.")] = 0,
     noise: Annotated[float, typer.Option(help="Simulator: relative noise of a bench run.")] = 0.01,
+    heartbeat: Annotated[
+        int,
+        typer.Option(
+            help="Database --storage: seconds between a worker's heartbeats; a trial silent "
+            "for 3x this is failed and retried by another worker."
+        ),
+    ] = 30,
+    sim_trial_seconds: Annotated[
+        float,
+        typer.Option(
+            hidden=True, help="Simulator: each trial lasts at least this long (stands in for NPU)."
+        ),
+    ] = 0.0,
 ) -> None:
     """Find the best weight_prefetch_config by measurement and write it for `vllm serve`."""
     import json as _json
@@ -298,19 +311,31 @@ def run(
         typer.echo(_json.dumps(summary, indent=2))
 
 
+RunDirArg = Annotated[
+    Path | None,
+    typer.Argument(help="The --out directory of an `autotune run` (or give --storage instead)."),
+]
+StorageOpt = Annotated[
+    str | None, typer.Option(help="Read the study here (with --study-name), not a run dir's.")
+]
+StudyNameOpt = Annotated[str | None, typer.Option(help="The study to read from --storage.")]
+
+
 @app.command()
 @_clean_errors
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="The --out directory of an `autotune run`.")],
+    run_dir: RunDirArg = None,
     format: Annotated[
         str, typer.Option("--format", help="additional-config (JSON) or vllm-args.")
     ] = "additional-config",
+    storage: StorageOpt = None,
+    study_name: StudyNameOpt = None,
 ) -> None:
-    """Print the best config of a run again, ready for `vllm serve`."""
+    """Print the best config of a run (of its whole study when shared), ready for `vllm serve`."""
     from autotune.tune import export_note, export_text
 
-    text = export_text(run_dir, format)
-    note = export_note(run_dir)
+    text = export_text(run_dir, format, storage=storage, study_name=study_name)
+    note = export_note(run_dir) if run_dir is not None else ""
     typer.echo(text)
     if note:
         # stdout stays the config alone, ready for a pipe.
@@ -320,15 +345,17 @@ def export(
 @app.command()
 @_clean_errors
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="The --out directory of an `autotune run`.")],
+    run_dir: RunDirArg = None,
+    storage: StorageOpt = None,
+    study_name: StudyNameOpt = None,
+    html: Annotated[
+        Path | None, typer.Option(help="Where to write; default RUN_DIR/report.html.")
+    ] = None,
 ) -> None:
-    """Write (or rewrite) RUN_DIR/report.html, the self-contained HTML report of a run."""
-    from autotune.report.html import write_run_report
+    """Write (or rewrite) the self-contained HTML report of a run, or of a shared study."""
+    from autotune.tune import report_job
 
-    try:
-        out = write_run_report(run_dir)
-    except OSError as exc:
-        raise AutotuneError(f"{run_dir}: cannot write report.html: {exc.strerror or exc}") from None
+    out = report_job(run_dir, storage=storage, study_name=study_name, html=html)
     typer.echo(str(out))
 
 

@@ -110,6 +110,7 @@ class TrialRecord:
     logs: list[str] = field(default_factory=list)
     simulated: bool = False
     duration_s: float = 0.0
+    host: str = ""  # the host that ran the trial (several workers may share a study)
 
     @property
     def effective_mib(self) -> dict[str, float]:
@@ -143,7 +144,7 @@ class RunRecord:
 
     @property
     def best_trial(self) -> TrialRecord | None:
-        number = self.summary.get("best", {}).get("trial")
+        number = (self.summary.get("best") or {}).get("trial")
         return next((t for t in self.trials if t.number == number), None)
 
 
@@ -300,6 +301,7 @@ def trials_csv(
             "duration_s",
             "error",
             "unprofiled",
+            "host",
         ]
     )
     for r in records:
@@ -324,6 +326,7 @@ def trials_csv(
                 _num(r.duration_s, 2),
                 r.error,
                 r.unprofiled,
+                r.host,
             ]
         )
     return buffer.getvalue()

@@ -17,7 +17,7 @@ from autotune import target
 from autotune._io import read_json
 from autotune.errors import AutotuneError
 from autotune.lateness import rule_text
-from autotune.report.html import write_run_report
+from autotune.report.html import write_report, write_run_report
 from autotune.report.terminal_run import (
     PlainRunView,
     TerminalRunView,
@@ -26,6 +26,7 @@ from autotune.report.terminal_run import (
 )
 from autotune.rundir import BEST_FILE, RunDir, TrialRecord, load_run
 from autotune.search import RunObserver, RunOutcome, SearchOptions, Tuner, static_space
+from autotune.search.study_view import study_run
 from autotune.workloads.base import Backend, Workload, setup_of
 from autotune.workloads.deployment import (
     LaunchOptions,
@@ -57,6 +58,8 @@ class RunRequest:
     launch: LaunchOptions = field(default_factory=LaunchOptions)
     # additional-config keys autotune adds for the deployment -> (value, why)
     added: Mapping[str, tuple[Any, str]] = field(default_factory=dict)
+    heartbeat_s: int = 30  # shared database storage: seconds between a worker's heartbeats
+    sim_trial_s: float = 0.0  # simulator: seconds each trial sleeps, standing in for NPU time
 
 
 def read_extra(value: str | None) -> dict[str, Any]:
@@ -302,6 +305,8 @@ def request_from_flags(values: Mapping[str, Any], given: set[str]) -> RunRequest
         json_out=v["json_out"],
         launch=launch,
         added=added,
+        heartbeat_s=v.get("heartbeat", 30),
+        sim_trial_s=v.get("sim_trial_seconds", 0.0),
     )
 
 
@@ -311,13 +316,14 @@ def make_backend(
     *,
     seed: int,
     noise: float,
+    sim_trial_s: float = 0.0,
     launch: LaunchOptions | None = None,
 ) -> Backend:
     """The backend behind `--backend`."""
     if name == "simulate":
         from autotune.workloads.simulate import SimulateBackend
 
-        return SimulateBackend(workload, seed=seed, noise=noise)
+        return SimulateBackend(workload, seed=seed, noise=noise, trial_s=sim_trial_s)
     if name == "vllm-ascend":
         from autotune.workloads.vllm_ascend import VllmAscendBackend
 
@@ -375,13 +381,23 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
         _check_same_run(info, req)
         study_name = req.study_name or str(info.get("study_name", ""))
         storage = req.storage or rundir.storage_of(info)
+        shared = bool(info.get("shared")) or req.storage is not None
     else:
         rundir = RunDir(req.out or default_out(req.workload))
         study_name = req.study_name or rundir.path.name
         storage = req.storage
+        # An explicit --storage may hold a study other workers run too: join it if it exists.
+        shared = storage is not None
+    if req.heartbeat_s < 1:
+        raise AutotuneError(f"--heartbeat must be at least 1 second, got {req.heartbeat_s}")
 
     backend = make_backend(
-        req.backend, req.workload, seed=req.seed, noise=req.noise, launch=req.launch
+        req.backend,
+        req.workload,
+        seed=req.seed,
+        noise=req.noise,
+        sim_trial_s=req.sim_trial_s,
+        launch=req.launch,
     )
     backend.check()
     tuner = Tuner(
@@ -392,6 +408,8 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
         study_name=study_name,
         storage_url=storage,
         resume=req.resume,
+        shared=shared,
+        heartbeat_s=req.heartbeat_s,
     )
     tuner.open()
     if req.resume:
@@ -412,8 +430,8 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
         # On stderr, beside the "interrupted" line, also when stdout goes to a log.
         _after_interrupt(rundir, tuner, Console(stderr=True, highlight=False, soft_wrap=True))
         raise
-    # The report only lays out what the run directory holds, so it is written last.
-    write_run_report(rundir.path)
+    # The report only lays out what the run directory (and a shared study) holds: written last.
+    write_report(study_run(rundir.path), rundir.path / "report.html")
     if not req.json_out:
         best = read_json(rundir.path / BEST_FILE) if (rundir.path / BEST_FILE).is_file() else None
         print_result(console, outcome.summary, best)
@@ -529,18 +547,42 @@ def _check_same_run(info: Mapping[str, Any], req: RunRequest) -> None:
         )
 
 
-def export_text(run_dir: Path, fmt: str) -> str:
-    """The best config of a run as `--additional-config` JSON or as a vllm argument."""
+def export_text(
+    run_dir: Path | None,
+    fmt: str,
+    *,
+    storage: str | None = None,
+    study_name: str | None = None,
+) -> str:
+    """The best config of a run (of its whole study when shared) as JSON or a vllm argument."""
     if fmt not in EXPORT_FORMATS:
         raise AutotuneError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
-    record = load_run(run_dir)
+    record = study_run(run_dir, storage=storage, study_name=study_name)
     if record.best_config is None:
-        raise AutotuneError(f"{run_dir} has no {BEST_FILE} yet: no trial has finished")
+        where = run_dir if run_dir is not None else f"study {study_name!r}"
+        raise AutotuneError(f"{where} has no {BEST_FILE} yet: no trial has finished")
     target.validate_config(record.best_config)
     compact = json.dumps(record.best_config, separators=(",", ":"))
     if fmt == "vllm-args":
         return f"--additional-config {shlex.quote(compact)}"
     return json.dumps(record.best_config, indent=2)
+
+
+def report_job(
+    run_dir: Path | None,
+    *,
+    storage: str | None = None,
+    study_name: str | None = None,
+    html: Path | None = None,
+) -> Path:
+    """Write the HTML report of a run (of its whole study when shared); return its path."""
+    record = study_run(run_dir, storage=storage, study_name=study_name)
+    if html is None:
+        html = record.path / "report.html" if run_dir is not None else Path(f"{study_name}.html")
+    try:
+        return write_report(record, html)
+    except OSError as exc:
+        raise AutotuneError(f"cannot write {html}: {exc.strerror or exc}") from None
 
 
 def export_note(run_dir: Path) -> str:

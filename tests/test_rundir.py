@@ -15,6 +15,7 @@ from autotune.errors import AutotuneError
 from autotune.rundir import (
     MIB,
     RunDir,
+    RunRecord,
     TrialRecord,
     atomic_write_json,
     atomic_write_text,
@@ -160,3 +161,11 @@ def test_storage_of_names_the_own_study_relative_to_the_run(tmp_path: Path) -> N
     assert (
         rundir.storage_of({"storage": "sqlite:////shared/team.db"}) == "sqlite:////shared/team.db"
     )
+
+
+def test_a_summary_without_a_best_trial_has_none() -> None:
+    # Ctrl-C during the first trial: summary.json is written with "best": null.
+    record = RunRecord(
+        path=Path("."), run={}, summary={"best": None}, trials=[], best_config=None, profiles={}
+    )
+    assert record.best_trial is None

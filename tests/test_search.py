@@ -184,6 +184,14 @@ def test_propose_prefers_feasible_incumbents() -> None:
     assert propose([late, ok], space) == (2,)  # around the feasible one, not the faster late one
 
 
+def test_propose_skips_points_other_workers_are_measuring() -> None:
+    space = SearchSpace(sites=(SiteSpace("attn.o", tuple(k * MIB for k in range(4))),), inert={})
+    best = _Point((1,), 1.0, True, {}, {})
+    assert propose([best], space) == (2,)
+    # Another worker is measuring (2,): the next proposal is the one after it.
+    assert propose([best], space, busy={(2,)}) == (0,)
+
+
 # -- whole studies on the simulator -------------------------------------------------------------
 
 

@@ -786,10 +786,14 @@ def write_run_report(run_dir: Path) -> Path:
     from autotune.rundir import load_run
 
     record = load_run(run_dir)
-    out = record.path / "report.html"
+    return write_report(record, record.path / "report.html")
+
+
+def write_report(record: RunRecord, out: Path) -> Path:
+    """Write the report of `record` to `out` (atomically) and return `out`."""
     # Through a temporary file and a rename, so a reader never sees half a report; plain open()
     # keeps the user's umask (the report is meant to be shared for review).
-    tmp = out.with_name(f".report.html.{os.getpid()}.tmp")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(run_page(record).render(), encoding="utf-8")
         os.replace(tmp, out)
@@ -806,5 +810,6 @@ __all__ = [
     "run_page",
     "safe_json",
     "write_analyze_report",
+    "write_report",
     "write_run_report",
 ]

@@ -102,11 +102,12 @@ class GuidedSampler(BaseSampler):
         if self.space is None or not search_space or "fixed_params" in trial.system_attrs:
             return {}
         points = _points(study, self.space, self.objective)
-        key = propose(points, self.space)
+        busy = _running_keys(study, self.space, trial.number)
+        key = propose(points, self.space, busy)
         if key is None:
             params = self._fallback.sample_relative(study, trial, search_space)
             key = self.space.key({s: float(v) * MIB for s, v in params.items()})
-            tried = {p.key for p in points}
+            tried = {p.key for p in points} | busy
             if key in tried:
                 # TPE came back to a point already measured: try an unmeasured one instead.
                 key = _random_untried(self.space, tried, self._rng) or key
@@ -120,6 +121,15 @@ class GuidedSampler(BaseSampler):
         param_distribution: BaseDistribution,
     ) -> Any:
         return self._random.sample_independent(study, trial, param_name, param_distribution)
+
+
+def _running_keys(study: Study, space: SearchSpace, number: int) -> set[tuple[int, ...]]:
+    """Points other workers of a shared study are measuring right now."""
+    return {
+        space.key(t.user_attrs["effective_bytes"])
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.number != number and "effective_bytes" in t.user_attrs
+    }
 
 
 def _random_untried(
@@ -142,11 +152,14 @@ def _random_untried(
     )
 
 
-def propose(points: Sequence[_Point], space: SearchSpace) -> tuple[int, ...] | None:
-    """The next untried ladder point, or None when the local neighbourhood is exhausted."""
+def propose(
+    points: Sequence[_Point], space: SearchSpace, busy: set[tuple[int, ...]] | None = None
+) -> tuple[int, ...] | None:
+    """The next untried ladder point (not `busy` elsewhere), or None when the local
+    neighbourhood is exhausted."""
     if not points:
         return None
-    tried = {p.key for p in points}
+    tried = {p.key for p in points} | (busy or set())
     feasible = [p for p in points if p.feasible] or list(points)
     best = max(feasible, key=lambda p: p.score)
     current = space.bytes_of_key(best.key)

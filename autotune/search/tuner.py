@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages import BaseStorage
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -41,6 +42,23 @@ from autotune.search.sampler import GuidedSampler, make_sampler
 from autotune.search.space import SearchSpace, static_space
 from autotune.search.storage import open_study, shown_url
 from autotune.search.summary import best_record, build_summary, site_json
+from autotune.search.workers import (
+    ATTR_DUPLICATE_OF,
+    ATTR_EFFECTIVE,
+    ATTR_HOST,
+    ATTR_RECORD,
+    ATTR_RUN,
+    ATTR_WORKER,
+    HOST,
+    POLL_S,
+    fail_stale,
+    heartbeat,
+    is_measured,
+    quiet_ask,
+    retried_number,
+    study_records,
+    worker_id,
+)
 from autotune.workloads.base import Backend, TrialResult, Workload, setup_of
 
 # Stop proposing after this many consecutive duplicates: the sampler has nothing new to offer.
@@ -49,6 +67,15 @@ MAX_CONSECUTIVE_DUPLICATES = 40
 PROFILES_KEPT_DURING_RUN = 3
 # Abort the run after this many consecutive failed search trials.
 MAX_CONSECUTIVE_FAILURES = 3
+# A worker joining a study waits this long for its creator to record the workload.
+JOIN_WAIT_S = 60.0
+# Polls a worker waits for another worker's next step in the probe (analysing the default trial,
+# queueing a failed probe trial again) before doing it itself or giving up.
+ANALYSE_WAIT_POLLS = 20
+PROBE_ROLES = ("baseline", "default")
+# Polls a trial waits for an earlier running trial to record its effective bytes (it does right
+# after it is asked; one that never does was stopped in between).
+UNKNOWN_WAIT_POLLS = 50
 
 
 @dataclass
@@ -91,6 +118,8 @@ class Tuner:
         storage_url: str | None = None,
         resume: bool = False,
         observer: RunObserver | None = None,
+        shared: bool = False,
+        heartbeat_s: int | None = None,
     ) -> None:
         options.check()
         self.workload = workload
@@ -111,7 +140,11 @@ class Tuner:
         self._started = 0.0
         self.study: Study | None = None
         self._opened = False
-        self.storage: optuna.storages.RDBStorage | None = None
+        self.storage: BaseStorage | None = None
+        # Shared: other workers (other hosts) may run trials of the same study at the same time.
+        self.shared = shared
+        self.heartbeat_s = heartbeat_s if shared else None
+        self.created = False
 
     # -- public ------------------------------------------------------------------------------
 
@@ -128,7 +161,9 @@ class Tuner:
             self.rundir.prepare(resume=True)
         elif self.storage_given:
             # A remote storage is checked before the run directory is created.
-            self._open()
+            joined = self._open()
+            if self.shared:
+                self._start_shared(joined)
         if not self.resume:
             try:
                 self.rundir.prepare(resume=False)
@@ -139,7 +174,8 @@ class Tuner:
         if self.resume:
             self._restore(study)
         else:
-            study.set_user_attr(ATTR_WORKLOAD, asdict(self.workload))
+            if not self.shared:
+                study.set_user_attr(ATTR_WORKLOAD, asdict(self.workload))
             self.rundir.write_run(self._run_json())
         self._set_space(study)
         self._opened = True
@@ -151,10 +187,13 @@ class Tuner:
         self._started = time.monotonic()
         stopped = "trials"
         try:
-            self._ensure_probe(study, "baseline", target.disabled_config(self.extra))
-            self._ensure_probe(study, "default", target.vendor_default_config(self.extra))
-            if ATTR_SPACE not in study.user_attrs:
-                self._analyse_probe(study)
+            if self.shared:
+                self._shared_probe(study)
+            else:
+                self._ensure_probe(study, "baseline", target.disabled_config(self.extra))
+                self._ensure_probe(study, "default", target.vendor_default_config(self.extra))
+                if ATTR_SPACE not in study.user_attrs:
+                    self._analyse_probe(study)
             self._set_space(study)
             stopped = self._search(study) if self.space.sites else "no-active-sites"
         except KeyboardInterrupt:
@@ -166,15 +205,61 @@ class Tuner:
         return self._finish(stopped)
 
     def _open(self) -> Study:
-        self.study, self.storage = open_study(
-            self.storage_url, self.study_name, self.direction, self.sampler, resume=self.resume
+        handle = open_study(
+            self.storage_url,
+            self.study_name,
+            self.direction,
+            self.sampler,
+            resume=self.resume,
+            join=self.shared,
+            heartbeat_s=self.heartbeat_s,
         )
+        self.study, self.storage, self.created = handle.study, handle.storage, handle.created
         return self.study
+
+    def _start_shared(self, study: Study) -> None:
+        """The creator records the workload and queues the probe once for every worker; a worker
+        that joins checks that it runs the same workload and backend."""
+        if self.created:
+            study.set_user_attr(ATTR_WORKLOAD, asdict(self.workload))
+            for role, config in (
+                ("baseline", target.disabled_config(self.extra)),
+                ("default", target.vendor_default_config(self.extra)),
+            ):
+                params = self.space.params_of(target.effective_bytes(config, self.setup))
+                study.enqueue_trial(params, user_attrs={ATTR_ROLE: role})
+            # Written last: a joining worker waits for it, and then finds the probe queued.
+            shown = {k: v for k, v in self._run_json().items() if k != "storage"}
+            study.set_user_attr(ATTR_RUN, shown)
+            return
+        deadline = time.monotonic() + JOIN_WAIT_S
+        while ATTR_RUN not in study.user_attrs:
+            if time.monotonic() > deadline:
+                raise AutotuneError(
+                    f"study {self.study_name!r} holds no autotune run: its creator recorded no "
+                    "workload; choose another --study-name"
+                )
+            time.sleep(POLL_S)
+        attrs = study.user_attrs
+        theirs = attrs.get(ATTR_WORKLOAD, {})
+        mine = asdict(self.workload)
+        differ = [k for k in mine if k in theirs and theirs[k] != mine[k]]
+        if differ:
+            pairs = ", ".join(f"{k}={theirs[k]!r} (here {mine[k]!r})" for k in differ)
+            raise AutotuneError(
+                f"study {self.study_name!r} tunes another workload: {pairs}; "
+                "start every worker with the same flags"
+            )
+        backend = attrs[ATTR_RUN].get("backend")
+        if backend and backend != self.backend.name:
+            raise AutotuneError(
+                f"study {self.study_name!r} runs --backend {backend}, not {self.backend.name}"
+            )
 
     def _drop_new_study(self) -> None:
         """Delete the study this run just created (still empty), so a failed start leaves its name
         free in a shared --storage; open_study refused any existing one, so it is ours."""
-        if self.study is None or self.storage is None:
+        if self.study is None or self.storage is None or not self.created:
             return
         # The error being raised matters more; a left-over study only takes a name.
         with contextlib.suppress(Exception):
@@ -191,6 +276,8 @@ class Tuner:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "study_name": self.study_name,
             "storage": self.recorded_storage,
+            "shared": self.shared,
+            "host": HOST,
             "options": {
                 k: (dict(v) if isinstance(v, Mapping) else v)
                 for k, v in asdict(self.options).items()
@@ -225,6 +312,48 @@ class Tuner:
             params = self.space.params_of(target.effective_bytes(config, self.setup))
             study.enqueue_trial(params, user_attrs={ATTR_ROLE: role})
         self._run_next(study, probe_config=config)
+
+    def _shared_probe(self, study: Study) -> None:
+        """Run queued trials until some worker has analysed the default trial: the creator queued
+        the probe once, so each probe trial runs on whichever worker takes it first."""
+        complete_polls = missing_polls = 0
+        while ATTR_SPACE not in study.user_attrs:
+            trials = self._trials(study)
+            if any(t.state == TrialState.WAITING for t in trials):
+                record = self._run_next(study, probe_config=None)
+                if (
+                    record.role == "default"
+                    and record.state == "complete"
+                    and ATTR_SPACE not in study.user_attrs
+                ):
+                    self._analyse_probe(study)
+                continue
+            done = {str(t.user_attrs.get(ATTR_ROLE)) for t in trials if is_measured(t)}
+            busy = {
+                str(t.user_attrs.get(ATTR_ROLE)) for t in trials if t.state == TrialState.RUNNING
+            }
+            if "default" in done:
+                # Its worker analyses it right after; if that worker died in between, we do.
+                complete_polls += 1
+                if complete_polls >= ANALYSE_WAIT_POLLS:
+                    self._analyse_probe(study)
+                    continue
+            missing = [r for r in PROBE_ROLES if r not in done and r not in busy]
+            # A failed probe trial is queued again right after it fails: give that a moment.
+            missing_polls = missing_polls + 1 if missing else 0
+            if missing_polls >= ANALYSE_WAIT_POLLS:
+                failed = [
+                    t
+                    for t in trials
+                    if t.state == TrialState.FAIL and t.user_attrs.get(ATTR_ROLE) in missing
+                ]
+                why = failed[-1].user_attrs.get("error", "failed") if failed else "not queued"
+                raise AutotuneError(
+                    f"the {missing[0]} trial of study {self.study_name!r} did not finish "
+                    f"({why}); start a fresh study"
+                )
+            fail_stale(study)
+            time.sleep(POLL_S)
 
     def _analyse_probe(self, study: Study) -> None:
         default = next(
@@ -261,8 +390,9 @@ class Tuner:
             f"the default trial was not profiled ({reason}); active sites follow the static "
             "rules of vllm-ascend 0.23 and there is no profile-guided seed"
         )
-        study.set_user_attr(ATTR_SPACE, self.space.to_json())
+        # The space is the marker other workers wait for, so it is written last.
         study.set_user_attr("probe_note", note)
+        study.set_user_attr(ATTR_SPACE, self.space.to_json())
         self.observer.phase(note)
         self.observer.phase("active sites: " + (", ".join(self.space.names) or "none"))
 
@@ -271,10 +401,29 @@ class Tuner:
         """Trials measured so far (duplicates and failures not counted)."""
         return sum(1 for r in self.records.values() if r.state == "complete")
 
+    def _budget(self, study: Study) -> tuple[int, int, bool]:
+        """Measured trials of the study, trials running elsewhere, and whether any is queued.
+
+        --trials is the study's budget: with several workers each starts a trial only while the
+        measured and the running trials leave room for it.
+        """
+        if not self.shared:
+            return self.measured, 0, False
+        # As study.optimize does before each trial: dead workers' trials are failed and queued.
+        fail_stale(study)
+        trials = self._trials(study)
+        measured = sum(1 for t in trials if is_measured(t))
+        running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        return measured, running, waiting
+
     def _search(self, study: Study) -> str:
         duplicates_in_a_row = 0
         failures_in_a_row = 0
-        while self.measured < self.options.trials:
+        while True:
+            measured, running, waiting = self._budget(study)
+            if measured >= self.options.trials:
+                return "trials"
             if (
                 self.options.timeout_s is not None
                 and time.monotonic() - self._started >= self.options.timeout_s
@@ -282,9 +431,15 @@ class Tuner:
                 return "timeout"
             if duplicates_in_a_row >= MAX_CONSECUTIVE_DUPLICATES:
                 return "exhausted"
-            seen = {self.space.key(r.effective_bytes) for r in self._complete()}
+            seen = {self.space.key(r.effective_bytes) for r in self._complete(study)}
             if len(seen) >= self.space.size():
                 return "exhausted"
+            if not waiting and measured + running >= self.options.trials:
+                # The budget is taken by trials running elsewhere; one of them may die and come
+                # back queued, so wait rather than stop.
+                fail_stale(study)
+                time.sleep(POLL_S)
+                continue
             record = self._run_next(study, probe_config=None)
             duplicates_in_a_row = duplicates_in_a_row + 1 if record.state == "duplicate" else 0
             failures_in_a_row = failures_in_a_row + 1 if record.state == "failed" else 0
@@ -293,19 +448,35 @@ class Tuner:
                     f"{failures_in_a_row} trials failed in a row (last: {record.error}); "
                     f"see {self.rundir.relative(self.rundir.trial_dir(record.number))}"
                 )
-        return "trials"
 
     # -- one trial ---------------------------------------------------------------------------
 
-    def _complete(self) -> list[TrialRecord]:
-        return [r for r in self.records.values() if r.state in ("complete", "duplicate")]
+    def _complete(self, study: Study | None = None) -> list[TrialRecord]:
+        records = self._all_records(study) if study is not None else list(self.records.values())
+        return [r for r in records if r.state in ("complete", "duplicate")]
+
+    def _all_records(self, study: Study | None = None) -> list[TrialRecord]:
+        """This worker's records, and with a shared study every other worker's finished ones."""
+        study = study or self.study
+        if not self.shared or study is None:
+            return self._ordered()
+        return study_records(self._trials(study), self.records)
 
     def _run_next(self, study: Study, *, probe_config: dict[str, Any] | None) -> TrialRecord:
-        dists = self.space.distributions()
-        trial = study.ask(fixed_distributions=dists)
+        trial = quiet_ask(study, self.space.distributions())
+        with heartbeat(self.storage if self.shared else None, study, trial.number):
+            return self._run_trial(study, trial, probe_config)
+
+    def _run_trial(
+        self, study: Study, trial: optuna.Trial, probe_config: dict[str, Any] | None
+    ) -> TrialRecord:
         role = str(trial.user_attrs.get(ATTR_ROLE, "search"))
-        if ATTR_ROLE not in trial.user_attrs:
-            trial.set_user_attr(ATTR_ROLE, role)
+        if probe_config is None and role in PROBE_ROLES:
+            probe_config = (
+                target.disabled_config(self.extra)
+                if role == "baseline"
+                else target.vendor_default_config(self.extra)
+            )
         if probe_config is not None:
             config = probe_config
         else:
@@ -317,20 +488,38 @@ class Tuner:
         target.validate_config(config)
         eff = target.effective_bytes(config, self.setup)
         key = self.space.key(eff)
+        # First: other workers look at the bytes of running trials to avoid measuring them twice.
+        trial.set_user_attr(ATTR_EFFECTIVE, eff)
+        if ATTR_ROLE not in trial.user_attrs:
+            trial.set_user_attr(ATTR_ROLE, role)
+        # A retry of a dead worker's trial inherits its attributes: this worker takes over.
+        trial.set_user_attr(ATTR_HOST, HOST)
+        trial.set_user_attr(ATTR_WORKER, worker_id())
+        retry_of = trial.user_attrs.get("retry_of")
+        if self.shared and retry_of is None:
+            frozen = next((t for t in self._trials(study) if t.number == trial.number), None)
+            retry_of = retried_number(frozen) if frozen is not None else None
+            if retry_of is not None:
+                trial.set_user_attr("retry_of", retry_of)
         record = TrialRecord(
             number=trial.number,
             role=role,
             state="running",
             config=config,
             effective_bytes=eff,
-            retry_of=trial.user_attrs.get("retry_of"),
+            retry_of=retry_of,
             simulated=self.backend.simulated,
+            host=HOST,
         )
-        trial.set_user_attr("effective_bytes", eff)
         trial.set_user_attr("config", config)
         self.rundir.write_trial_config(trial.number, config)
 
-        earlier = self._same_as(key) if probe_config is None else None
+        try:
+            earlier = self._same_as(study, key, trial.number) if probe_config is None else None
+        except KeyboardInterrupt:
+            # Stopped while waiting for a twin's result: leave nothing running.
+            self._interrupted(study, trial, record, role, 0.0)
+            raise
         if earlier is not None:
             return self._tell_duplicate(study, trial, record, earlier)
 
@@ -347,18 +536,14 @@ class Tuner:
             )
             self._measure(trial, record, result, config)
         except KeyboardInterrupt:
-            record.state = "failed"
-            record.error = "interrupted"
-            record.duration_s = time.monotonic() - start
-            trial.set_user_attr("interrupted", True)
-            study.tell(trial, state=TrialState.FAIL)
-            self.rundir.write_trial(record)
+            self._interrupted(study, trial, record, role, time.monotonic() - start)
             raise
         except AutotuneError as exc:
             record.state = "failed"
             record.error = str(exc)
             record.duration_s = time.monotonic() - start
             trial.set_user_attr("error", str(exc))
+            trial.set_user_attr(ATTR_RECORD, record.to_json())
             study.tell(trial, state=TrialState.FAIL)
             self.rundir.write_trial(record)
             if role in ("baseline", "default"):
@@ -374,11 +559,57 @@ class Tuner:
         self._after_trial(record)
         return record
 
-    def _same_as(self, key: tuple[int, ...]) -> TrialRecord | None:
-        for r in sorted(self.records.values(), key=lambda r: r.number):
-            if r.state == "complete" and self.space.key(r.effective_bytes) == key:
-                return r
-        return None
+    def _interrupted(
+        self, study: Study, trial: optuna.Trial, record: TrialRecord, role: str, took: float
+    ) -> None:
+        """Fail a trial stopped by Ctrl-C; with a shared study queue it again for another worker
+        (a --resume of this one sees it queued already)."""
+        record.state = "failed"
+        record.error = "interrupted"
+        record.duration_s = took
+        trial.set_user_attr("interrupted", True)
+        trial.set_user_attr(ATTR_RECORD, record.to_json())
+        study.tell(trial, state=TrialState.FAIL)
+        self.rundir.write_trial(record)
+        if self.shared:
+            study.enqueue_trial(
+                dict(trial.params), user_attrs={ATTR_ROLE: role, "retry_of": trial.number}
+            )
+
+    def _same_as(self, study: Study, key: tuple[int, ...], number: int) -> TrialRecord | None:
+        """The measured trial with the same effective bytes, if any.
+
+        With a shared study a trial with the same bytes may be running on another worker; the
+        lower-numbered one runs and this one waits for its result.
+        """
+        polls = 0
+        while True:
+            for r in self._all_records(study):
+                if r.state == "complete" and self.space.key(r.effective_bytes) == key:
+                    return r
+            if not self.shared:
+                return None
+            earlier = [
+                t
+                for t in self._trials(study, TrialState.RUNNING, TrialState.WAITING)
+                if t.number < number
+            ]
+            twin = any(
+                t.state == TrialState.RUNNING
+                and ATTR_EFFECTIVE in t.user_attrs
+                and self.space.key(t.user_attrs[ATTR_EFFECTIVE]) == key
+                for t in earlier
+            )
+            # A trial asked a moment before this one may not have recorded its bytes yet, and
+            # one queued before it is about to be taken; neither is waited for long.
+            unknown = polls < UNKNOWN_WAIT_POLLS and any(
+                t.state == TrialState.WAITING or ATTR_EFFECTIVE not in t.user_attrs for t in earlier
+            )
+            if not twin and not unknown:
+                return None
+            polls += 1
+            fail_stale(study)
+            time.sleep(POLL_S / 5 if unknown and not twin else POLL_S)
 
     def _tell_duplicate(
         self, study: Study, trial: optuna.Trial, record: TrialRecord, earlier: TrialRecord
@@ -398,10 +629,11 @@ class Tuner:
             setattr(record, name, getattr(earlier, name))
         record.state = "duplicate"
         record.duplicate_of = earlier.number
-        trial.set_user_attr("duplicate_of", earlier.number)
+        trial.set_user_attr(ATTR_DUPLICATE_OF, earlier.number)
         self._set_constraints(trial, record)
         self.records[trial.number] = record
         self.rundir.write_trial(record)
+        trial.set_user_attr(ATTR_RECORD, record.to_json())
         study.tell(trial, record.objective)
         self.observer.trial_finished(record, self.best())
         return record
@@ -478,6 +710,7 @@ class Tuner:
         self._set_constraints(trial, record)
         trial.set_user_attr("throughputs", record.throughputs)
         trial.set_user_attr("tpots_ms", record.tpots_ms)
+        trial.set_user_attr(ATTR_RECORD, record.to_json())
         study.tell(trial, record.objective)
 
     def _after_trial(self, record: TrialRecord) -> None:
@@ -503,13 +736,15 @@ class Tuner:
                 self.rundir.write_trial(record)
         retried = {t.user_attrs.get("retry_of") for t in self._trials(study)}
         for t in self._trials(study, TrialState.RUNNING, TrialState.FAIL):
+            if self.shared and t.number not in self.records:
+                continue  # another worker's trial: its heartbeat decides whether it is dead
             if t.state == TrialState.RUNNING:
                 study.tell(t.number, state=TrialState.FAIL)
             elif not t.user_attrs.get("interrupted"):
                 continue
             role = t.user_attrs.get(ATTR_ROLE, "search")
-            if t.number in retried or role in ("baseline", "default"):
-                continue  # probe trials are re-queued by their own phase
+            if t.number in retried or (role in PROBE_ROLES and not self.shared):
+                continue  # a lone run re-queues its probe trials in their own phase
             study.enqueue_trial(dict(t.params), user_attrs={ATTR_ROLE: role, "retry_of": t.number})
 
     def _check_study_matches(self, study: Study) -> None:
@@ -543,12 +778,14 @@ class Tuner:
                 "study belongs to"
             )
 
-    def best(self) -> TrialRecord | None:
-        """The best measured trial: feasible first, then by estimated objective."""
-        return best_record(list(self.records.values()), self.options.objective)
+    def best(self, records: Sequence[TrialRecord] | None = None) -> TrialRecord | None:
+        """The best measured trial (of the whole study): feasible first, then by estimate."""
+        pool = list(records) if records is not None else self._all_records()
+        return best_record(pool, self.options.objective)
 
-    def _role(self, role: str) -> TrialRecord | None:
-        done = [r for r in self.records.values() if r.role == role and r.state == "complete"]
+    def _role(self, role: str, records: Sequence[TrialRecord] | None = None) -> TrialRecord | None:
+        pool = records if records is not None else self._all_records()
+        done = [r for r in pool if r.role == role and r.state == "complete"]
         return min(done, key=lambda r: r.number) if done else None
 
     def _prune_profiles(self, *, final: bool = False) -> None:
@@ -557,14 +794,15 @@ class Tuner:
             return
         wanted: set[int] = set()
         if keep == "best":
-            for r in (self._role("baseline"), self._role("default")):
+            records = self._all_records()
+            for r in (self._role("baseline", records), self._role("default", records)):
                 if r is not None:
                     wanted.add(r.number)
             # Estimates move as trials arrive, so the runners-up keep theirs until the end.
-            best = self.best()
+            best = self.best(records)
             sign = 1.0 if self.direction == StudyDirection.MAXIMIZE else -1.0
             ranked = sorted(
-                (r for r in self.records.values() if r.estimate is not None),
+                (r for r in records if r.estimate is not None),
                 key=lambda r: -sign * (r.estimate or 0.0),
             )
             wanted.update(r.number for r in ranked[: 0 if final else PROFILES_KEPT_DURING_RUN])
@@ -578,38 +816,42 @@ class Tuner:
         return [self.records[n] for n in sorted(self.records)]
 
     def _write_tables(self, stopped: str = "") -> None:
+        records = self._all_records()
         self.rundir.write_trials_csv(
-            self._ordered(), target.SITES, late_tolerance_us=self.options.late_tolerance_us
+            records, target.SITES, late_tolerance_us=self.options.late_tolerance_us
         )
-        summary = self._summary(finished=False, stopped=stopped)
+        summary = self._summary(finished=False, stopped=stopped, records=records)
         self.rundir.write_summary(summary)
-        best = self.best()
+        best = self.best(records)
         if best is not None:
             self.rundir.write_best(best.config)
 
     def _finish(self, stopped: str) -> RunOutcome:
         self._prune_profiles(final=True)
-        summary = self._summary(finished=True, stopped=stopped)
+        records = self._all_records()
+        summary = self._summary(finished=True, stopped=stopped, records=records)
         self.rundir.write_summary(summary)
-        best = self.best()
+        best = self.best(records)
         if best is not None:
             self.rundir.write_best(best.config)
         return RunOutcome(
-            records=self._ordered(),
+            records=records,
             space=self.space,
             best=best,
-            baseline=self._role("baseline"),
-            default=self._role("default"),
+            baseline=self._role("baseline", records),
+            default=self._role("default", records),
             summary=summary,
             stopped=stopped,
         )
 
-    def _summary(self, *, finished: bool, stopped: str) -> dict[str, Any]:
+    def _summary(
+        self, *, finished: bool, stopped: str, records: Sequence[TrialRecord]
+    ) -> dict[str, Any]:
         return build_summary(
-            records=self._ordered(),
-            best=self.best(),
-            baseline=self._role("baseline"),
-            default=self._role("default"),
+            records=records,
+            best=self.best(records),
+            baseline=self._role("baseline", records),
+            default=self._role("default", records),
             space=self.space,
             workload=self.workload,
             backend=self.backend.name,

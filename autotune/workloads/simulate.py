@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -1078,9 +1079,14 @@ class SimulateBackend:
         seed: int = 0,
         noise: float = 0.01,
         hardware: Hardware | None = None,
+        trial_s: float = 0.0,
     ) -> None:
         if not math.isfinite(noise) or noise < 0:
             raise AutotuneError(f"--noise must be a fraction >= 0, got {noise!r}")
+        if not math.isfinite(trial_s) or trial_s < 0:
+            raise AutotuneError(f"--sim-trial-seconds must be >= 0, got {trial_s!r}")
+        # Wall time each trial takes at least, standing in for server start, bench and profile.
+        self.trial_s = trial_s
         self.workload = workload
         self.seed = seed
         self.noise = noise
@@ -1097,7 +1103,10 @@ class SimulateBackend:
     def run(
         self, config: dict[str, Any], out_dir: Path, *, repeats: int, profile: bool
     ) -> TrialResult:
-        return self.run_trial(config, out_dir, repeats=repeats, profile=profile)[1]
+        started = time.monotonic()
+        result = self.run_trial(config, out_dir, repeats=repeats, profile=profile)[1]
+        time.sleep(max(0.0, self.trial_s - (time.monotonic() - started)))
+        return result
 
     def run_trial(
         self, config: Mapping[str, Any], out_dir: Path, *, repeats: int, profile: bool

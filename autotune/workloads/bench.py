@@ -114,12 +114,14 @@ def run_bench(
                 )
     finally:
         child.stop(BENCH_STOP_GRACE_S)
+    # A server that died under the bench fails it even when the bench itself exited 0 (the
+    # warm-up saves no result whose counts would show it).
+    if not server.alive():
+        raise failure(
+            f"vllm serve exited with code {server.child.returncode} during the {what}",
+            server.log,
+        )
     if code != 0:
-        if not server.alive():
-            raise failure(
-                f"vllm serve exited with code {server.child.returncode} during the {what}",
-                server.log,
-            )
         raise failure(f"the {what} (vllm bench serve) exited with code {code}", log)
     return time.monotonic() - start
 

@@ -104,3 +104,49 @@ def test_ctrl_c_during_stop_waits_for_the_group_then_interrupts(tmp_path: Path) 
     finally:
         timer.cancel()
     assert not child.group_alive()  # the Ctrl-C did not cut the stop short
+
+
+# Runs in its own interpreter: it becomes a child subreaper that never reaps, so the group's
+# exited grandchild stays a zombie of the group, as vLLM's orphans do until init reaps them.
+ZOMBIE_GROUP = """
+import ctypes, os, sys, time
+from pathlib import Path
+from autotune.workloads.process import Child
+PR_SET_CHILD_SUBREAPER = 36
+assert ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+log = Path(sys.argv[1])
+leader = (
+    "import os, time\\n"
+    "pid = os.fork()\\n"
+    "if pid == 0:\\n"
+    "    os._exit(0)\\n"
+    "print('kid', pid, flush=True)\\n"
+    "time.sleep(60)\\n"
+)
+child = Child([sys.executable, "-c", leader], env=dict(os.environ), log=log)
+while "kid" not in log.read_text():
+    time.sleep(0.02)
+kid = int(log.read_text().split()[1])
+start = time.monotonic()
+child.stop(grace_s=5.0)
+took = time.monotonic() - start
+state = Path(f"/proc/{kid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+print(state, round(took, 2), child.group_alive())
+os.waitpid(kid, 0)
+"""
+
+
+def test_a_group_of_zombies_is_gone_at_once(tmp_path: Path) -> None:
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", ZOMBIE_GROUP, str(tmp_path / "leader.log")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    state, took, alive = out[0], float(out[1]), out[2]
+    assert state == "Z"  # the group still holds a zombie member when stop returns
+    assert alive == "False"
+    assert took < 2.0  # not the 5 s grace, nor the 5 s KILL loop

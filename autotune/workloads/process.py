@@ -97,7 +97,9 @@ class Child:
             os.killpg(self.pgid, 0)
         except (ProcessLookupError, PermissionError):
             return False
-        return True
+        # Orphaned members that already exited linger as zombies until init reaps them (seconds
+        # on some hosts); they hold no memory or ports, so only live members keep the group alive.
+        return _has_live_member(self.pgid)
 
     def _reap_nowait(self) -> None:
         self.proc.poll()
@@ -105,6 +107,25 @@ class Child:
     def _signal(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pgid, sig)
+
+
+def _has_live_member(pgid: int) -> bool:
+    """True when a process of group `pgid` is not a zombie (True when /proc cannot tell)."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").is_file():
+        return True
+    for entry in os.scandir(proc):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (Path(entry.path) / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # Fields after the command name, which is in parentheses and may hold spaces.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 @contextlib.contextmanager

@@ -225,15 +225,63 @@ def run(
         str | None,
         typer.Option(help="Other --additional-config keys every trial runs with: JSON or a file."),
     ] = None,
-    tp: Annotated[int, typer.Option(help="Tensor-parallel size.")] = 4,
-    ep: Annotated[int, typer.Option(help="Expert-parallel size.")] = 1,
-    flashcomm1: Annotated[bool, typer.Option(help="enable_flashcomm1 in every trial.")] = True,
+    tp: Annotated[
+        int | None,
+        typer.Option(
+            help="Tensor-parallel size. Default: from --serve-args, else 1 (simulate: 4)."
+        ),
+    ] = None,
+    ep: Annotated[
+        int | None,
+        typer.Option(help="Expert-parallel size. Default: TP x DP with --enable-expert-parallel."),
+    ] = None,
+    flashcomm1: Annotated[
+        bool | None,
+        typer.Option(
+            "--flashcomm1/--no-flashcomm1",
+            help="enable_flashcomm1. Default: as your --additional-config / --serve-env say, "
+            "else off (simulate: on).",
+        ),
+    ] = None,
     graph_mode: Annotated[
-        bool, typer.Option(help="Graph mode instead of --enforce-eager.")
-    ] = False,
+        bool | None,
+        typer.Option("--graph-mode/--no-graph-mode", help="Graph mode instead of --enforce-eager."),
+    ] = None,
+    max_num_batched_tokens: Annotated[
+        int | None,
+        typer.Option(help="vllm --max-num-batched-tokens. Default: from --serve-args, else 16384."),
+    ] = None,
     input_len: Annotated[int, typer.Option(help="Bench prompt length.")] = 1024,
     output_len: Annotated[int, typer.Option(help="Bench output length.")] = 512,
+    num_prompts: Annotated[
+        int | None, typer.Option(help="Prompts per bench run. Default 4 x max-num-seqs.")
+    ] = None,
     profile_steps: Annotated[int, typer.Option(help="Decode steps profiled per trial.")] = 8,
+    serve_args: Annotated[
+        str | None,
+        typer.Option(
+            help='Extra `vllm serve` arguments, e.g. "--dtype bfloat16 --block-size 128".'
+        ),
+    ] = None,
+    serve_env: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=VALUE for the server's environment (repeatable)."),
+    ] = None,
+    vllm: Annotated[
+        str | None, typer.Option(help="The vllm executable (or its bin dir). Default: on PATH.")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Server port on 127.0.0.1. Default: a free one per trial.")
+    ] = None,
+    startup_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the server's /health.")
+    ] = 1800.0,
+    bench_timeout: Annotated[
+        float, typer.Option(help="Seconds one bench run may take before the trial fails.")
+    ] = 3600.0,
+    stop_timeout: Annotated[
+        float, typer.Option(help="Seconds between SIGTERM and SIGKILL when stopping a server.")
+    ] = 60.0,
     hardware: Annotated[
         str, typer.Option(help="Simulator: hardware preset or TOML file.")
     ] = "910B2",

@@ -105,6 +105,7 @@ class TrialRecord:
     retry_of: int | None = None
     error: str = ""
     profile: str | None = None  # kept profile directory, relative to the run directory
+    unprofiled: str = ""  # why a measured trial has no usable profile ("" when it has one)
     bench_files: list[str] = field(default_factory=list)  # relative to the run directory
     logs: list[str] = field(default_factory=list)
     simulated: bool = False
@@ -299,6 +300,7 @@ def trials_csv(
             "repeats",
             "duration_s",
             "error",
+            "unprofiled",
             "host",
         ]
     )
@@ -323,6 +325,7 @@ def trials_csv(
                 len(tps),
                 _num(r.duration_s, 2),
                 r.error,
+                r.unprofiled,
                 r.host,
             ]
         )

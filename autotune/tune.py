@@ -7,7 +7,7 @@ import re
 import shlex
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,13 @@ from autotune.rundir import BEST_FILE, RunDir, TrialRecord, load_run
 from autotune.search import RunObserver, RunOutcome, SearchOptions, Tuner, static_space
 from autotune.search.study_view import study_run
 from autotune.workloads.base import Backend, Workload, setup_of
+from autotune.workloads.deployment import (
+    LaunchOptions,
+    parse_serve_env,
+    read_serve_args,
+    resolve,
+    split_serve_args,
+)
 
 BACKENDS: tuple[str, ...] = ("vllm-ascend", "simulate")
 EXPORT_FORMATS: tuple[str, ...] = ("additional-config", "vllm-args")
@@ -48,6 +55,9 @@ class RunRequest:
     seed: int
     noise: float
     json_out: bool
+    launch: LaunchOptions = field(default_factory=LaunchOptions)
+    # additional-config keys autotune adds for the deployment -> (value, why)
+    added: Mapping[str, tuple[Any, str]] = field(default_factory=dict)
     heartbeat_s: int = 30  # shared database storage: seconds between a worker's heartbeats
     sim_trial_s: float = 0.0  # simulator: seconds each trial sleeps, standing in for NPU time
 
@@ -83,25 +93,65 @@ def make_workload(
     model: str | None,
     max_num_seqs: int | None,
     extra: Mapping[str, Any],
-    flashcomm1: bool,
+    backend: str = "simulate",
+    launch: LaunchOptions | None = None,
+    tp: int | None = None,
+    ep: int | None = None,
+    graph_mode: bool | None = None,
+    max_num_batched_tokens: int | None = None,
+    flashcomm1: bool | None = None,
     **fields: Any,
-) -> Workload:
-    """The workload from the flags; --model and --max-num-seqs are required."""
+) -> tuple[Workload, dict[str, tuple[Any, str]]]:
+    """The workload the trials really run with, and the config keys autotune adds (-> why).
+
+    Parallelism, graph mode, max-num-batched-tokens and flashcomm1 are read from what `vllm serve`
+    gets (--serve-args, --serve-env, --additional-config) and the flags; see deployment.resolve.
+    """
     if model is None:
         raise AutotuneError("--model is required (a preset name or a local model directory)")
     if max_num_seqs is None:
         raise AutotuneError("--max-num-seqs is required")
-    # The additional-config decides flashcomm1 when it sets it: the trials run with that JSON.
-    fc1 = extra.get("enable_flashcomm1", flashcomm1)
-    if not isinstance(fc1, bool):
-        raise AutotuneError("--additional-config: enable_flashcomm1 must be true or false")
-    return Workload(
+    launch = launch or LaunchOptions()
+    if backend == "simulate":
+        given = [
+            flag
+            for flag, value in (
+                ("--serve-args", launch.serve_args),
+                ("--serve-env", launch.serve_env),
+                ("--vllm", launch.vllm),
+                ("--port", launch.port),
+                ("--num-prompts", launch.num_prompts),
+            )
+            if value
+        ]
+        if given:
+            raise AutotuneError(
+                f"{', '.join(given)} only apply to --backend vllm-ascend (the simulator starts no "
+                "server)"
+            )
+    dep = resolve(
+        simulated=backend == "simulate",
+        serve=read_serve_args(launch.serve_args),
+        serve_env=launch.serve_env,
+        extra=extra,
+        tp=tp,
+        ep=ep,
+        graph_mode=graph_mode,
+        max_num_batched_tokens=max_num_batched_tokens,
+        flashcomm1=flashcomm1,
+    )
+    workload = Workload(
         model=model,
         max_num_seqs=max_num_seqs,
-        flashcomm1=fc1,
+        tp=dep.tp,
+        ep=dep.ep,
+        graph_mode=dep.graph_mode,
+        max_num_batched_tokens=dep.max_num_batched_tokens,
+        flashcomm1=dep.flashcomm1,
         row_op=target.row_op_of(extra),
         **fields,
     )
+    return workload, dep.added
 
 
 # `autotune run` flags a resume takes from run.json when they are not given again.
@@ -113,6 +163,7 @@ RESUMED_WORKLOAD_FLAGS: tuple[str, ...] = (
     "hardware",
     "flashcomm1",
     "graph_mode",
+    "max_num_batched_tokens",
     "input_len",
     "output_len",
     "profile_steps",
@@ -151,29 +202,83 @@ def recorded_flags(values: Mapping[str, Any], given: set[str]) -> dict[str, Any]
         # enable_flashcomm1 comes back through --flashcomm1; the other keys as given.
         rest = {k: v for k, v in extra.items() if k != "enable_flashcomm1"}
         recorded["additional_config"] = json.dumps(rest) if rest else None
+    recorded.update(_recorded_launch(info.get("launch"), values, given, rundir))
     merged = dict(values)
     merged.update({k: v for k, v in recorded.items() if k not in given})
     return merged
+
+
+def _recorded_launch(
+    launch: Any, values: Mapping[str, Any], given: set[str], rundir: RunDir
+) -> dict[str, Any]:
+    """The server settings a real run was started with, as flag values. Given again, the
+    deployment's (--serve-args, --serve-env) must be the same: trials on another deployment
+    would not compare."""
+    if not isinstance(launch, dict):
+        return {}
+    recorded: dict[str, Any] = {
+        "serve_args": shlex.join(launch.get("serve_args") or ()) or None,
+        "serve_env": [f"{k}={v}" for k, v in (launch.get("serve_env") or {}).items()] or None,
+        "vllm": launch.get("vllm"),
+        "port": launch.get("port"),
+        "num_prompts": launch.get("num_prompts"),
+    }
+    for flag, now, then in (
+        (
+            "--serve-args",
+            split_serve_args(values.get("serve_args")),
+            tuple(launch.get("serve_args") or ()),
+        ),
+        (
+            "--serve-env",
+            parse_serve_env(values.get("serve_env") or []),
+            dict(launch.get("serve_env") or {}),
+        ),
+    ):
+        name = flag.removeprefix("--").replace("-", "_")
+        if name in given and now != then:
+            raise AutotuneError(
+                f"--resume: the run in {rundir.path} was started with {flag} {then!r}, not {now!r}"
+            )
+    return recorded
+
+
+def launch_from_flags(v: Mapping[str, Any]) -> LaunchOptions:
+    """The real backend's server settings from `autotune run`'s flags."""
+    return LaunchOptions(
+        vllm=v.get("vllm"),
+        serve_args=split_serve_args(v.get("serve_args")),
+        serve_env=parse_serve_env(v.get("serve_env") or []),
+        port=v.get("port"),
+        startup_timeout_s=v.get("startup_timeout", 1800.0),
+        bench_timeout_s=v.get("bench_timeout", 3600.0),
+        stop_timeout_s=v.get("stop_timeout", 60.0),
+        num_prompts=v.get("num_prompts"),
+    )
 
 
 def request_from_flags(values: Mapping[str, Any], given: set[str]) -> RunRequest:
     """The RunRequest of `autotune run`'s flags (`given`: the flags on the command line)."""
     v = recorded_flags(values, given) if values.get("resume") else dict(values)
     extra = read_extra(v["additional_config"])
-    workload = make_workload(
+    backend = v["backend"]
+    launch = launch_from_flags(v)
+    workload, added = make_workload(
         model=v["model"],
         max_num_seqs=v["max_num_seqs"],
         extra=extra,
+        backend=backend,
+        launch=launch,
         flashcomm1=v["flashcomm1"],
         tp=v["tp"],
         ep=v["ep"],
-        hardware=v["hardware"],
         graph_mode=v["graph_mode"],
+        max_num_batched_tokens=v.get("max_num_batched_tokens"),
+        hardware=v["hardware"],
         input_len=v["input_len"],
         output_len=v["output_len"],
         profile_steps=v["profile_steps"],
     )
-    backend = v["backend"]
     repeats = v["repeats"]
     options = SearchOptions(
         trials=DEFAULT_TRIALS if v["trials"] is None else v["trials"],
@@ -198,13 +303,21 @@ def request_from_flags(values: Mapping[str, Any], given: set[str]) -> RunRequest
         seed=v["seed"],
         noise=v["noise"],
         json_out=v["json_out"],
+        launch=launch,
+        added=added,
         heartbeat_s=v.get("heartbeat", 30),
         sim_trial_s=v.get("sim_trial_seconds", 0.0),
     )
 
 
 def make_backend(
-    name: str, workload: Workload, *, seed: int, noise: float, sim_trial_s: float = 0.0
+    name: str,
+    workload: Workload,
+    *,
+    seed: int,
+    noise: float,
+    sim_trial_s: float = 0.0,
+    launch: LaunchOptions | None = None,
 ) -> Backend:
     """The backend behind `--backend`."""
     if name == "simulate":
@@ -214,7 +327,7 @@ def make_backend(
     if name == "vllm-ascend":
         from autotune.workloads.vllm_ascend import VllmAscendBackend
 
-        return VllmAscendBackend(workload)
+        return VllmAscendBackend(workload, launch)
     raise AutotuneError(f"--backend must be one of {', '.join(BACKENDS)}, got {name!r}")
 
 
@@ -248,10 +361,13 @@ def check_workload(workload: Workload) -> None:
 def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
     """Run or resume a study; draw progress unless --json; return the summary."""
     check_workload(req.workload)
-    extra = {"enable_flashcomm1": req.workload.flashcomm1, **req.options.extra}
+    added = {key: value for key, (value, _) in req.added.items()}
+    extra = {**added, **req.options.extra}
     target.disabled_config(extra)
-    options = SearchOptions(**{**req.options.__dict__, "extra": extra})
+    notes_by_key = {key: why for key, (_, why) in req.added.items()}
+    options = SearchOptions(**{**req.options.__dict__, "extra": extra, "extra_notes": notes_by_key})
     options.check()
+    req.launch.check()
     # Messages that are not the result go to stderr under --json, so stdout stays one JSON.
     notes = Console(stderr=True, highlight=False, soft_wrap=True) if req.json_out else console
 
@@ -276,7 +392,12 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
         raise AutotuneError(f"--heartbeat must be at least 1 second, got {req.heartbeat_s}")
 
     backend = make_backend(
-        req.backend, req.workload, seed=req.seed, noise=req.noise, sim_trial_s=req.sim_trial_s
+        req.backend,
+        req.workload,
+        seed=req.seed,
+        noise=req.noise,
+        sim_trial_s=req.sim_trial_s,
+        launch=req.launch,
     )
     backend.check()
     tuner = Tuner(
@@ -293,6 +414,9 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
     tuner.open()
     if req.resume:
         _record_budget(rundir, info, options.trials)
+    elif req.backend == "vllm-ascend":
+        # Kept so that --resume runs the remaining trials with the same server settings.
+        rundir.write_run({**rundir.read_run(), "launch": req.launch.to_json()})
     if not req.json_out:
         for line in workload_lines(req.workload, backend):
             console.print(line, markup=False)

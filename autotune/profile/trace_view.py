@@ -565,7 +565,8 @@ class _Reader:
         name_codes = self._codes(name, names=True)
         type_codes = self._codes(ttype)
         # The exact path's checks: dur finite and >= 0, start + dur < int64 max (start >= 0).
-        ok = np.isfinite(durs) & (durs >= 0) & (durs < 2.0**62)
+        # Below 2**63 a float64 converts to int64 exactly; the sum is then compared in int64.
+        ok = np.isfinite(durs) & (durs >= 0) & (durs < 2.0**63)
         ok[ok] = durs[ok].astype(np.int64) < _I64_MAX - start[ok]
         if not ok.all():
             self.bad_tasks += int((~ok).sum())

@@ -289,6 +289,8 @@ def print_result(
     tol = summary.get("late_tolerance_us")
     if isinstance(tol, int | float):
         console.print(f"[bold]lateness:[/] {rule_text(float(tol))}", markup=True)
+    if summary.get("probe_note"):
+        console.print(f"note: {summary['probe_note']}", markup=False)
     inert = summary.get("inert_sites") or {}
     if inert:
         console.print("[bold]inert sites[/] (their ratio changes nothing here):")
@@ -297,6 +299,9 @@ def print_result(
     if best_config is not None:
         console.print("[bold]--additional-config:[/]")
         console.print(json.dumps(best_config, separators=(",", ":")), markup=False, soft_wrap=True)
+        for key, why in (summary.get("best_config_keys") or {}).items():
+            if key != "weight_prefetch_config":
+                console.print(f"  {key}: {why}", markup=False)
     files = summary.get("files", {})
     run_dir = files.get("run_dir", "")
     console.print(
@@ -309,3 +314,8 @@ def print_result(
         f"{trials.get('measured', 0)} trials measured, {trials.get('duplicates', 0)} duplicates "
         f"not re-run, {trials.get('failed', 0)} failed; stopped: {summary.get('stopped') or '-'}"
     )
+    if trials.get("unprofiled"):
+        console.print(
+            f"{trials['unprofiled']} measured trial(s) unprofiled (no usable profile; see the "
+            "unprofiled column of trials.csv)"
+        )

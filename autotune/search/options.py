@@ -63,6 +63,8 @@ class SearchOptions:
     seed: int | None = 0
     keep_profiles: str = "best"
     extra: Mapping[str, Any] = field(default_factory=dict)  # other additional-config keys
+    # extra keys autotune added for the deployment (not the user's own) -> why, for the summary
+    extra_notes: Mapping[str, str] = field(default_factory=dict)
 
     def check(self) -> None:
         if self.trials < 2:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from optuna.study import StudyDirection
@@ -137,6 +137,29 @@ def _trial_brief(r: TrialRecord | None) -> dict[str, Any] | None:
     }
 
 
+def config_keys(config: Mapping[str, Any], notes: Mapping[str, str]) -> dict[str, str]:
+    """Why each key of best_config.json is there (every key beside the prefetch ratios)."""
+    out: dict[str, str] = {}
+    wpc = config.get("weight_prefetch_config")
+    if isinstance(wpc, Mapping):
+        out["weight_prefetch_config"] = "the tuned prefetch"
+        table = wpc.get("prefetch_ratio")
+        for module, ratios in table.items() if isinstance(table, Mapping) else ():
+            if isinstance(ratios, Mapping) and ratios and all(v == 0 for v in ratios.values()):
+                out[f"weight_prefetch_config.prefetch_ratio.{module}"] = (
+                    "all ratios 0: the module is off (0.23 turns a module off only when every "
+                    "ratio is 0; one 0 beside non-zero ones means the whole weight). Written out "
+                    "because a missing or empty module falls back to its default ratios"
+                )
+    for key in config:
+        if key == "weight_prefetch_config":
+            continue
+        out[key] = notes.get(
+            key, "from your --additional-config: every trial ran with it, so the tuning assumes it"
+        )
+    return out
+
+
 def build_summary(
     *,
     records: Sequence[TrialRecord],
@@ -153,6 +176,7 @@ def build_summary(
     finished: bool,
     stopped: str,
     rundir: RunDir,
+    probe_note: str = "",
 ) -> dict[str, Any]:
     """summary.json: what the run found, against what, and where it is."""
     ranked, picked_by = pick_best(records, options.objective, late_is_infeasible=options.constraint)
@@ -181,6 +205,7 @@ def build_summary(
             "measured": sum(1 for r in records if r.state == "complete"),
             "duplicates": sum(1 for r in records if r.state == "duplicate"),
             "failed": sum(1 for r in records if r.state == "failed"),
+            "unprofiled": sum(1 for r in records if r.state == "complete" and r.unprofiled),
             "budget": options.trials,
         },
         "active_sites": list(space.names),
@@ -188,7 +213,9 @@ def build_summary(
         "search_space": {s.site: [round(b / MIB, 4) for b in s.levels] for s in space.sites},
         "baseline": _trial_brief(baseline),
         "vendor_default": _trial_brief(default),
+        "probe_note": probe_note,
         "best": best_brief,
+        "best_config_keys": config_keys(best.config, options.extra_notes) if best else {},
         "runner_up": _trial_brief(runner_up),
         "pick_rule": pick_rule(options.objective, options.late_tolerance_us, options.constraint),
         "picked_by": picked_by if best is not None else "",

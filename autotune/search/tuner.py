@@ -8,6 +8,7 @@ import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -361,6 +362,10 @@ class Tuner:
         done = self._trials(study, TrialState.COMPLETE)
         default = next(t for t in done if t.user_attrs.get(ATTR_ROLE) == "default")
         baseline = next((t for t in done if t.user_attrs.get(ATTR_ROLE) == "baseline"), None)
+        unprofiled = default.user_attrs.get("unprofiled")
+        if unprofiled:
+            self._static_probe(study, str(unprofiled))
+            return
         timings = {
             site: SiteTiming(**data) for site, data in default.user_attrs.get("timings", {}).items()
         }
@@ -386,6 +391,19 @@ class Tuner:
             + (", ".join(space.names) or "none")
             + (f"; inert: {', '.join(sorted(space.inert))}" if space.inert else "")
         )
+
+    def _static_probe(self, study: Study, reason: str) -> None:
+        """Without the default trial's profile, the active sites are those of the target's
+        static rules and there is no profile-guided seed; the run says so."""
+        note = (
+            f"the default trial was not profiled ({reason}); active sites follow the static "
+            "rules of vllm-ascend 0.23 and there is no profile-guided seed"
+        )
+        # The space is the marker other workers wait for, so it is written last.
+        study.set_user_attr("probe_note", note)
+        study.set_user_attr(ATTR_SPACE, self.space.to_json())
+        self.observer.phase(note)
+        self.observer.phase("active sites: " + (", ".join(self.space.names) or "none"))
 
     @property
     def measured(self) -> int:
@@ -661,27 +679,48 @@ class Tuner:
         record.logs = [self.rundir.relative(p) for p in result.logs]
         record.simulated = result.simulated
         if result.profile_dir is not None:
-            record.profile = self.rundir.relative(result.profile_dir)
-            profiles = load_profiles(result.profile_dir)
-            overlap = analyze(
-                profiles, late_tolerance_ns=tolerance_ns(self.options.late_tolerance_us)
-            )
-            record.step_ms = profile_step_ms(profiles)
-            segments = site_segments(profiles)
-            trial.set_user_attr(
-                ATTR_SEGMENTS, {s: [g.total_ns, g.work_ns] for s, g in segments.items()}
-            )
-            trial.set_user_attr("step_ms", record.step_ms)
-            record.sites = {s.site: site_json(s) for s in overlap.sites}
-            record.lateness_us = lateness_by_site(overlap)
-            record.late_sites = late_sites(overlap)
-            timings = site_timings(overlap, config, self.setup)
-            trial.set_user_attr("timings", {s: asdict(t) for s, t in timings.items()})
-            trial.set_user_attr("fill_bytes", {s: t.fill_bytes for s, t in timings.items()})
+            self._read_profile(trial, record, result.profile_dir, config)
+        else:
+            record.unprofiled = result.unprofiled or "the backend returned no profile"
+        if record.unprofiled:
+            # Measured but not profiled: the numbers stand, the overlap is unknown.
+            trial.set_user_attr("unprofiled", record.unprofiled)
         trial.set_user_attr("lateness_us", record.lateness_us)
         record.feasible = not record.late_sites
         trial.set_user_attr(ATTR_LATE, record.late_sites)
         record.state = "complete"
+
+    def _read_profile(
+        self, trial: optuna.Trial, record: TrialRecord, path: Path, config: Mapping[str, Any]
+    ) -> None:
+        """Overlap, step time and window timings from the trial's profile; an unreadable one
+        leaves the trial unprofiled with the reader's one-line reason."""
+        try:
+            profiles = load_profiles(path)
+            overlap = analyze(
+                profiles, late_tolerance_ns=tolerance_ns(self.options.late_tolerance_us)
+            )
+        except AutotuneError as exc:
+            record.unprofiled = f"the profile is unreadable: {exc}"
+            return
+        # The reader keeps what precedes a cut in a trace file; a cut-off profile is not trusted.
+        cut = [w for p in profiles for w in p.warnings if "cut off" in w]
+        if cut:
+            record.unprofiled = f"the profile is truncated: {cut[0]}"
+            return
+        record.profile = self.rundir.relative(path)
+        record.step_ms = profile_step_ms(profiles)
+        trial.set_user_attr("step_ms", record.step_ms)
+        segments = site_segments(profiles)
+        trial.set_user_attr(
+            ATTR_SEGMENTS, {s: [g.total_ns, g.work_ns] for s, g in segments.items()}
+        )
+        record.sites = {s.site: site_json(s) for s in overlap.sites}
+        record.lateness_us = lateness_by_site(overlap)
+        record.late_sites = late_sites(overlap)
+        timings = site_timings(overlap, config, self.setup)
+        trial.set_user_attr("timings", {s: asdict(t) for s, t in timings.items()})
+        trial.set_user_attr("fill_bytes", {s: t.fill_bytes for s, t in timings.items()})
 
     def _set_constraints(self, trial: optuna.Trial, record: TrialRecord) -> None:
         if not self.options.constraint:
@@ -846,4 +885,5 @@ class Tuner:
             finished=finished,
             stopped=stopped,
             rundir=self.rundir,
+            probe_note=str(self.study.user_attrs.get("probe_note", "")) if self.study else "",
         )

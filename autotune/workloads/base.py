@@ -54,6 +54,7 @@ class TrialResult:
     profile_dir: Path | None  # directory holding the *_ascend_pt folder(s); None when not profiled
     simulated: bool
     logs: list[Path] = field(default_factory=list)
+    unprofiled: str = ""  # why profile_dir is None (or unreadable), when it is
 
 
 class Backend(Protocol):

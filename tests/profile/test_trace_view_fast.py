@@ -387,6 +387,10 @@ def _canonical_file(tmp_path: Path, hw: list[dict[str, Any]]) -> str:
         ('"ts": "1776130000000004.000"', '"ts": "9223372036854775.807"'),
         ('"ts": "1776130000000004.000"', '"ts": "9223372036854774.807"'),
         ('"dur": 1.0, "ph"', '"dur": 1e400, "ph"'),
+        # Durations around 2**63 ns: beyond the int64 maximum once added to the start.
+        ('"dur": 1.0, "ph"', '"dur": 9223372036854775.0, "ph"'),
+        ('"dur": 1.0, "ph"', '"dur": 9223372036854776.0, "ph"'),
+        ('"dur": 1.0, "ph"', '"dur": 7447242036854775.0, "ph"'),
     ],
 )
 def test_bulk_edge_values_match_exact(tmp_path: Path, old: str, new: str) -> None:
@@ -395,4 +399,19 @@ def test_bulk_edge_values_match_exact(tmp_path: Path, old: str, new: str) -> Non
     assert old in text
     f = tmp_path / "trace_view.json"
     f.write_text(text.replace(old, new, 1))
+    _same(f, 1 << 20)
+
+
+def test_duration_beyond_2_pow_62_ns_is_kept(tmp_path: Path) -> None:
+    """A canonical task lasting 9.2e15 µs (9.2e18 ns: above 2**62, below the int64 maximum once
+    added to its start) is a valid row on the exact path, so the whole-chunk path keeps it too."""
+    long_task = _hw("long", "AI_VECTOR_CORE", 2, "17669.780", 9.2e15, 5)
+    f = tmp_path / "trace_view.json"
+    f.write_text(_canonical_file(tmp_path, [long_task]))
+    p = tv.read_trace_view(f)
+    row = p.tasks[p.tasks["name"] == "long"]
+    assert len(row) == 1
+    assert int(row["start_ns"].iloc[0]) == 17_669_780
+    assert int(row["end_ns"].iloc[0]) == 17_669_780 + 9_200_000_000_000_000_000
+    assert p.warnings == []
     _same(f, 1 << 20)

@@ -1,0 +1,152 @@
+"""Children in their own process group: TERM then KILL, the whole tree, reaped; loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from autotune.errors import AutotuneError
+from autotune.workloads.process import Child, free_port, log_tail, port_in_use
+
+# A parent that ignores SIGTERM and leaves a grandchild (same group) that ignores it too.
+STUBBORN = """
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+kid = subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"])
+print("grandchild", kid.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it holds no resources but counts as gone here.
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.split(")", 1)[1].split()[0] != "Z"
+
+
+def test_stop_kills_a_term_ignoring_tree_after_the_grace(tmp_path: Path) -> None:
+    log = tmp_path / "child.log"
+    child = Child([sys.executable, "-c", STUBBORN], env=dict(os.environ), log=log)
+    assert child.pgid == child.pid == os.getpgid(child.pid)  # its own group
+    deadline = time.monotonic() + 20
+    while "grandchild" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    grandchild = int(log.read_text().split()[1])
+    start = time.monotonic()
+    child.stop(grace_s=0.5)
+    took = time.monotonic() - start
+    assert 0.5 <= took < 10
+    assert child.returncode is not None  # reaped by us
+    deadline = time.monotonic() + 3
+    while _pid_alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _pid_alive(grandchild)
+    assert not child.group_alive()
+    child.stop(grace_s=0.5)  # twice is harmless
+
+
+def test_stop_is_quick_for_a_child_that_obeys_sigterm(tmp_path: Path) -> None:
+    child = Child(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        env=dict(os.environ),
+        log=tmp_path / "c.log",
+    )
+    start = time.monotonic()
+    child.stop(grace_s=30)
+    assert time.monotonic() - start < 5
+    assert child.returncode == -15
+
+
+def test_missing_executable_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(AutotuneError, match="cannot start /nonexistent/vllm"):
+        Child(["/nonexistent/vllm"], env={}, log=tmp_path / "x.log")
+
+
+def test_log_tail_joins_the_last_lines(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    log.write_text("".join(f"line {i}\n" for i in range(100)) + "\n\n")
+    assert log_tail(log, lines=3) == "line 97 | line 98 | line 99"
+    assert log_tail(tmp_path / "missing.log") == ""
+
+
+def test_ports() -> None:
+    port = free_port()
+    assert not port_in_use(port)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        assert port_in_use(port)
+
+
+def test_ctrl_c_during_stop_waits_for_the_group_then_interrupts(tmp_path: Path) -> None:
+    log = tmp_path / "child.log"
+    child = Child([sys.executable, "-c", STUBBORN], env=dict(os.environ), log=log)
+    deadline = time.monotonic() + 20
+    while "grandchild" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)  # its SIGTERM handler is set from here on
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            child.stop(grace_s=1.0)
+    finally:
+        timer.cancel()
+    assert not child.group_alive()  # the Ctrl-C did not cut the stop short
+
+
+# Runs in its own interpreter: it becomes a child subreaper that never reaps, so the group's
+# exited grandchild stays a zombie of the group, as vLLM's orphans do until init reaps them.
+ZOMBIE_GROUP = """
+import ctypes, os, sys, time
+from pathlib import Path
+from autotune.workloads.process import Child
+PR_SET_CHILD_SUBREAPER = 36
+assert ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+log = Path(sys.argv[1])
+leader = (
+    "import os, time\\n"
+    "pid = os.fork()\\n"
+    "if pid == 0:\\n"
+    "    os._exit(0)\\n"
+    "print('kid', pid, flush=True)\\n"
+    "time.sleep(60)\\n"
+)
+child = Child([sys.executable, "-c", leader], env=dict(os.environ), log=log)
+while "kid" not in log.read_text():
+    time.sleep(0.02)
+kid = int(log.read_text().split()[1])
+start = time.monotonic()
+child.stop(grace_s=5.0)
+took = time.monotonic() - start
+state = Path(f"/proc/{kid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+print(state, round(took, 2), child.group_alive())
+os.waitpid(kid, 0)
+"""
+
+
+def test_a_group_of_zombies_is_gone_at_once(tmp_path: Path) -> None:
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", ZOMBIE_GROUP, str(tmp_path / "leader.log")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    state, took, alive = out[0], float(out[1]), out[2]
+    assert state == "Z"  # the group still holds a zombie member when stop returns
+    assert alive == "False"
+    assert took < 2.0  # not the 5 s grace, nor the 5 s KILL loop

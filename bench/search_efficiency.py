@@ -47,6 +47,7 @@ import optuna
 from autotune import target
 from autotune.hardware import Hardware, hardware_family
 from autotune.rundir import RunDir, TrialRecord
+from autotune.target import Setup
 from autotune.search import SearchOptions, Tuner
 from autotune.search.grid import grid_optimum as search_grid_optimum
 from autotune.workloads.base import Workload
@@ -95,7 +96,10 @@ RAW_KEYS: tuple[tuple[str, str], ...] = tuple(
 
 def workload(model: str, mns: int) -> Workload:
     # One profiled step keeps the bench fast; the analysis reads it the same way as eight.
-    return Workload(model=model, max_num_seqs=mns, profile_steps=1)
+    # flashcomm1 on a MoE model needs expert parallelism in 0.23 (vllm serve aborts without it),
+    # so MoE cases run with experts spread over the TP4 group, as `autotune run` requires.
+    ep = 4 if target.spec_of(Setup(model, 4, 1, mns, True, False)).has_experts else 1
+    return Workload(model=model, max_num_seqs=mns, ep=ep, profile_steps=1)
 
 
 # The hardware set of the running jobs (None: the workload's preset).

@@ -47,9 +47,9 @@ import optuna
 from autotune import target
 from autotune.hardware import Hardware, hardware_family
 from autotune.rundir import RunDir, TrialRecord
-from autotune.target import Setup
 from autotune.search import SearchOptions, Tuner
 from autotune.search.grid import grid_optimum as search_grid_optimum
+from autotune.target import Setup
 from autotune.workloads.base import Workload
 from autotune.workloads.simulate import SimulateBackend, simulate_throughput
 

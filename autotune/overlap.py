@@ -345,6 +345,27 @@ def _col(df: pd.DataFrame, name: str) -> I64:
     return df[name].to_numpy(dtype=np.int64)
 
 
+def _compute_stream(role: I64, stream: I64) -> int:
+    """The stream running the most vector and cube kernels (-1 when there are none)."""
+    compute = np.isin(role, _COMPUTE)
+    if not compute.any():
+        return -1
+    ids, counts = np.unique(stream[compute], return_counts=True)
+    return int(ids[np.argmax(counts)])
+
+
+def _attention_cubes(tasks: pd.DataFrame, ops: I64, cube: Bools) -> Bools:
+    """Which of the compute-stream `ops` are attention kernels (only cube ops, marked by `cube`)."""
+    is_attn = np.zeros(len(ops), dtype=bool)
+    if cube.any():
+        sub = tasks.iloc[ops[cube]]
+        hit = sub["op_type"].astype(str).str.contains("Attention", regex=False) | sub[
+            "name"
+        ].astype(str).str.contains("Attention", regex=False)
+        is_attn[cube] = hit.to_numpy(dtype=bool)
+    return is_attn
+
+
 def _analyze_device(
     tasks: pd.DataFrame,
     label: str,
@@ -376,13 +397,8 @@ def _analyze_device(
     if n_pf == 0:
         warnings.append(f"{where}: no prefetch stream (no CMO tasks)")
 
-    # The compute stream is the one running the most vector and cube kernels.
-    compute = np.isin(role, _COMPUTE)
-    if compute.any():
-        ids, counts = np.unique(stream[compute], return_counts=True)
-        cstream = int(ids[np.argmax(counts)])
-    else:
-        cstream = -1
+    cstream = _compute_stream(role, stream)
+    if cstream < 0:
         warnings.append(f"{where}: no compute stream (no vector or cube kernels)")
 
     on_c = stream == cstream
@@ -397,13 +413,7 @@ def _analyze_device(
     op_start = start[ops]
     op_end = end[ops]
     cube_ops = op_role == _CUBE
-    is_attn = np.zeros(len(ops), dtype=bool)
-    if cube_ops.any():
-        sub = tasks.iloc[ops[cube_ops]]
-        hit = sub["op_type"].astype(str).str.contains("Attention", regex=False) | sub[
-            "name"
-        ].astype(str).str.contains("Attention", regex=False)
-        is_attn[cube_ops] = hit.to_numpy(dtype=bool)
+    is_attn = _attention_cubes(tasks, ops, cube_ops)
 
     # Joins: the compute-stream waits that wait on the prefetch stream.
     joins = _prefetch_waits(waits, role, stream, start, end, cstream, set(pstream.tolist()))
@@ -723,22 +733,15 @@ def _device_segments(tasks: pd.DataFrame, out: dict[str, list[tuple[int, int]]])
     stream = _col(tasks, "stream")
     start = _col(tasks, "start_ns")
     end = _col(tasks, "end_ns")
-    compute = np.isin(role, _COMPUTE)
-    if not compute.any():
+    cstream = _compute_stream(role, stream)
+    if cstream < 0:
         return
-    ids, counts = np.unique(stream[compute], return_counts=True)
-    on_c = np.flatnonzero(stream == int(ids[np.argmax(counts)]))
+    on_c = np.flatnonzero(stream == cstream)
     on_c = on_c[np.argsort(start[on_c], kind="stable")]
     ops = on_c[~np.isin(role[on_c], (_RECORD, _WAIT, _PREFETCH))]
     op_role = role[ops]
-    is_attn = np.zeros(len(ops), dtype=bool)
     cube = op_role == _CUBE
-    if cube.any():
-        sub = tasks.iloc[ops[cube]]
-        hit = sub["op_type"].astype(str).str.contains("Attention", regex=False) | sub[
-            "name"
-        ].astype(str).str.contains("Attention", regex=False)
-        is_attn[cube] = hit.to_numpy(dtype=bool)
+    is_attn = _attention_cubes(tasks, ops, cube)
     win = _find_windows(op_role, is_attn)
     plain_cube = np.flatnonzero(cube & ~is_attn).astype(np.int64)
     consumer = _first_after(plain_cube, win.last, len(ops))

@@ -128,6 +128,18 @@ def _assert_nothing_left(tiny: Path, run_dir: Path) -> None:
     assert not left, f"processes left after autotune exited: {left}"
 
 
+def _run_args(
+    tiny: Path, out: Path, *, trials: int, serve_args: str = SERVE_ARGS, more: tuple[str, ...] = ()
+) -> list[str]:
+    """`autotune run` on the tiny model with the issue's acceptance flags."""
+    return [
+        "run", "--backend", "vllm-ascend", "--model", str(tiny), "--max-num-seqs", "4",
+        "--tp", "1", "--no-flashcomm1", "--trials", str(trials), "--repeats", "1",
+        "--input-len", str(INPUT_LEN), "--output-len", str(OUTPUT_LEN),
+        "--num-prompts", str(NUM_PROMPTS), "--serve-args", serve_args, *more, "--out", str(out),
+    ]  # fmt: skip
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -138,12 +150,8 @@ def _free_port() -> int:
 def test_three_real_trials(vllm_env: tuple[Path, Path], tmp_path: Path) -> None:
     bin_dir, tiny = vllm_env
     out = tmp_path / "run"
-    args = [
-        "run", "--backend", "vllm-ascend", "--model", str(tiny), "--max-num-seqs", "4",
-        "--tp", "1", "--no-flashcomm1", "--trials", "3", "--repeats", "1",
-        "--input-len", str(INPUT_LEN), "--output-len", str(OUTPUT_LEN),
-        "--num-prompts", str(NUM_PROMPTS), "--serve-args", SERVE_ARGS, "--out", str(out),
-    ]  # fmt: skip
+    # The issue's acceptance command, verbatim.
+    args = _run_args(tiny, out, trials=3)
     started = time.monotonic()
     result = _run_autotune(args, _env(bin_dir))
     elapsed = time.monotonic() - started
@@ -202,13 +210,7 @@ def test_busy_port_fails_the_trial_and_leaves_nothing(
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", port))
         holder.listen()
-        args = [
-            "run", "--backend", "vllm-ascend", "--model", str(tiny), "--max-num-seqs", "4",
-            "--tp", "1", "--no-flashcomm1", "--trials", "2", "--repeats", "1",
-            "--input-len", str(INPUT_LEN), "--output-len", str(OUTPUT_LEN),
-            "--num-prompts", str(NUM_PROMPTS), "--serve-args", SERVE_ARGS,
-            "--port", str(port), "--out", str(out),
-        ]  # fmt: skip
+        args = _run_args(tiny, out, trials=2, more=("--port", str(port)))
         result = _run_autotune(args, _env(bin_dir))
     # Without a baseline there is nothing to compare against: one clear line, exit 2.
     assert result.returncode == 2, result.stdout[-4000:] + result.stderr[-4000:]
@@ -230,12 +232,7 @@ def test_server_exiting_at_startup_fails_the_trial_with_its_reason(
     bin_dir, tiny = vllm_env
     out = tmp_path / "run"
     too_long = SERVE_ARGS.replace("--max-model-len 512", "--max-model-len 4096")
-    args = [
-        "run", "--backend", "vllm-ascend", "--model", str(tiny), "--max-num-seqs", "4",
-        "--tp", "1", "--no-flashcomm1", "--trials", "2", "--repeats", "1",
-        "--input-len", str(INPUT_LEN), "--output-len", str(OUTPUT_LEN),
-        "--num-prompts", str(NUM_PROMPTS), "--serve-args", too_long, "--out", str(out),
-    ]  # fmt: skip
+    args = _run_args(tiny, out, trials=2, serve_args=too_long)
     result = _run_autotune(args, _env(bin_dir))
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-4000:]

@@ -55,6 +55,7 @@ class Profile:
     simulated: bool = False  # profiler_info says the simulator wrote it
     unclassified_types: dict[str, int] = field(default_factory=dict)  # task type -> count
     warnings: list[str] = field(default_factory=list)
+    truncated: bool = False  # the trace file is cut off; read up to its last complete event
 
 
 def empty_tasks() -> pd.DataFrame:

@@ -814,7 +814,7 @@ def read_trace_view(path: Path, *, workers: int | None = None) -> Profile:
         if n > 1:
             r = _read_parallel(path, size, n)
             if r is not None:
-                return _profile(r, [])
+                return _profile(r, [], truncated=False)
     return _profile(*_read_sequential(path))
 
 
@@ -863,7 +863,7 @@ def _scan(r: _Reader, fh: BinaryIO, size: int | None, opened: bool) -> tuple[str
                 )
 
 
-def _read_sequential(path: Path) -> tuple[_Reader, list[str]]:
+def _read_sequential(path: Path) -> tuple[_Reader, list[str], bool]:
     try:
         fh = path.open("rb")
     except OSError as exc:
@@ -872,21 +872,23 @@ def _read_sequential(path: Path) -> tuple[_Reader, list[str]]:
     warnings: list[str] = []
     with fh:
         text, pos = _scan(r, fh, None, False)
+    truncated = False
     rest = text[pos:].strip(" \t\n\r")
     if rest.startswith("]"):
         if rest[1:].strip(" \t\n\r,"):
             raise AutotuneError(f"{path}: unexpected data after the closing bracket")
     elif _looks_truncated(r.decoder, text, pos):
+        truncated = True
         warnings.append(
             f"{path}: file is cut off (no closing bracket); read {r.events} events up to "
             "the last complete one"
         )
     else:
         raise AutotuneError(f"{path}: invalid JSON after event {r.events}")
-    return r, warnings
+    return r, warnings, truncated
 
 
-def _profile(r: _Reader, warnings: list[str]) -> Profile:
+def _profile(r: _Reader, warnings: list[str], truncated: bool) -> Profile:
     path = r.path
     if r.bad_tasks:
         warnings.append(f"{path}: skipped {r.bad_tasks} task events with unusable ts/dur/stream")
@@ -904,6 +906,7 @@ def _profile(r: _Reader, warnings: list[str]) -> Profile:
         tasks=tasks,
         steps=len(r.steps) if r.steps else None,
         warnings=warnings,
+        truncated=truncated,
     )
 
 

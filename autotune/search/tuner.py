@@ -445,8 +445,7 @@ class Tuner:
                 return "exhausted"
             if not waiting and measured + running >= self.options.trials:
                 # The budget is taken by trials running elsewhere; one of them may die and come
-                # back queued, so wait rather than stop.
-                fail_stale(study)
+                # back queued (`_budget` fails stale trials), so wait rather than stop.
                 time.sleep(POLL_S)
                 continue
             self._enqueue_guided(study)
@@ -704,9 +703,10 @@ class Tuner:
             record.unprofiled = f"the profile is unreadable: {exc}"
             return
         # The reader keeps what precedes a cut in a trace file; a cut-off profile is not trusted.
-        cut = [w for p in profiles for w in p.warnings if "cut off" in w]
+        cut = [p for p in profiles if p.truncated]
         if cut:
-            record.unprofiled = f"the profile is truncated: {cut[0]}"
+            # The reader's first warning of a cut-off file says where it was cut.
+            record.unprofiled = f"the profile is truncated: {cut[0].warnings[0]}"
             return
         record.profile = self.rundir.relative(path)
         record.step_ms = profile_step_ms(profiles)
@@ -780,7 +780,7 @@ class Tuner:
             if trial is None:
                 problems.append(f"trials/{number:03d} is not in the study")
             elif (
-                trial.user_attrs.get("effective_bytes", record.effective_bytes)
+                trial.user_attrs.get(ATTR_EFFECTIVE, record.effective_bytes)
                 != (record.effective_bytes)
                 or trial.user_attrs.get(ATTR_ROLE, record.role) != record.role
             ):
@@ -843,20 +843,23 @@ class Tuner:
         self.rundir.write_trials_csv(
             records, target.SITES, late_tolerance_us=self.options.late_tolerance_us
         )
-        summary = self._summary(finished=False, stopped=stopped, records=records)
-        self.rundir.write_summary(summary)
+        self._write_outputs(records, finished=False, stopped=stopped)
+
+    def _write_outputs(
+        self, records: Sequence[TrialRecord], *, finished: bool, stopped: str
+    ) -> tuple[dict[str, Any], TrialRecord | None]:
+        """summary.json and best_config.json for `records`; the summary and the best trial."""
         best = self.best(records)
+        summary = self._summary(finished=finished, stopped=stopped, records=records, best=best)
+        self.rundir.write_summary(summary)
         if best is not None:
             self.rundir.write_best(best.config)
+        return summary, best
 
     def _finish(self, stopped: str) -> RunOutcome:
         self._prune_profiles(final=True)
         records = self._all_records()
-        summary = self._summary(finished=True, stopped=stopped, records=records)
-        self.rundir.write_summary(summary)
-        best = self.best(records)
-        if best is not None:
-            self.rundir.write_best(best.config)
+        summary, best = self._write_outputs(records, finished=True, stopped=stopped)
         return RunOutcome(
             records=records,
             space=self.space,
@@ -868,11 +871,16 @@ class Tuner:
         )
 
     def _summary(
-        self, *, finished: bool, stopped: str, records: Sequence[TrialRecord]
+        self,
+        *,
+        finished: bool,
+        stopped: str,
+        records: Sequence[TrialRecord],
+        best: TrialRecord | None,
     ) -> dict[str, Any]:
         return build_summary(
             records=records,
-            best=self.best(records),
+            best=best,
             baseline=self._role("baseline", records),
             default=self._role("default", records),
             space=self.space,

@@ -197,6 +197,9 @@ def recorded_flags(values: Mapping[str, Any], given: set[str]) -> dict[str, Any]
         recorded["late_is_infeasible"] = bool(options["constraint"])
     if isinstance(info.get("backend"), str):
         recorded["backend"] = info["backend"]
+    simulator = info.get("simulator")
+    if isinstance(simulator, dict) and "noise" in simulator:
+        recorded["noise"] = simulator["noise"]
     extra = options.get("extra")
     if isinstance(extra, dict):
         # enable_flashcomm1 comes back through --flashcomm1; the other keys as given.
@@ -417,6 +420,9 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
     elif req.backend == "vllm-ascend":
         # Kept so that --resume runs the remaining trials with the same server settings.
         rundir.write_run({**rundir.read_run(), "launch": req.launch.to_json()})
+    else:
+        # Kept so that --resume measures the remaining trials with the same modelled noise.
+        rundir.write_run({**rundir.read_run(), "simulator": {"noise": req.noise}})
     if not req.json_out:
         for line in workload_lines(req.workload, backend):
             console.print(line, markup=False)

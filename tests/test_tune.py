@@ -18,8 +18,11 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 
 from autotune.rundir import load_run
+from autotune.workloads.base import Workload
+from autotune.workloads.simulate import simulate_throughput
 
 MODEL = ["--model", "Qwen3-32B-W8A8", "--max-num-seqs", "72"]
 # One profiled step keeps a simulated trial well under a second.
@@ -230,3 +233,17 @@ def test_resume_refuses_a_study_that_differs_from_trials_dir(tmp_path: Path) -> 
     assert refused.stderr.count("\n") == 1, refused.stderr
     assert "trial 2 differs between the study and trials/" in refused.stderr
     assert snapshot(run) == before
+
+
+def test_resume_measures_with_the_recorded_simulator_noise(tmp_path: Path) -> None:
+    # Noise 0 makes every simulated bench equal the noiseless model, so a resume that fell back
+    # to the default noise (1 %) would show in its new trial.
+    run = tmp_path / "run"
+    first = autotune("run", *MODEL, *FAST, "--trials", "3", "--noise", "0", "--out", str(run))
+    assert first.returncode == 0, first.stderr
+    assert json.loads((run / "run.json").read_text())["simulator"] == {"noise": 0.0}
+    again = autotune("run", "--resume", "--out", str(run), "--trials", "4")
+    assert again.returncode == 0, again.stderr
+    trial = json.loads((run / "trials" / "003" / "trial.json").read_text())
+    w = Workload(model="Qwen3-32B-W8A8", max_num_seqs=72, profile_steps=1)
+    assert trial["throughput"] == pytest.approx(simulate_throughput(w, trial["config"]), rel=1e-9)

@@ -422,9 +422,13 @@ def _feasible(v: bool | None) -> str:
     return "—" if v is None else ("yes" if v else "no")
 
 
-def trials_table(trials: Sequence[TrialRecord], sites: Sequence[str], best: int | None) -> str:
+def trials_table(
+    trials: Sequence[TrialRecord], sites: Sequence[str], best: int | None, *, hosts: bool = False
+) -> str:
+    """The trials, one row each; `hosts` adds the host that ran each (a study of several)."""
     head = (
         "<tr><th>trial</th><th class='t'>role</th><th class='t'>state</th>"
+        + ("<th class='t'>host</th>" if hosts else "")
         + "".join(f"<th>{esc(s)} MiB</th>" for s in sites)
         + "<th>objective</th><th>estimate</th><th>throughput</th><th>min–max</th><th>TPOT ms</th>"
         "<th class='t'>feasible</th><th class='t'>late sites</th><th class='t'>note</th></tr>"
@@ -440,6 +444,7 @@ def trials_table(trials: Sequence[TrialRecord], sites: Sequence[str], best: int 
             f"<tr class='{'best' if t.number == best else ''}' data-trial='{t.number}'>"
             f"<td data-v='{t.number}'>{t.number}</td><td class='t'>{esc(t.role)}</td>"
             f"<td class='t'>{esc(t.state)}</td>"
+            + (f"<td class='t'>{esc(t.host or '—')}</td>" if hosts else "")
             + "".join(
                 f"<td data-v='{_dv(t.effective_bytes.get(s, 0) / MIB)}'>"
                 f"{t.effective_bytes.get(s, 0) / MIB:,.2f}</td>"
@@ -711,7 +716,8 @@ def run_page(record: RunRecord) -> Page:
         f"{scatter_svg(points, sites)}</figure>"
         f"{imp_html}<h3>Trials</h3><p class='note' id='late-rule'>Click a column to sort. "
         f"Late sites: {esc(rule_text(tolerance_us))}.</p>"
-        f"{trials_table(record.trials, sites, best.number if best else None)}</section>"
+        f"{trials_table(record.trials, sites, best_number, hosts=_several_hosts(record))}"
+        "</section>"
     )
     page.data = {
         "kind": "run",
@@ -724,6 +730,11 @@ def run_page(record: RunRecord) -> Page:
         "layers": _layers_data(layers),
     }
     return page
+
+
+def _several_hosts(record: RunRecord) -> bool:
+    """Whether the run shares its study with other workers or its trials ran on several hosts."""
+    return bool(record.run.get("shared")) or len({t.host for t in record.trials if t.host}) > 1
 
 
 def _pick_html(

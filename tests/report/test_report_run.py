@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from autotune.cli import app
 from autotune.report.figures import unvaried_sites
-from autotune.report.html import SIMULATED_BANNER, _points
+from autotune.report.html import SIMULATED_BANNER, _points, write_report
 from autotune.rundir import RunRecord, load_run
 
 EVIL = "<script>alert(1)</script>"
@@ -194,3 +195,33 @@ def test_run_report_in_browser(browser: Any, run_dir: Path, record: RunRecord) -
     page.js("document.getElementById('copy-config').click();")
     assert [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"] == []
     assert page.js("return window.__alerted") == 0
+
+
+def _headers(page: Any) -> list[str]:
+    return page.js(
+        "return Array.from(document.querySelectorAll('#trials thead th'))"
+        ".map(th => th.textContent.trim());"
+    )
+
+
+def test_trials_table_names_the_host_of_each_trial_when_hosts_share_the_study(
+    browser: Any, run_dir: Path, record: RunRecord, tmp_path: Path
+) -> None:
+    # One host, own study: no host column.
+    assert "host" not in _headers(open_report(browser, run_dir / "report.html"))
+    # The same trials as workers on two hosts of one shared study would record them.
+    hosts = ["npu-a", "npu-b"]
+    shared = replace(
+        record,
+        run={**record.run, "shared": True},
+        trials=[replace(t, host=hosts[t.number % 2]) for t in record.trials],
+    )
+    page = open_report(browser, write_report(shared, tmp_path / "report.html"))
+    assert page.errors == [], page.errors
+    column = _headers(page).index("host")
+    cells = page.js(
+        "return Array.from(document.querySelectorAll('#trials tbody tr'))"
+        ".map(r => [r.dataset.trial, r.cells[arguments[0]].textContent]);",
+        column,
+    )
+    assert cells == [[str(t.number), hosts[t.number % 2]] for t in record.trials]

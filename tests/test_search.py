@@ -318,6 +318,18 @@ def test_a_late_but_faster_optimum_is_found_and_strict_mode_refuses_it(tmp_path:
     assert simulate_throughput(w, strict.best.config, hw) < 0.995 * optimum
 
 
+def test_without_the_seed_trial_the_sampler_chooses_every_trial_after_the_probe(
+    tmp_path: Path,
+) -> None:
+    # What bench/search_efficiency.py's pipe-tpe measures: the probe, then TPE on its own.
+    outcome = _tune(tmp_path, _workload(), trials=5, sampler="tpe", seed_trial=False).run()
+    roles = [r.role for r in outcome.records if r.state == "complete"]
+    assert roles[:2] == ["baseline", "default"]
+    assert "seed" not in roles and len(roles) == 5
+    study = optuna.load_study(study_name="test", storage=f"sqlite:///{tmp_path}/run/study.db")
+    assert study.user_attrs["seed_bytes"]  # still worked out and recorded
+
+
 def test_moe_keeps_only_attention_sites_and_duplicates_are_not_rerun(tmp_path: Path) -> None:
     w = _workload("Qwen3-30B-A3B-W8A8", 144)
     tuner = _tune(tmp_path, w, trials=16, sampler="random", keep_profiles="all")

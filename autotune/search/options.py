@@ -60,6 +60,9 @@ class SearchOptions:
     constraint: bool = False  # --late-is-infeasible: lateness is a hard rule
     repeats: int = 1
     sampler: str = "guided"
+    # Enqueue the profile-guided seed after the probe. Off only to measure a sampler on its own
+    # over the same probe and space (bench/search_efficiency.py).
+    seed_trial: bool = True
     seed: int | None = 0
     keep_profiles: str = "best"
     extra: Mapping[str, Any] = field(default_factory=dict)  # other additional-config keys

@@ -384,7 +384,7 @@ class Tuner:
         study.set_user_attr("seed_bytes", seed)
         study.set_user_attr("seed_reasons", reasons)
         self.space = space
-        if space.sites:
+        if space.sites and self.options.seed_trial:
             study.enqueue_trial(space.params_of(seed), user_attrs={ATTR_ROLE: "seed"})
         self.observer.phase(
             "active sites: "

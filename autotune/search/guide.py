@@ -3,9 +3,10 @@
 A prefetch changes only its own site's stretch of the compute stream (window, join, consumer
 matmul; `overlap.site_segments`), so every profiled trial measures every site at the bytes it ran
 with (mlp.down's also depends on attn.o, whose ratio fires on down_proj too). The seed weighs,
-per site, prefetch off (baseline), the vendor default, and the bytes that fill the window; the
-candidates after it combine each site's best measured level, then probe every site's
-window-filling level, then move every site one ladder step towards its cheaper side at once.
+per site, prefetch off (baseline), the vendor default, and the smallest ladder level that fills
+the window; each candidate after it moves every site at once to its next level to measure (the
+window-filling level, then one ladder step from its best), then combines each site's best
+measured level.
 Nothing here assumes hardware figures: the work per byte, the fixed cost and the stall all come
 from the profiles.
 """
@@ -128,21 +129,25 @@ def _step(costs: Mapping[int, float], best: int, levels: int, knee: int) -> int:
     """The next level to measure for one site: its window-filling level `knee` if not measured
     yet, else one ladder step from its best level, towards the cheaper measured neighbour first.
 
-    Below the knee a prefetch hides every byte and above it each byte stalls, so the segment is
-    close to linear on either side: with off, the knee and the cap measured, the best of them
-    is within a step or two of the optimum. Off stays off once the knee is measured: fewer bytes
-    cannot pay a fixed cost that the window-filling bytes did not.
+    Below the knee a prefetch hides every byte; past it each byte stalls but still spares the
+    matmul its HBM read, so the segment falls steeply up to the knee and rises gently after it:
+    with off, the knee and the cap measured, the best of them is within a step or two of the
+    optimum. Off is no guide to the direction (it lacks the fixed cost every prefetch pays).
+    Off stays off once the knee and the level above it are measured: fewer bytes cannot pay a
+    fixed cost that the window-filling and the first late bytes did not.
     """
     if 0 < knee < levels and knee not in costs:
         return knee
     if best == 0:
-        return 0
+        # Late bytes can pay where window-filling ones did not: one level past the knee, once.
+        above = knee + 1
+        return above if 0 < above < levels and above not in costs else 0
     sides: list[tuple[float, int]] = []
     for d in (-1, 1):
         nxt = best + d
         if not 0 < nxt < levels or nxt in costs:
             continue
-        beyond = [lvl for lvl in costs if (lvl - best) * d > 0]
+        beyond = [lvl for lvl in costs if (lvl - best) * d > 0 and lvl > 0]
         near = min(beyond, key=lambda lvl: abs(lvl - best)) if beyond else None
         sides.append((costs[near] if near is not None else float("inf"), nxt))
     return min(sides)[1] if sides else best
@@ -155,9 +160,9 @@ def candidates(
     fill: Mapping[str, float] | None = None,
     late_is_infeasible: bool = False,
 ) -> list[tuple[int, ...]]:
-    """Untried ladder points, best first: each site at its best measured level; then every site
-    at its next level to measure (`_step`; `fill` gives the window-filling bytes per site), then
-    one site at a time."""
+    """Untried ladder points, best first: every site at its next level to measure at once
+    (`_step`; `fill` gives the window-filling bytes per site), so each trial measures every site
+    somewhere new; then each site at its best measured level; then one site's step at a time."""
     if not observations or not space.sites:
         return []
     tried = {o.key for o in observations}
@@ -178,11 +183,11 @@ def candidates(
             return []
         best[i] = min(costs, key=lambda lvl: (costs[lvl], lvl))
         site = space.sites[i]
-        knee = site.nearest(fill.get(site.site, 0.0))
+        knee = site.filling(fill.get(site.site, 0.0))
         stepped[i] = _step(costs, best[i], len(site.levels), knee)
     b = tuple(best[i] for i in range(len(names)))
     st = tuple(stepped[i] for i in range(len(names)))
-    out = [b, st]
+    out = [st, b]
     for i in range(len(names)):
         if st[i] != b[i]:
             out.append((*b[:i], st[i], *b[i + 1 :]))
@@ -224,7 +229,7 @@ def seed_bytes(
             off.get(site),
             on.get(site),
             int(on_bytes.get(site, 0)),
-            space.quantise({site: fill})[site],
+            space.site(site).levels[space.site(site).filling(fill)],
             late_ns.get(site, 0.0),
             allow_default=not (late_is_infeasible and site in late),
             fixed_ns=shared if site in PARTNERS else None,

@@ -34,6 +34,11 @@ class SiteSpace:
         """Index of the level closest to `nbytes`."""
         return min(range(len(self.levels)), key=lambda i: (abs(self.levels[i] - nbytes), i))
 
+    def filling(self, nbytes: float) -> int:
+        """Index of the smallest level of at least `nbytes` (the top one if none is): the
+        window-filling level, since a step short of the knee costs more than a step past it."""
+        return next((i for i, b in enumerate(self.levels) if b >= nbytes), len(self.levels) - 1)
+
     def distribution(self) -> FloatDistribution:
         # Params are effective MiB, so the dashboard shows what was prefetched.
         return FloatDistribution(0.0, self.high / MIB)

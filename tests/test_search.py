@@ -216,7 +216,7 @@ def test_seed_keeps_the_default_bytes_when_their_late_bytes_pay() -> None:
     assert choice.reason == "fill"
 
 
-def test_candidates_combine_each_sites_best_level_then_probe_the_knee() -> None:
+def test_candidates_probe_every_knee_at_once_then_combine_each_sites_best_level() -> None:
     space = SearchSpace(
         sites=(
             SiteSpace("attn.qkv", tuple(k * MIB for k in range(5))),
@@ -226,20 +226,32 @@ def test_candidates_combine_each_sites_best_level_then_probe_the_knee() -> None:
     )
     off = Observation((0, 0), {"attn.qkv": 10.0, "mlp.gate_up": 20.0})
     cap = Observation((4, 4), {"attn.qkv": 12.0, "mlp.gate_up": 15.0})
-    # qkv is best off, gate_up at its cap: that combination first; then the knees (from the
-    # window-filling bytes) of both sites at once, then one site at a time.
+    # The knee is the smallest level that holds the window-filling bytes (2.2 MiB -> 3 MiB,
+    # 5 MiB -> 6 MiB): both knees at once first, then the best measured levels (qkv off,
+    # gate_up at its cap), then one site's step at a time.
     fill = {"attn.qkv": 2.2 * MIB, "mlp.gate_up": 5.0 * MIB}
     got = candidates([off, cap], space, fill=fill)
-    assert got[:3] == [(0, 4), (2, 2), (2, 4)]
-    # Measured knees: qkv's knee beat off, gate_up's lost to the cap -> step from the best.
-    knee = Observation((2, 2), {"attn.qkv": 9.0, "mlp.gate_up": 16.0})
+    assert got == [(3, 3), (0, 4), (3, 4), (0, 3)]
+    # Measured knees: qkv's beat off and the cap, and off says nothing about the way to go, so
+    # it steps down; gate_up's lost to the cap, whose only unmeasured neighbour is the knee.
+    knee = Observation((3, 3), {"attn.qkv": 9.0, "mlp.gate_up": 16.0})
     got = candidates([off, cap, knee, Observation((0, 4), {})], space, fill=fill)
-    assert got[0] == (2, 4)
-    assert got[1] == (1, 3)  # one step towards the cheaper measured neighbour of each
-    # Lateness as a hard rule: a level seen late counts as infinitely slow.
+    assert got == [(2, 4), (3, 4)]
+    # Lateness as a hard rule: a level seen late counts as infinitely slow, so gate_up's knee
+    # is its best now and both sites step below their knees.
     late_cap = Observation((4, 4), cap.segments, frozenset({"mlp.gate_up"}))
     got = candidates([off, late_cap, knee], space, fill=fill, late_is_infeasible=True)
-    assert got[0] == (1, 1)  # gate_up's knee is its best now; both step towards off
+    assert got[0] == (2, 2)
+
+
+def test_a_site_best_off_gets_one_late_level_before_it_stays_off() -> None:
+    space = SearchSpace(sites=(SiteSpace("attn.o", tuple(k * MIB for k in range(6))),), inert={})
+    off = Observation((0,), {"attn.o": 10.0})
+    knee = Observation((2,), {"attn.o": 11.0})
+    fill = {"attn.o": 1.5 * MIB}
+    assert candidates([off, knee], space, fill=fill)[0] == (3,)
+    late = Observation((3,), {"attn.o": 10.5})
+    assert candidates([off, knee, late], space, fill=fill) == []
 
 
 def test_guided_candidates_skip_points_other_workers_are_measuring() -> None:

@@ -139,9 +139,9 @@ def _step(costs: Mapping[int, float], best: int, levels: int, knee: int) -> int:
     if 0 < knee < levels and knee not in costs:
         return knee
     if best == 0:
-        # Late bytes can pay where window-filling ones did not: one level past the knee, once.
+        # Late bytes can pay where window-filling ones did not: one level past a known knee, once.
         above = knee + 1
-        return above if 0 < above < levels and above not in costs else 0
+        return above if 0 < knee and above < levels and above not in costs else 0
     sides: list[tuple[float, int]] = []
     for d in (-1, 1):
         nxt = best + d

@@ -232,8 +232,8 @@ def test_candidates_probe_every_knee_at_once_then_combine_each_sites_best_level(
     fill = {"attn.qkv": 2.2 * MIB, "mlp.gate_up": 5.0 * MIB}
     got = candidates([off, cap], space, fill=fill)
     assert got == [(3, 3), (0, 4), (3, 4), (0, 3)]
-    # Measured knees: qkv's beat off and the cap, and off says nothing about the way to go, so
-    # it steps down; gate_up's lost to the cap, whose only unmeasured neighbour is the knee.
+    # Measured knees: qkv's beat off and the cap and steps to its one unmeasured neighbour (off
+    # is no reason to go down or up); gate_up's lost to the cap, which has none left.
     knee = Observation((3, 3), {"attn.qkv": 9.0, "mlp.gate_up": 16.0})
     got = candidates([off, cap, knee, Observation((0, 4), {})], space, fill=fill)
     assert got == [(2, 4), (3, 4)]
@@ -252,6 +252,8 @@ def test_a_site_best_off_gets_one_late_level_before_it_stays_off() -> None:
     assert candidates([off, knee], space, fill=fill)[0] == (3,)
     late = Observation((3,), {"attn.o": 10.5})
     assert candidates([off, knee, late], space, fill=fill) == []
+    # Without the window-filling bytes (no profile of the default) there is no late level to try.
+    assert candidates([off, knee], space) == []
 
 
 def test_guided_candidates_skip_points_other_workers_are_measuring() -> None:

@@ -141,7 +141,7 @@ def _step(costs: Mapping[int, float], best: int, levels: int, knee: int) -> int:
     if best == 0:
         # Late bytes can pay where window-filling ones did not: one level past a known knee, once.
         above = knee + 1
-        return above if 0 < knee and above < levels and above not in costs else 0
+        return above if knee > 0 and above < levels and above not in costs else 0
     sides: list[tuple[float, int]] = []
     for d in (-1, 1):
         nxt = best + d

@@ -36,7 +36,7 @@ class SiteSpace:
 
     def filling(self, nbytes: float) -> int:
         """Index of the smallest level of at least `nbytes` (the top one if none is): the
-        window-filling level, since a step short of the knee costs more than a step past it."""
+        window-filling level, since a step short of the knee mostly costs more than one past it."""
         return next((i for i, b in enumerate(self.levels) if b >= nbytes), len(self.levels) - 1)
 
     def distribution(self) -> FloatDistribution:

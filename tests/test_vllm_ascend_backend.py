@@ -116,6 +116,18 @@ def _ok(result: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in result.stderr
 
 
+def _run_with_fault(
+    fake: tuple[Path, Path], tmp_path: Path, fault: str, *more: str
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """`autotune run` on the fake vLLM with one injected fault; the run itself must succeed.
+    Returns the finished process and the run directory."""
+    bin_dir, model = fake
+    out = tmp_path / "run"
+    result = _run(_args(model, out, *more), _env(bin_dir, FAKE_VLLM_FAULT=fault))
+    _ok(result)
+    return result, out
+
+
 def test_real_trials_are_measured_profiled_and_reproducible(
     fake: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -152,71 +164,56 @@ def test_real_trials_are_measured_profiled_and_reproducible(
 def test_server_that_fails_to_start_fails_only_its_trial(
     fake: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    bin_dir, model = fake
-    out = tmp_path / "run"
-    result = _run(_args(model, out), _env(bin_dir, FAKE_VLLM_FAULT="start-fail@2"))
-    _ok(result)
+    _, out = _run_with_fault(fake, tmp_path, "start-fail@2")
     rows = _rows(out)
     assert rows[2]["state"] == "failed"
     error = rows[2]["error"]
     assert "vllm serve exited with code 1 during start-up" in error
     assert "fake start-up failure" in error  # the tail of its log
     assert [r["state"] for r in rows[3:]] == ["complete"]  # the study went on
-    _assert_nothing_left(model.parent)
+    _assert_nothing_left(fake[1].parent)
 
 
 def test_server_that_dies_mid_bench_fails_its_trial(
     fake: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    bin_dir, model = fake
-    out = tmp_path / "run"
-    result = _run(_args(model, out), _env(bin_dir, FAKE_VLLM_FAULT="die-bench@2"))
-    _ok(result)
+    _, out = _run_with_fault(fake, tmp_path, "die-bench@2")
     rows = _rows(out)
     assert rows[2]["state"] == "failed"
     assert "vllm serve exited with code 3 during the warm-up" in rows[2]["error"]
     assert "EngineCore died unexpectedly" in rows[2]["error"]
     assert rows[3]["state"] == "complete"
-    _assert_nothing_left(model.parent)
+    _assert_nothing_left(fake[1].parent)
 
 
 def test_hanging_server_is_killed_and_its_trial_failed(
     fake: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    bin_dir, model = fake
-    out = tmp_path / "run"
     # The hanging server also ignores SIGTERM: only the SIGKILL after --stop-timeout ends it.
     more = ("--bench-timeout", "4", "--stop-timeout", "0.5")
-    result = _run(_args(model, out, *more), _env(bin_dir, FAKE_VLLM_FAULT="hang@2"))
-    _ok(result)
+    _, out = _run_with_fault(fake, tmp_path, "hang@2", *more)
     rows = _rows(out)
     assert rows[2]["state"] == "failed"
     assert "did not finish within 4 s (--bench-timeout)" in rows[2]["error"]
     assert rows[3]["state"] == "complete"
-    _assert_nothing_left(model.parent)
+    _assert_nothing_left(fake[1].parent)
 
 
 def test_server_never_healthy_fails_after_the_startup_timeout(
     fake: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    bin_dir, model = fake
-    out = tmp_path / "run"
     more = ("--startup-timeout", "1", "--stop-timeout", "0.5")
-    result = _run(_args(model, out, *more), _env(bin_dir, FAKE_VLLM_FAULT="no-health@2"))
-    _ok(result)
+    _, out = _run_with_fault(fake, tmp_path, "no-health@2", *more)
     rows = _rows(out)
     assert "was not healthy after 1 s (--startup-timeout)" in rows[2]["error"]
     assert rows[3]["state"] == "complete"
-    _assert_nothing_left(model.parent)
+    _assert_nothing_left(fake[1].parent)
 
 
 def test_no_profile_keeps_the_numbers_and_falls_back_to_static_rules(
     fake: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    bin_dir, model = fake
-    out = tmp_path / "run"
-    result = _run(_args(model, out), _env(bin_dir, FAKE_VLLM_FAULT="no-profile@1"))
-    _ok(result)
+    result, out = _run_with_fault(fake, tmp_path, "no-profile@1")
     rows = _rows(out)
     default = rows[1]
     assert default["state"] == "complete" and float(default["throughput"]) > 0
@@ -228,22 +225,19 @@ def test_no_profile_keeps_the_numbers_and_falls_back_to_static_rules(
     assert [r["role"] for r in rows] == ["baseline", "default", "search"]
     assert summary["active_sites"] == ["attn.qkv", "attn.o", "mlp.down"]
     assert "static rules" in result.stdout
-    _assert_nothing_left(model.parent)
+    _assert_nothing_left(fake[1].parent)
 
 
 def test_truncated_profile_marks_the_trial_unprofiled(
     fake: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    bin_dir, model = fake
-    out = tmp_path / "run"
-    result = _run(_args(model, out), _env(bin_dir, FAKE_VLLM_FAULT="truncated-profile@2"))
-    _ok(result)
+    _, out = _run_with_fault(fake, tmp_path, "truncated-profile@2")
     seed = _rows(out)[2]
     assert seed["state"] == "complete" and float(seed["throughput"]) > 0
     assert seed["unprofiled"].startswith("the profile is truncated:"), seed
     assert "cut off" in seed["unprofiled"]
     assert _trial(out, 2)["profile"] is None
-    _assert_nothing_left(model.parent)
+    _assert_nothing_left(fake[1].parent)
 
 
 def test_busy_port_fails_the_trial_and_the_run_resumes(

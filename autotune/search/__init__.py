@@ -20,8 +20,12 @@ Nothing here prints: progress goes to a `RunObserver`.
 
 Modules: `space` (the ladder of byte sizes), `measure` (what a trial's profile and bench say),
 `guide` (the profile-guided seed and candidates), `sampler` (Optuna's samplers behind them),
-`storage` (opening the study), `tuner` (running trials), `summary` (best trial and the rule
-that picked it, gains, summary.json), `options` (flags and the observer protocol).
+`storage` (opening the study), `summary` (best trial and the rule that picked it, gains,
+summary.json), `options` (flags and the observer protocol). Running a study: `tuner` (the Tuner:
+opening, the study loop), `probe` (baseline, default, seed), `lifecycle` (one trial, from the
+study to its record, whatever stops it), `readout` (a finished trial's bench and profile),
+`ledger` (this worker's records and the files summing them up), `workers` (several workers on
+one study), `heartbeat` (heartbeats and the stale sweep), `context` (what every part reads).
 """
 
 from autotune.search.guide import candidates, seed_site

@@ -1,31 +1,43 @@
-"""Several workers on one study: who ran a trial, heartbeats, stale trials, the study-wide view.
+"""Several workers on one study: joining it, who ran a trial, the study's budget, waiting for a
+twin measured elsewhere, retries of failed trials, and the study-wide view.
 
 Optuna is the only coordination: the study's trials and attributes are what every worker reads.
 A worker keeps its own trials' artifacts in its own run directory and records each finished
 trial in the study too (trial attribute `record`), so any worker can answer a duplicate, rank the
-best trial and report every trial of the study.
+best trial and report every trial of the study. Heartbeats and the stale sweep are in
+`heartbeat`.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import threading
+import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage, RDBStorage
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from autotune.errors import AutotuneError
 from autotune.rundir import TrialRecord
+from autotune.search.context import trials_of
+from autotune.search.heartbeat import fail_stale
+from autotune.search.options import ATTR_WORKLOAD
+from autotune.search.space import SearchSpace
+from autotune.workloads.base import Workload
 
 HOST = socket.gethostname()
 # Seconds between looks at the study while a worker waits for others (probe, budget, duplicate).
 POLL_S = 0.5
+# A worker joining a study waits this long for its creator to record the workload.
+JOIN_WAIT_S = 60.0
+# Polls a trial waits for an earlier running trial to record its effective bytes (it does right
+# after it is asked; one that never does was stopped in between).
+UNKNOWN_WAIT_POLLS = 50
 # Trial attributes.
 ATTR_HOST = "host"
 ATTR_WORKER = "worker"
@@ -43,56 +55,83 @@ def worker_id() -> str:
 
 def quiet_ask(study: Study, fixed: Mapping[str, Any]) -> optuna.Trial:
     """study.ask, without Optuna's warning that heartbeats are meant for study.optimize: the
-    workers record the heartbeat themselves (`heartbeat`)."""
+    workers record the heartbeat themselves (`heartbeat.heartbeat`)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
         return study.ask(fixed_distributions=dict(fixed))
 
 
-def heartbeat_interval(storage: BaseStorage | None) -> int | None:
-    if isinstance(storage, RDBStorage):
-        interval = storage.get_heartbeat_interval()
-        return int(interval) if interval is not None else None
-    return None
+def join_study(study: Study, study_name: str, workload: Workload, backend: str) -> None:
+    """A worker joining a study waits for its creator to record the run, then checks that it runs
+    the same workload and backend."""
+    deadline = time.monotonic() + JOIN_WAIT_S
+    while ATTR_RUN not in study.user_attrs:
+        if time.monotonic() > deadline:
+            raise AutotuneError(
+                f"study {study_name!r} holds no autotune run: its creator recorded no "
+                "workload; choose another --study-name"
+            )
+        time.sleep(POLL_S)
+    attrs = study.user_attrs
+    theirs = attrs.get(ATTR_WORKLOAD, {})
+    mine = asdict(workload)
+    differ = [k for k in mine if k in theirs and theirs[k] != mine[k]]
+    if differ:
+        pairs = ", ".join(f"{k}={theirs[k]!r} (here {mine[k]!r})" for k in differ)
+        raise AutotuneError(
+            f"study {study_name!r} tunes another workload: {pairs}; "
+            "start every worker with the same flags"
+        )
+    theirs_backend = attrs[ATTR_RUN].get("backend")
+    if theirs_backend and theirs_backend != backend:
+        raise AutotuneError(f"study {study_name!r} runs --backend {theirs_backend}, not {backend}")
 
 
-@contextmanager
-def heartbeat(storage: BaseStorage | None, study: Study, number: int) -> Iterator[None]:
-    """Record the trial's heartbeat until the block ends, when the storage has heartbeats on.
-
-    The first beat is recorded before the block starts: Optuna never fails a trial without one.
-    """
-    interval = heartbeat_interval(storage)
-    if interval is None or not isinstance(storage, RDBStorage):
-        yield
-        return
-    study_id = storage.get_study_id_from_name(study.study_name)
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
-    storage.record_heartbeat(trial_id)
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(interval):
-            try:
-                storage.record_heartbeat(trial_id)
-            except Exception:  # a lost connection: the next beat tries again
-                continue
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{number}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+def study_budget(study: Study) -> tuple[int, int, bool]:
+    """Measured trials of the study, trials running on any worker, and whether any is queued."""
+    # As study.optimize does before each trial: dead workers' trials are failed and queued.
+    fail_stale(study)
+    trials = trials_of(study)
+    measured = sum(1 for t in trials if is_measured(t))
+    running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+    waiting = any(t.state == TrialState.WAITING for t in trials)
+    return measured, running, waiting
 
 
-def fail_stale(study: Study) -> None:
-    """Fail the trials of workers whose heartbeat stopped; the storage's callback queues them
-    again (RetryHeartbeatStaleTrialCallback). Nothing happens without heartbeats."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+def measured_twin(
+    study: Study,
+    number: int,
+    key: tuple[int, ...],
+    space: SearchSpace,
+    lookup: Callable[[], TrialRecord | None],
+) -> TrialRecord | None:
+    """What `lookup` finds measured with the same effective bytes as trial `number`, waiting
+    while a lower-numbered trial with those bytes runs on another worker (it runs, this one takes
+    its result)."""
+    polls = 0
+    while True:
+        found = lookup()
+        if found is not None:
+            return found
+        earlier = [
+            t for t in trials_of(study, TrialState.RUNNING, TrialState.WAITING) if t.number < number
+        ]
+        twin = any(
+            t.state == TrialState.RUNNING
+            and ATTR_EFFECTIVE in t.user_attrs
+            and space.key(t.user_attrs[ATTR_EFFECTIVE]) == key
+            for t in earlier
+        )
+        # A trial asked a moment before this one may not have recorded its bytes yet, and
+        # one queued before it is about to be taken; neither is waited for long.
+        unknown = polls < UNKNOWN_WAIT_POLLS and any(
+            t.state == TrialState.WAITING or ATTR_EFFECTIVE not in t.user_attrs for t in earlier
+        )
+        if not twin and not unknown:
+            return None
+        polls += 1
+        fail_stale(study)
+        time.sleep(POLL_S / 5 if unknown and not twin else POLL_S)
 
 
 def retried_number(frozen: FrozenTrial) -> int | None:

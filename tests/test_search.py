@@ -39,7 +39,7 @@ from autotune.search.grid import grid_optimum as search_grid_optimum
 from autotune.search.guide import Observation, Segment
 from autotune.search.sampler import GuidedSampler
 from autotune.search.summary import RULE_LATE_FASTER, RULE_ON_TIME, RULE_STRICT, pick_best
-from autotune.workloads.base import Workload, setup_of
+from autotune.workloads.base import TrialResult, Workload, setup_of
 from autotune.workloads.simulate import SimulateBackend, simulate_throughput
 
 EXTRA = {"enable_flashcomm1": True}
@@ -406,6 +406,53 @@ def test_timeout_stops_before_the_search(tmp_path: Path) -> None:
     # The probe always runs: without it there is nothing to compare with.
     assert [r.role for r in outcome.records] == ["baseline", "default"]
     assert outcome.summary["finished"] is True and outcome.summary["stopped"] == "timeout"
+
+
+class _FailingBackend:
+    """The simulator, whose search trials end in an error the tuner cannot expect (a backend with
+    a bug, a device that went away): the Backend interface, not a patch of the tuner."""
+
+    name = "simulate"
+    simulated = True
+
+    def __init__(self, inner: SimulateBackend) -> None:
+        self.inner = inner
+
+    def check(self) -> None:
+        self.inner.check()
+
+    def target_version(self) -> str:
+        return self.inner.target_version()
+
+    def run(
+        self, config: dict[str, object], out_dir: Path, *, repeats: int, profile: bool
+    ) -> TrialResult:
+        if out_dir.name not in ("000", "001"):  # the probe runs; the search does not
+            raise RuntimeError("the device went away\nsecond line of the report")
+        return self.inner.run(config, out_dir, repeats=repeats, profile=profile)
+
+
+def test_an_unexpected_error_fails_the_trial_before_it_surfaces(tmp_path: Path) -> None:
+    w = _workload()
+    tuner = Tuner(
+        workload=w,
+        backend=_FailingBackend(SimulateBackend(w, noise=0.01)),
+        rundir=RunDir(tmp_path / "run"),
+        options=SearchOptions(trials=4, extra=EXTRA),
+        study_name="test",
+    )
+    with pytest.raises(RuntimeError, match="the device went away"):
+        tuner.run()
+    study = optuna.load_study(
+        study_name="test", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    )
+    assert [t.state for t in study.trials] == [
+        TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL
+    ]  # fmt: skip
+    error = "stopped by an unexpected error: RuntimeError: the device went away"
+    assert study.trials[2].user_attrs["error"] == error
+    record = json.loads((tmp_path / "run" / "trials" / "002" / "trial.json").read_text())
+    assert record["state"] == "failed" and record["error"] == error
 
 
 def test_shown_url_hides_the_password() -> None:

@@ -247,3 +247,30 @@ def test_resume_measures_with_the_recorded_simulator_noise(tmp_path: Path) -> No
     trial = json.loads((run / "trials" / "003" / "trial.json").read_text())
     w = Workload(model="Qwen3-32B-W8A8", max_num_seqs=72, profile_steps=1)
     assert trial["throughput"] == pytest.approx(simulate_throughput(w, trial["config"]), rel=1e-9)
+
+
+def test_an_unexpected_error_in_a_trial_leaves_it_failed_not_running(tmp_path: Path) -> None:
+    # A file where the next trial's folder goes: writing the trial fails with an OSError the run
+    # does not expect. The error surfaces, but the study holds the trial failed, with its reason.
+    run = tmp_path / "run"
+    done = autotune("run", *MODEL, *FAST, "--trials", "3", "--out", str(run))
+    assert done.returncode == 0, done.stderr
+    name = json.loads((run / "run.json").read_text())["study_name"]
+    storage = f"sqlite:///{run / 'study.db'}"
+    following = len(optuna.load_study(study_name=name, storage=storage).trials)
+    (run / "trials" / f"{following:03d}").write_text("not a folder")
+    resumed = autotune("run", "--resume", "--out", str(run), "--trials", "4")
+    assert resumed.returncode not in (0, 2), resumed.stderr
+    assert "FileExistsError" in resumed.stderr
+    study = optuna.load_study(study_name=name, storage=storage)
+    states = {t.number: t.state for t in study.trials}
+    assert optuna.trial.TrialState.RUNNING not in states.values(), states
+    trial = study.trials[following]
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert "unexpected error: FileExistsError" in trial.user_attrs["error"]
+    # Nothing measured before is lost, and a resume once the folder is free goes on.
+    (run / "trials" / f"{following:03d}").unlink()
+    again = autotune("run", "--resume", "--out", str(run), "--trials", "4")
+    assert again.returncode == 0, again.stderr
+    assert measured(run) == 4
+    assert_numbers_agree(run)

@@ -16,8 +16,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import optuna
+import pytest
+import sqlalchemy
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from test_storage_postgres import pg_url  # noqa: F401  (the module's PostgreSQL fixture)
 from typer.testing import CliRunner
@@ -39,8 +43,11 @@ def _worker(out: Path, storage: str, study: str, trials: int, trial_s: float) ->
 
 
 @contextlib.contextmanager
-def _started(cmds: list[list[str]]) -> Iterator[list[subprocess.Popen[str]]]:
-    """Start every command in its own process group; kill and reap whatever is left at the end."""
+def _started(
+    cmds: list[list[str]], stderr: IO[str] | None = None
+) -> Iterator[list[subprocess.Popen[str]]]:
+    """Start every command in its own process group; kill and reap whatever is left at the end.
+    Their stderr goes to pipes, or to `stderr` (a file the test reads while they run)."""
     procs: list[subprocess.Popen[str]] = []
     try:
         for cmd in cmds:
@@ -49,7 +56,7 @@ def _started(cmds: list[list[str]]) -> Iterator[list[subprocess.Popen[str]]]:
                     cmd,
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
+                    stderr=stderr or subprocess.PIPE,
                     text=True,
                     start_new_session=True,
                 )
@@ -268,3 +275,184 @@ def test_ctrl_c_on_a_worker_hands_its_trial_to_another(tmp_path: Path) -> None:
     assert retry[0].number in _local_trials(outs[1])
     assert all(t.state not in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
     _within_budget(len(_measured(trials)), budget)
+
+
+def _retry_of(t: FrozenTrial) -> int | None:
+    """The trial a heartbeat retry replaces directly (Optuna's retry history), else None."""
+    history = t.system_attrs.get("retry_history")
+    return int(history[-1]) if isinstance(history, list) and history else None
+
+
+def _running_record(out: Path) -> int | None:
+    """The trial a worker is measuring: its trial.json says running (written before it starts)."""
+    for number, data in _local_trials(out).items():
+        if data["state"] == "running":
+            return number
+    return None
+
+
+def test_a_paused_worker_keeps_its_measurement_of_a_trial_failed_under_it(
+    pg_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A worker stalled past its heartbeat's grace (a frozen VM, an overloaded host: SIGSTOP here)
+    has its trial failed by the other worker's stale sweep, which runs the retry. Woken, the
+    first worker finishes measuring: it keeps that measurement in its own record (not a second
+    trial of the study), says so, and goes on to the end of the budget."""
+    outs = [tmp_path / "host0", tmp_path / "host1"]
+    budget = 7
+    name = "paused"
+    with _started([_worker(out, pg_url, name, budget, 2.0) for out in outs]) as procs:
+        sleeper, other = procs
+        deadline = time.monotonic() + WORKER_TIMEOUT_S
+        lapsed = None
+        while lapsed is None and time.monotonic() < deadline:
+            assert sleeper.poll() is None, "the first worker ended before it measured a trial"
+            lapsed = _running_record(outs[0])
+            time.sleep(0.05)
+        assert lapsed is not None, "the first worker never measured a trial"
+        os.killpg(sleeper.pid, signal.SIGSTOP)
+        try:
+            # Silent for 3 heartbeats, its trial is failed by the other worker, which takes the
+            # retry; only then does the first one wake.
+            taken = None
+            while taken is None and time.monotonic() < deadline:
+                study = optuna.load_study(study_name=name, storage=pg_url)
+                trials = study.get_trials()
+                retries = [t for t in trials if _retry_of(t) == lapsed]
+                if trials[lapsed].state == TrialState.FAIL and retries:
+                    taken = retries[0].number if retries[0].state != TrialState.WAITING else None
+                time.sleep(0.2)
+            assert taken is not None, "the stalled trial was never failed and retried"
+        finally:
+            os.killpg(sleeper.pid, signal.SIGCONT)
+        out, err = sleeper.communicate(timeout=WORKER_TIMEOUT_S)
+        assert sleeper.returncode == 0, err
+        assert "Traceback" not in err, err
+        _finish(other)
+    study = optuna.load_study(study_name=name, storage=pg_url)
+    trials = study.get_trials()
+    assert trials[lapsed].state == TrialState.FAIL
+    retry = trials[taken]
+    assert retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["worker"] == f"{socket.gethostname()}:{other.pid}"
+    _check_study(study, outs, budget)
+    # The worker kept what it measured, marked as failed by the study, and said so.
+    kept = _local_trials(outs[0])[lapsed]
+    assert kept["state"] == "failed"
+    assert kept["throughput"] is not None and kept["bench_files"]
+    assert f"trial {taken}" in kept["error"] and "heartbeat" in kept["error"]
+    assert f"trial {lapsed}" in err and "heartbeat" in err, err
+    assert json.loads(out)["trials"]["measured"] >= budget
+
+
+# A database that refuses one trial's heartbeats, as one that has lost a worker's writes would.
+REFUSE_FUNCTION = """
+CREATE OR REPLACE FUNCTION refuse_heartbeat() RETURNS trigger LANGUAGE plpgsql
+AS $$ BEGIN RAISE EXCEPTION 'heartbeat refused by the test'; END $$
+"""
+REFUSE_TRIGGER = """
+CREATE TRIGGER refuse_heartbeat BEFORE INSERT OR UPDATE ON trial_heartbeats
+FOR EACH ROW WHEN (NEW.trial_id = {trial_id}) EXECUTE FUNCTION refuse_heartbeat()
+"""
+
+
+@contextlib.contextmanager
+def _refuse_heartbeats(url: str, study_name: str, number: int) -> Iterator[None]:
+    """The database refuses every heartbeat of one trial until the block ends."""
+    storage = RDBStorage(url)
+    study_id = storage.get_study_id_from_name(study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+    storage.remove_session()
+    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(REFUSE_FUNCTION))
+            conn.execute(sqlalchemy.text(REFUSE_TRIGGER.format(trial_id=trial_id)))
+        yield
+    finally:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("DROP TRIGGER refuse_heartbeat ON trial_heartbeats"))
+        engine.dispose()
+
+
+def _sweep_until_failed(url: str, study_name: str, number: int, deadline: float) -> None:
+    """What any other worker does before it takes a trial: fail the trials whose heartbeat is
+    older than 3 intervals (1 s here) and queue them again."""
+    storage = RDBStorage(
+        url,
+        heartbeat_interval=1,
+        grace_period=3,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
+    )
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    while study.trials[number].state != TrialState.FAIL:
+        assert time.monotonic() < deadline, f"trial {number} never went stale"
+        optuna.storages.fail_stale_trials(study)
+        time.sleep(0.2)
+    storage.remove_session()
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_worker_whose_heartbeat_is_refused_answers_the_retry_with_its_measurement(
+    pg_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The database refuses a worker's heartbeats: the worker says so on stderr. A stale sweep
+    (the test, as a second worker would) fails its trial and queues the retry while it measures;
+    the worker keeps its measurement in its own record and, the retry being still queued, takes
+    it and answers it with that measurement: the config is measured once, and nothing is left
+    running."""
+    out = tmp_path / "host0"
+    log = tmp_path / "host0.stderr"
+    budget = 3
+    name = "refused"
+    with (
+        log.open("w") as err_file,
+        _started([_worker(out, pg_url, name, budget, 4.0)], stderr=err_file) as (proc,),
+    ):
+        deadline = time.monotonic() + WORKER_TIMEOUT_S
+        lapsed = None
+        while lapsed is None and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            lapsed = _running_record(out)
+            time.sleep(0.05)
+        assert lapsed is not None, "the worker never measured a trial"
+        with _refuse_heartbeats(pg_url, name, lapsed):
+            # The next beat (1 s) is refused; the worker says so (checked below).
+            refused = time.monotonic()
+            while "its heartbeat could not be recorded" not in log.read_text():
+                assert proc.poll() is None, log.read_text()
+                if time.monotonic() - refused > 3.0:
+                    break
+                time.sleep(0.1)
+            # Stopped until the sweep has failed the trial, so that it cannot finish first.
+            os.killpg(proc.pid, signal.SIGSTOP)
+            try:
+                _sweep_until_failed(pg_url, name, lapsed, deadline)
+            finally:
+                os.killpg(proc.pid, signal.SIGCONT)
+            out_text, _ = proc.communicate(timeout=WORKER_TIMEOUT_S)
+    err = log.read_text()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err
+    assert f"trial {lapsed}: its heartbeat could not be recorded" in err, err
+    assert "heartbeat refused by the test" in err, err
+    study = optuna.load_study(study_name=name, storage=pg_url)
+    trials = study.get_trials()
+    assert trials[lapsed].state == TrialState.FAIL
+    (retry,) = [t for t in trials if _retry_of(t) == lapsed]
+    assert f"its retry, trial {retry.number}, takes this measurement" in err, err
+    _check_study(study, [out], budget)
+    # The retry holds the measurement made under the failed trial: measured once, by this worker.
+    local = _local_trials(out)
+    kept, answer = local[lapsed], local[retry.number]
+    assert retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["worker"] == f"{socket.gethostname()}:{proc.pid}"
+    assert retry.value == kept["throughput"] == answer["throughput"]
+    assert kept["state"] == "failed" and "heartbeat" in kept["error"]
+    assert answer["state"] == "complete"
+    assert answer["bench_files"] == kept["bench_files"]
+    assert all(f.startswith(f"trials/{lapsed:03d}/") for f in answer["bench_files"])
+    assert not list((out / "trials" / f"{retry.number:03d}").glob("bench_*"))
+    assert json.loads(out_text)["trials"]["measured"] == budget

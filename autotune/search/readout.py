@@ -39,80 +39,76 @@ def _bench_floats(benches: Sequence[Mapping[str, Any]], key: str) -> list[float]
     return out
 
 
-def read_result(
-    record: TrialRecord,
-    result: TrialResult,
-    config: Mapping[str, Any],
-    *,
-    options: SearchOptions,
-    setup: Setup,
-    rundir: RunDir,
-) -> dict[str, Any]:
-    """Fill `record` from the run's bench results and profile and mark it complete; return the
-    trial attributes to store. AutotuneError when the bench result has no objective."""
-    attrs: dict[str, Any] = {}
-    record.throughputs = _bench_floats(result.benches, "output_throughput")
-    record.tpots_ms = _bench_floats(result.benches, "median_tpot_ms")
-    record.throughput = _median(record.throughputs)
-    record.tpot_ms = _median(record.tpots_ms)
-    record.objective = record.throughput if options.objective == "throughput" else record.tpot_ms
-    if record.objective is None:
-        key = "output_throughput" if options.objective == "throughput" else "median_tpot_ms"
-        raise AutotuneError(f"trial {record.number}: the bench result has no {key}")
-    record.bench_files = [rundir.relative(p) for p in result.bench_paths]
-    record.logs = [rundir.relative(p) for p in result.logs]
-    record.simulated = result.simulated
-    if result.profile_dir is not None:
-        read = read_profile(
-            record, result.profile_dir, config, options=options, setup=setup, rundir=rundir
-        )
-        attrs.update(read)
-    else:
-        record.unprofiled = result.unprofiled or "the backend returned no profile"
-    if record.unprofiled:
-        # Measured but not profiled: the numbers stand, the overlap is unknown.
-        attrs["unprofiled"] = record.unprofiled
-    attrs["lateness_us"] = record.lateness_us
-    record.feasible = not record.late_sites
-    attrs[ATTR_LATE] = record.late_sites
-    record.state = "complete"
-    return attrs
+class Readout:
+    """Reads finished trials of one run: its objective and lateness tolerance, its deployment
+    (which weights each site moves) and its run directory (paths are kept relative to it)."""
 
+    def __init__(self, options: SearchOptions, setup: Setup, rundir: RunDir) -> None:
+        self.options = options
+        self.setup = setup
+        self.rundir = rundir
 
-def read_profile(
-    record: TrialRecord,
-    path: Path,
-    config: Mapping[str, Any],
-    *,
-    options: SearchOptions,
-    setup: Setup,
-    rundir: RunDir,
-) -> dict[str, Any]:
-    """Overlap, step time and window timings from the trial's profile, into `record` and the
-    returned attributes; an unreadable one leaves the trial unprofiled with the reader's one-line
-    reason."""
-    try:
-        profiles = load_profiles(path)
-        overlap = analyze(profiles, late_tolerance_ns=tolerance_ns(options.late_tolerance_us))
-    except AutotuneError as exc:
-        record.unprofiled = f"the profile is unreadable: {exc}"
-        return {}
-    # The reader keeps what precedes a cut in a trace file; a cut-off profile is not trusted.
-    cut = [p for p in profiles if p.truncated]
-    if cut:
-        # The reader's first warning of a cut-off file says where it was cut.
-        record.unprofiled = f"the profile is truncated: {cut[0].warnings[0]}"
-        return {}
-    record.profile = rundir.relative(path)
-    record.step_ms = profile_step_ms(profiles)
-    segments = site_segments(profiles)
-    record.sites = {s.site: site_json(s) for s in overlap.sites}
-    record.lateness_us = lateness_by_site(overlap)
-    record.late_sites = late_sites(overlap)
-    timings = site_timings(overlap, config, setup)
-    return {
-        "step_ms": record.step_ms,
-        ATTR_SEGMENTS: {s: [g.total_ns, g.work_ns] for s, g in segments.items()},
-        "timings": {s: asdict(t) for s, t in timings.items()},
-        "fill_bytes": {s: t.fill_bytes for s, t in timings.items()},
-    }
+    def read(
+        self, record: TrialRecord, result: TrialResult, config: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Fill `record` from the run's bench results and profile and mark it complete; return
+        the trial attributes to store. AutotuneError when the bench result has no objective."""
+        objective = self.options.objective
+        attrs: dict[str, Any] = {}
+        record.throughputs = _bench_floats(result.benches, "output_throughput")
+        record.tpots_ms = _bench_floats(result.benches, "median_tpot_ms")
+        record.throughput = _median(record.throughputs)
+        record.tpot_ms = _median(record.tpots_ms)
+        record.objective = record.throughput if objective == "throughput" else record.tpot_ms
+        if record.objective is None:
+            key = "output_throughput" if objective == "throughput" else "median_tpot_ms"
+            raise AutotuneError(f"trial {record.number}: the bench result has no {key}")
+        record.bench_files = [self.rundir.relative(p) for p in result.bench_paths]
+        record.logs = [self.rundir.relative(p) for p in result.logs]
+        record.simulated = result.simulated
+        if result.profile_dir is not None:
+            attrs.update(self._read_profile(record, result.profile_dir, config))
+        else:
+            record.unprofiled = result.unprofiled or "the backend returned no profile"
+        if record.unprofiled:
+            # Measured but not profiled: the numbers stand, the overlap is unknown.
+            attrs["unprofiled"] = record.unprofiled
+        attrs["lateness_us"] = record.lateness_us
+        record.feasible = not record.late_sites
+        attrs[ATTR_LATE] = record.late_sites
+        record.state = "complete"
+        return attrs
+
+    def _read_profile(
+        self, record: TrialRecord, path: Path, config: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Overlap, step time and window timings from the trial's profile, into `record` and the
+        returned attributes; an unreadable one leaves the trial unprofiled with the reader's
+        one-line reason."""
+        try:
+            profiles = load_profiles(path)
+            overlap = analyze(
+                profiles, late_tolerance_ns=tolerance_ns(self.options.late_tolerance_us)
+            )
+        except AutotuneError as exc:
+            record.unprofiled = f"the profile is unreadable: {exc}"
+            return {}
+        # The reader keeps what precedes a cut in a trace file; a cut-off profile is not trusted.
+        cut = [p for p in profiles if p.truncated]
+        if cut:
+            # The reader's first warning of a cut-off file says where it was cut.
+            record.unprofiled = f"the profile is truncated: {cut[0].warnings[0]}"
+            return {}
+        record.profile = self.rundir.relative(path)
+        record.step_ms = profile_step_ms(profiles)
+        segments = site_segments(profiles)
+        record.sites = {s.site: site_json(s) for s in overlap.sites}
+        record.lateness_us = lateness_by_site(overlap)
+        record.late_sites = late_sites(overlap)
+        timings = site_timings(overlap, config, self.setup)
+        return {
+            "step_ms": record.step_ms,
+            ATTR_SEGMENTS: {s: [g.total_ns, g.work_ns] for s, g in segments.items()},
+            "timings": {s: asdict(t) for s, t in timings.items()},
+            "fill_bytes": {s: t.fill_bytes for s, t in timings.items()},
+        }

@@ -1,5 +1,5 @@
 """Several workers on one study: joining it, who ran a trial, the study's budget, waiting for a
-twin measured elsewhere, retries of failed trials, and the study-wide view.
+twin measured elsewhere, the retry of a failed trial, and the study-wide view.
 
 Optuna is the only coordination: the study's trials and attributes are what every worker reads.
 A worker keeps its own trials' artifacts in its own run directory and records each finished
@@ -19,6 +19,8 @@ from dataclasses import asdict
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
@@ -138,6 +140,36 @@ def retried_number(frozen: FrozenTrial) -> int | None:
     """The trial a heartbeat retry replaces (the first of the series), else None."""
     value = frozen.system_attrs.get("failed_trial")
     return int(value) if isinstance(value, int) else None
+
+
+def queued_again_as(frozen: FrozenTrial) -> int | None:
+    """The trial `frozen` runs again: the stale trial a heartbeat retry replaces (the last of
+    its retry history), or the one a worker queued again itself (`retry_of`); else None."""
+    history = frozen.system_attrs.get("retry_history")
+    if isinstance(history, list) and history and isinstance(history[-1], int):
+        return history[-1]
+    value = frozen.user_attrs.get("retry_of")
+    return value if isinstance(value, int) else None
+
+
+def retry_queued_for(study: Study, number: int) -> FrozenTrial | None:
+    """The trial queued to run trial `number` again, if any."""
+    return next((t for t in trials_of(study) if queued_again_as(t) == number), None)
+
+
+def take_retry(study: Study, storage: BaseStorage, retry: FrozenTrial) -> optuna.Trial | None:
+    """Take the queued `retry` for this worker, as study.ask takes a queued trial; None when it is
+    no longer queued (another worker took it)."""
+    if retry.state != TrialState.WAITING:
+        return None
+    study_id = storage.get_study_id_from_name(study.study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, retry.number)
+    try:
+        if not storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+            return None
+    except UpdateFinishedTrialError:
+        return None  # taken and finished in the meantime
+    return optuna.Trial(study, trial_id)
 
 
 def is_measured(t: FrozenTrial) -> bool:

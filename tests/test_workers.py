@@ -108,6 +108,7 @@ def _check_study(study: optuna.Study, outs: list[Path], budget: int) -> None:
     numbers = [n for local in by_worker for n in local]
     assert sorted(numbers) == [t.number for t in trials], "a trial is missing or in two dirs"
     assert all(t.state != TrialState.RUNNING for t in trials)
+    assert all(d["state"] != "running" for local in by_worker for d in local.values())
     measured = _measured(trials)
     _within_budget(len(measured), budget)
     assert len({_key(t) for t in measured}) == len(measured), "an effective config ran twice"

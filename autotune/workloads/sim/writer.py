@@ -266,9 +266,10 @@ def _write_trace(
         ev.append(_meta("thread_name", hw_pid, stream, "name", f"Stream {stream}"))
         ev.append(_meta("thread_sort_index", hw_pid, stream, "sort_index", stream))
     model_id = _model_id(trial)
-    ev += _hccl_events(coll, (pid << 10) | (_HCCL_SORT << 5) | device, model_id)
+    counts = _element_counts(trial)
+    ev += _hccl_events(coll, counts, (pid << 10) | (_HCCL_SORT << 5) | device, model_id)
     # Device events are formatted directly (same JSON as json.dumps would write, much faster);
-    # names and task types are plain ASCII identifiers.
+    # names and task types are plain ASCII, without quotes or backslashes.
     parts = [json.dumps(e, ensure_ascii=False, separators=(",", ":")) for e in ev]
     for r in rows:
         parts.append(
@@ -280,7 +281,15 @@ def _write_trace(
     path.write_text("[" + ",".join(parts) + "]", encoding="utf-8")
 
 
-def _hccl_events(coll: list[_Row], hccl_pid: int, model_id: int) -> list[dict[str, Any]]:
+def _element_counts(trial: SimTrial) -> dict[int, int]:
+    """Per collective: the bf16 elements each rank contributes."""
+    c = trial.collectives
+    return dict(zip(c["group"].tolist(), (c["bytes"] // 2).tolist(), strict=True))
+
+
+def _hccl_events(
+    coll: list[_Row], counts: dict[int, int], hccl_pid: int, model_id: int
+) -> list[dict[str, Any]]:
     """The HCCL process of the trace: one event per collective, as the real capture has them."""
     if not coll:
         return []
@@ -296,7 +305,7 @@ def _hccl_events(coll: list[_Row], hccl_pid: int, model_id: int) -> list[dict[st
             "name": r.name, "pid": hccl_pid, "tid": 0, "ts": us_str(r.start),
             "dur": (r.end - r.start) / 1000, "ph": "X",
             "args": {"connection_id": r.conn, "model id": model_id, "data_type": "BF16",
-                     "alg_type": "MESH", "count": int(r.in_shapes or 0)},
+                     "alg_type": "MESH", "count": counts.get(r.group, 0)},
         })  # fmt: skip
     return ev
 
@@ -332,19 +341,17 @@ def _csv_cells(cells: list[Any]) -> str:
 
 
 def _collective_rows(trial: SimTrial, rows: list[_Row], base_ns: int) -> list[_Row]:
-    """One row per collective that ran on the HCCL stream: its op, over the span of its tasks
-    (in_shapes holds its element count)."""
+    """One row per collective that ran on the HCCL stream: its op, over the span of its tasks."""
     conn = {r.group: r.conn for r in rows if r.kind == "comm"}
     device = _device(rows)
     c = trial.collectives
-    cols = zip(
-        c["group"], c["name"], c["op_type"], c["start_ns"], c["end_ns"], c["bytes"], strict=True
-    )
+    cols = zip(c["group"], c["name"], c["op_type"], c["start_ns"], c["end_ns"], strict=True)
     out = []
-    for g, name, op_type, s, e, n in cols:
-        out.append(_Row(device, -1, -1, name, "HCCL", "HCCL", op_type, int(s) + base_ns,
-                        int(e) + base_ns, conn.get(int(g), 0), str(int(n) // 2), "", "", "",
-                        "collective", int(g)))  # fmt: skip
+    for g, name, op_type, s, e in cols:
+        start, end, group = int(s) + base_ns, int(e) + base_ns, int(g)
+        no_shape = ("", "", "", "")
+        out.append(_Row(device, -1, -1, name, "HCCL", "HCCL", op_type, start, end,
+                        conn.get(group, 0), *no_shape, "collective", group))  # fmt: skip
     return out
 
 
@@ -494,7 +501,7 @@ def _write_db(
         cur.executemany(f"INSERT INTO COMPUTE_TASK_INFO VALUES ({','.join('?' * 17)})", cti_rows)
         cur.executemany("INSERT INTO TASK_PMU_INFO VALUES (?,?,?)", pmu_rows)
         cur.executemany("INSERT INTO STEP_TIME VALUES (?,?,?)", steps)
-        _write_comm_tables(cur, sid, coll, comm_rows)
+        _write_comm_tables(cur, sid, coll, _element_counts(trial), comm_rows)
         cur.executemany("INSERT INTO STRING_IDS VALUES (?,?)", [(v, k) for k, v in strings.items()])
         cur.execute("INSERT INTO RANK_DEVICE_MAP VALUES (?,?)", (rank, _device(rows)))
         cur.executemany("INSERT INTO META_DATA VALUES (?,?)", list(meta.items()))
@@ -516,6 +523,7 @@ def _write_comm_tables(
     cur: sqlite3.Cursor,
     sid: Callable[[str], int],
     coll: list[_Row],
+    counts: dict[int, int],
     comm_rows: list[tuple[int, int, int]],
 ) -> None:
     """COMMUNICATION_OP (one row per collective) and COMMUNICATION_TASK_INFO (per HCCL task)."""
@@ -523,7 +531,7 @@ def _write_comm_tables(
     bf16 = sid("BF16")
     ops = [
         (sid(r.name), r.start, r.end, r.conn, group_name, r.group + 1, 0, 0, bf16, sid("MESH"),
-         int(r.in_shapes or 0), sid(r.op_type), 0)
+         counts.get(r.group, 0), sid(r.op_type), 0)
         for r in coll
     ]  # fmt: skip
     op_name = {r.group: sid(r.name) for r in coll}

@@ -636,39 +636,73 @@ def _describe(op: Op, mixed: bool) -> _Desc:
 
 def _tasks_frame(tasks: list[Task], style: str, *, mixed: bool) -> pd.DataFrame:
     """Device tasks in time order, integer ns relative to the profile start (0)."""
-    ordered = sorted(tasks, key=lambda x: (x.start, x.stream))
-    task_ids = {COMPUTE_STREAM: 1000, PREFETCH_STREAM: 10, HCCL_STREAM: 800}
+    # Each distinct description once (kernels repeat every layer), then columns in bulk.
     sync = {k: (*v, "", "", "", "", "", k) for k, v in _sync_names(style).items()}
-    described: dict[int, _Desc] = {}
-    records: list[tuple[Any, ...]] = []
-    conn = 0
-    group_conn: dict[int, int] = {}
-    for tk in ordered:
-        op = tk.op
-        if tk.kind == "hccl":
-            desc: _Desc = (tk.name, tk.name, tk.name, "", "", "", "", "", "comm")
-        elif op is None:
-            desc = sync[tk.kind]
-        else:
-            desc = described.get(id(op)) or described.setdefault(id(op), _describe(op, mixed))
-        task_ids[tk.stream] += 1
-        # The tasks of one collective share its connection id, as in the real capture.
-        if tk.kind == "hccl":
-            if tk.group not in group_conn:
-                conn += 1
-                group_conn[tk.group] = conn
-            cid = group_conn[tk.group]
-        else:
-            conn += 1
-            cid = conn
-        name, typ, rt, op_type, in_s, out_s, in_t, out_t, kind = desc
-        records.append((DEVICE_ID, tk.stream, task_ids[tk.stream], name, typ, rt, op_type,
-                        round(tk.start), round(tk.end), cid, tk.step, tk.layer, in_s, out_s,
-                        in_t, out_t, kind, tk.group))  # fmt: skip
-    df = pd.DataFrame.from_records(records, columns=list(TASK_COLUMNS))
-    ints = ("device", "stream", "task_id", "start_ns", "end_ns", "connection_id", "step",
-            "layer", "group")  # fmt: skip
-    return df.astype(dict.fromkeys(ints, "int64"))
+    table: list[_Desc] = []
+    index: dict[object, int] = {}
+    which = np.empty(len(tasks), dtype=np.int64)
+    for i, tk in enumerate(tasks):
+        key: object = tk.name if tk.kind == "hccl" else tk.kind if tk.op is None else id(tk.op)
+        k = index.get(key)
+        if k is None:
+            if tk.kind == "hccl":
+                desc: _Desc = (tk.name, tk.name, tk.name, "", "", "", "", "", "comm")
+            elif tk.op is None:
+                desc = sync[tk.kind]
+            else:
+                desc = _describe(tk.op, mixed)
+            k = index[key] = len(table)
+            table.append(desc)
+        which[i] = k
+    start = np.array([tk.start for tk in tasks], dtype=np.float64)
+    stream = np.array([tk.stream for tk in tasks], dtype=np.int64)
+    group = np.array([tk.group for tk in tasks], dtype=np.int64)
+    order = np.lexsort((stream, start))
+    stream, group, which = stream[order], group[order], which[order]
+    task_id = np.zeros(len(order), dtype=np.int64)
+    for s, base in ((COMPUTE_STREAM, 1000), (PREFETCH_STREAM, 10), (HCCL_STREAM, 800)):
+        on = stream == s
+        task_id[on] = base + 1 + np.arange(int(on.sum()))
+    # The tasks of one collective share its connection id, as in the real capture.
+    comm = np.array([d[-1] == "comm" for d in table], dtype=bool)[which]
+    first = np.ones(len(order), dtype=bool)
+    if comm.any():
+        g = group[comm]
+        _, at = np.unique(g, return_index=True)
+        firsts = np.zeros(len(g), dtype=bool)
+        firsts[at] = True
+        first[comm] = firsts
+    conn = np.cumsum(first)
+    if comm.any():
+        owner = {
+            int(gr): int(c) for gr, c in zip(group[comm & first], conn[comm & first], strict=True)
+        }
+        conn[comm] = [owner[int(gr)] for gr in group[comm]]
+    cols = list(zip(*table, strict=True)) if table else [()] * 9
+    text = [np.array(c, dtype=object)[which] for c in cols]
+    name, typ, rt, op_type, in_s, out_s, in_t, out_t, kind = text
+    ordered = [tasks[i] for i in order]
+    data = {
+        "device": np.full(len(order), DEVICE_ID, dtype=np.int64),
+        "stream": stream,
+        "task_id": task_id,
+        "name": name,
+        "type": typ,
+        "rt_type": rt,
+        "op_type": op_type,
+        "start_ns": np.array([round(tk.start) for tk in ordered], dtype=np.int64),
+        "end_ns": np.array([round(tk.end) for tk in ordered], dtype=np.int64),
+        "connection_id": conn.astype(np.int64),
+        "step": np.array([tk.step for tk in ordered], dtype=np.int64),
+        "layer": np.array([tk.layer for tk in ordered], dtype=np.int64),
+        "in_shapes": in_s,
+        "out_shapes": out_s,
+        "in_types": in_t,
+        "out_types": out_t,
+        "kind": kind,
+        "group": group,
+    }
+    return pd.DataFrame(data, columns=list(TASK_COLUMNS))
 
 
 def _collectives_frame(groups: list[Op], tasks: list[Task]) -> pd.DataFrame:

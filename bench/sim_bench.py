@@ -26,6 +26,7 @@ from autotune.workloads.simulate import (
     SimulateBackend,
     simulate_throughput,
     simulate_trial,
+    step_spread,
 )
 
 WORKLOAD = Workload(model="Qwen3-32B-W8A8", max_num_seqs=72, tp=4, hardware="910B2")
@@ -81,7 +82,7 @@ def time_trial() -> None:
     print(f"simulate_throughput: {per * 1e3:.2f} ms per call ({n} calls, cached plans)")
 
 
-def step_spread(seeds: int = 16) -> None:
+def profiled_step_spread(seeds: int = 16) -> None:
     """The profiled step (device span / steps, as the search reads it) over seeds."""
     cfg = vendor_default_config()
     for label, realism in (("realistic", REALISTIC), ("--ideal", IDEAL)):
@@ -103,12 +104,7 @@ def step_spread(seeds: int = 16) -> None:
 
 def _documented(realism: Realism, cfg: dict[str, Any]) -> float:
     trial = simulate_trial(WORKLOAD, cfg, realism=realism)
-    hw = trial.hardware
-    host = hw.step_overhead_us * (1 + realism.profiler_host) / 1e3 / statistics.mean(trial.step_ms)
-    t = trial.tasks[trial.tasks["kind"] == "kernel"]
-    d = (t["end_ns"] - t["start_ns"]).to_numpy(dtype=float)
-    kernels = d.sum() ** 2 / (d**2).sum() / WORKLOAD.profile_steps
-    return realism.step_spread(host, kernels) / math.sqrt(WORKLOAD.profile_steps)
+    return step_spread(trial) / math.sqrt(WORKLOAD.profile_steps)
 
 
 def grid_optimum() -> None:
@@ -144,5 +140,5 @@ def grid_optimum() -> None:
 
 if __name__ == "__main__":
     time_trial()
-    step_spread()
+    profiled_step_spread()
     grid_optimum()

@@ -37,6 +37,7 @@ from autotune.workloads.simulate import (
     parse_realism,
     simulate_throughput,
     simulate_trial,
+    step_spread,
 )
 
 DENSE = Workload(model="Qwen3-32B-W8A8", max_num_seqs=72, tp=4, hardware="910B2")
@@ -311,20 +312,16 @@ def test_profiled_steps_of_two_seeds_differ_by_the_documented_jitter() -> None:
     steps = [_profiled_step_ms(simulate_trial(w, config, seed=s)) for s in range(16)]
     trial = simulate_trial(w, config, seed=0)
     assert steps[0] != steps[1]
-    # The documented spread of one step: host share from the model, kernels from the profile.
-    r = REALISTIC
-    hw = trial.hardware
-    host = hw.step_overhead_us * (1 + r.profiler_host) / 1e3 / float(np.mean(trial.step_ms))
-    d = trial.tasks.loc[trial.tasks["kind"] == "kernel", "end_ns"] - trial.tasks["start_ns"]
-    d = d.dropna().to_numpy(dtype=float)
-    kernels = d.sum() ** 2 / (d**2).sum() / w.profile_steps
-    documented = r.step_spread(host, kernels) / math.sqrt(w.profile_steps)
-    assert 0.005 < documented < 0.01  # about 0.7 % for the mean of 4 steps
+    # The documented spread of one step (from the effects' sizes and this trial's make-up),
+    # over the profiled steps.
+    documented = step_spread(trial) / math.sqrt(w.profile_steps)
+    assert 0.005 < documented < 0.01  # about 0.75 % for the mean of 4 steps
     measured = float(np.std(steps, ddof=1) / np.mean(steps))
-    assert documented / 2 < measured < documented * 2, (measured, documented)
-    # Two seeds: their difference is that spread times sqrt(2), not the ideal twin's ~0.
+    assert documented / 1.6 < measured < documented * 1.6, (measured, documented)
+    # Two seeds: their steps differ by about that spread (|a - b| of two draws: 1.13 std on
+    # average), not by the ideal twin's ~0.
     gaps = [abs(a - b) / a for a, b in itertools.pairwise(steps)]
-    assert 0.1 * documented < float(np.median(gaps)) < 4 * documented
+    assert 0.5 * documented < float(np.median(gaps)) < 2 * documented
     ideal = [_profiled_step_ms(simulate_trial(w, config, seed=s, realism=IDEAL)) for s in (0, 1)]
     assert abs(ideal[0] - ideal[1]) / ideal[0] < documented / 5
 

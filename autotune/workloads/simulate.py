@@ -33,6 +33,7 @@ from autotune.workloads.sim.steps import (
     simulate_throughput,
     simulate_trial,
     static_of,
+    step_spread,
 )
 from autotune.workloads.sim.writer import write_profile
 
@@ -51,6 +52,7 @@ __all__ = [
     "simulate_once",
     "simulate_throughput",
     "simulate_trial",
+    "step_spread",
     "summary_lines",
     "write_profile",
 ]

@@ -25,7 +25,8 @@ from autotune.errors import AutotuneError
 #   sqe-only  the CMO's host type is not matched (as msprof does in some graph-replay cases):
 #             name, Task Type and db type are all SDMA_SQE; events as in `sqe`.
 #   auto      sqe in eager mode, sqe-only in graph mode. Which one a real 0.23 capture shows is
-#             unconfirmed (docs: ascend-profiler-formats §5.3), so the twin writes both.
+#             unconfirmed (the runtime issues a CMO as an SDMA SQE on A2/A3: hicann/runtime
+#             src/runtime/config/910_B_93/dev_info_reg.cc:188), so the twin writes both.
 TASK_NAMES: tuple[str, ...] = ("auto", "host", "sqe", "sqe-only")
 # Kernel names (`kernel_names`): "aclnn" names every kernel aclnn<Api>_<Impl>_<OpType>; "mixed"
 # also writes the shapes of the real capture: op-cache node names (`GatherV20`, like its
@@ -104,10 +105,11 @@ class Realism:
             return self.task_names
         return "sqe-only" if graph_mode else "sqe"
 
-    def step_spread(self, host_share: float, kernels: float) -> float:
-        """Relative std of one profiled step's duration these effects give: the step factor on
-        the device share, the host jitter on the host share, and the kernel jitter and long runs
-        averaged over `kernels` equally long kernels (divide by sqrt(steps) for their mean)."""
+    def step_spread(self, host_share: float, kernel_share: float, kernels: float) -> float:
+        """Relative std of one profiled step's duration these effects give: the host jitter on
+        the host's share of the step, the step factor on the kernels' share, and the kernel
+        jitter and long runs averaged over `kernels` equally long kernels. (Launch gaps and
+        stream syncs take the rest and do not jitter.) Divide by sqrt(steps) for their mean."""
         m = self.kernel_outlier_max - 1.0
         long_sq = (m**3 - 0.3**3) / (3 * (m - 0.3))  # E[(f - 1)^2], f uniform in 1.3..max
         long_mean = (m + 0.3) / 2
@@ -115,9 +117,8 @@ class Realism:
         per_kernel = self.kernel_jitter**2 + p * long_sq - (p * long_mean) ** 2
         host_var = math.expm1(self.host_jitter**2) * math.exp(self.host_jitter**2)
         step_var = math.expm1(self.step_jitter**2) * math.exp(self.step_jitter**2)
-        device = 1.0 - host_share
         return math.sqrt(
-            step_var * device**2 + host_var * host_share**2 + per_kernel * device**2 / kernels
+            host_var * host_share**2 + (step_var + per_kernel / kernels) * kernel_share**2
         )
 
     def to_json(self) -> dict[str, Any]:

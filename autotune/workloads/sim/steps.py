@@ -608,6 +608,22 @@ def simulate_trial(
     )
 
 
+def step_spread(trial: SimTrial) -> float:
+    """Relative std of one of the trial's profiled steps that its effects give
+    (`Realism.step_spread` with this trial's host and kernel shares and kernel sizes)."""
+    t = trial.tasks
+    kernels = t[t["kind"] == "kernel"]
+    dur = (kernels["end_ns"] - kernels["start_ns"]).to_numpy(dtype=np.float64)
+    steps = len(trial.step_ms)
+    total = sum(trial.step_ms) * 1e6
+    if not steps or not dur.sum():
+        return 0.0
+    r = trial.realism
+    host = trial.hardware.step_overhead_us * 1e3 * (1 + r.profiler_host) * steps / total
+    n_eff = dur.sum() ** 2 / (dur**2).sum() / steps  # equally long kernels with this spread
+    return r.step_spread(host, float(dur.sum() / total), float(n_eff))
+
+
 # ---------------------------------------------------------------------------------------------
 # Frames
 

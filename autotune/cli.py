@@ -287,6 +287,14 @@ def run(
     ] = "910B2",
     seed: Annotated[int, typer.Option(help="Simulator noise and sampler seed.")] = 0,
     noise: Annotated[float, typer.Option(help="Simulator: relative noise of a bench run.")] = 0.01,
+    ideal: Annotated[
+        bool,
+        typer.Option(
+            "--ideal",
+            help="Simulator: profiles without the realistic effects (mid-output steps, comm on "
+            "the compute stream, 2 % kernel jitter, no profiler overhead).",
+        ),
+    ] = False,
     heartbeat: Annotated[
         int,
         typer.Option(
@@ -389,6 +397,21 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     noise: Annotated[float, typer.Option(help="Relative noise of the bench result.")] = 0.01,
     steps: Annotated[int, typer.Option(help="Decode steps in the profile.")] = 8,
+    ideal: Annotated[
+        bool,
+        typer.Option(
+            "--ideal",
+            help="A profile without the realistic effects (mid-output steps, comm on the compute "
+            "stream, aclnn names, 2 % kernel jitter, no profiler overhead).",
+        ),
+    ] = False,
+    realism: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=VALUE: set one profile effect (repeatable; README lists them), e.g. "
+            "comm_stream=off or step_jitter=0.02; applied on top of --ideal when given."
+        ),
+    ] = None,
     gate_up_join: Annotated[
         str,
         typer.Option(
@@ -398,7 +421,14 @@ def simulate(
 ) -> None:
     """Write one SIMULATED trial (bench JSON + profiler output) from the analytic model."""
     from autotune.workloads.base import Workload
-    from autotune.workloads.simulate import read_config, simulate_once, summary_lines
+    from autotune.workloads.simulate import (
+        IDEAL,
+        REALISTIC,
+        parse_realism,
+        read_config,
+        simulate_once,
+        summary_lines,
+    )
 
     workload = Workload(
         model=model,
@@ -412,8 +442,9 @@ def simulate(
         gate_up_join=gate_up_join,
     )
     cfg = read_config(config)
+    effects = parse_realism(realism or [], base=IDEAL if ideal else REALISTIC)
     out_dir = out if out is not None else Path("simulated") / f"{Path(model).name}-{max_num_seqs}"
-    trial, result = simulate_once(workload, cfg, out_dir, seed=seed, noise=noise)
+    trial, result = simulate_once(workload, cfg, out_dir, seed=seed, noise=noise, realism=effects)
     console = Console(highlight=False, soft_wrap=True)
     lines = summary_lines(trial, result)
     console.print(lines[0], style="bold yellow", markup=False)

@@ -60,6 +60,7 @@ class RunRequest:
     added: Mapping[str, tuple[Any, str]] = field(default_factory=dict)
     heartbeat_s: int = 30  # shared database storage: seconds between a worker's heartbeats
     sim_trial_s: float = 0.0  # simulator: seconds each trial sleeps, standing in for NPU time
+    ideal: bool = False  # simulator: profiles without the realistic effects
 
 
 def read_extra(value: str | None) -> dict[str, Any]:
@@ -200,6 +201,8 @@ def recorded_flags(values: Mapping[str, Any], given: set[str]) -> dict[str, Any]
     simulator = info.get("simulator")
     if isinstance(simulator, dict) and "noise" in simulator:
         recorded["noise"] = simulator["noise"]
+    if isinstance(simulator, dict) and "ideal" in simulator:
+        recorded["ideal"] = bool(simulator["ideal"])
     extra = options.get("extra")
     if isinstance(extra, dict):
         # enable_flashcomm1 comes back through --flashcomm1; the other keys as given.
@@ -310,6 +313,7 @@ def request_from_flags(values: Mapping[str, Any], given: set[str]) -> RunRequest
         added=added,
         heartbeat_s=v.get("heartbeat", 30),
         sim_trial_s=v.get("sim_trial_seconds", 0.0),
+        ideal=bool(v.get("ideal", False)),
     )
 
 
@@ -321,12 +325,18 @@ def make_backend(
     noise: float,
     sim_trial_s: float = 0.0,
     launch: LaunchOptions | None = None,
+    ideal: bool = False,
 ) -> Backend:
     """The backend behind `--backend`."""
     if name == "simulate":
-        from autotune.workloads.simulate import SimulateBackend
+        from autotune.workloads.simulate import IDEAL, REALISTIC, SimulateBackend
 
-        return SimulateBackend(workload, seed=seed, noise=noise, trial_s=sim_trial_s)
+        realism = IDEAL if ideal else REALISTIC
+        return SimulateBackend(
+            workload, seed=seed, noise=noise, trial_s=sim_trial_s, realism=realism
+        )
+    if ideal:
+        raise AutotuneError("--ideal only applies to --backend simulate")
     if name == "vllm-ascend":
         from autotune.workloads.vllm_ascend import VllmAscendBackend
 
@@ -401,6 +411,7 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
         noise=req.noise,
         sim_trial_s=req.sim_trial_s,
         launch=req.launch,
+        ideal=req.ideal,
     )
     backend.check()
     tuner = Tuner(
@@ -421,8 +432,11 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
         # Kept so that --resume runs the remaining trials with the same server settings.
         rundir.write_run({**rundir.read_run(), "launch": req.launch.to_json()})
     else:
-        # Kept so that --resume measures the remaining trials with the same modelled noise.
-        rundir.write_run({**rundir.read_run(), "simulator": {"noise": req.noise}})
+        # Kept so that --resume measures the remaining trials with the same modelled noise and
+        # profile effects (the seed is among the options).
+        rundir.write_run(
+            {**rundir.read_run(), "simulator": {"noise": req.noise, "ideal": req.ideal}}
+        )
     if not req.json_out:
         for line in workload_lines(req.workload, backend):
             console.print(line, markup=False)
@@ -485,6 +499,9 @@ def workload_lines(workload: Workload, backend: Backend) -> list[str]:
         hardware = getattr(backend, "hardware", None)
         summary = hardware.summary() if hardware is not None else w.hardware
         lines.append(f"backend    {backend.name} (SIMULATED), hardware {summary}")
+        realism = getattr(backend, "realism", None)
+        if realism is not None:
+            lines.append(f"profiles   {realism.summary()}")
     else:
         lines.append(f"backend    {backend.name}")
     return lines
@@ -547,6 +564,12 @@ def _check_same_run(info: Mapping[str, Any], req: RunRequest) -> None:
     if differ:
         pairs = ", ".join(f"{k}={stored[k]!r} (asked {mine[k]!r})" for k in differ)
         raise AutotuneError(f"--resume: the run in {req.out} was started with {pairs}")
+    simulator = info.get("simulator")
+    if isinstance(simulator, dict) and bool(simulator.get("ideal", False)) != req.ideal:
+        raise AutotuneError(
+            f"--resume: the run in {req.out} was started "
+            f"{'with' if simulator.get('ideal') else 'without'} --ideal"
+        )
     if info.get("backend") and info["backend"] != req.backend:
         raise AutotuneError(
             f"--resume: the run in {req.out} used --backend {info['backend']}, not {req.backend}"

@@ -1,4 +1,5 @@
-"""Simulator speed, and the modelled optimum for Qwen3-32B-W8A8 TP4 batch 72 on 910B2.
+"""Simulator speed, the realistic profile's step spread, and the modelled optimum for
+Qwen3-32B-W8A8 TP4 batch 72 on 910B2.
 
 Run: python bench/sim_bench.py. Every throughput here is SIMULATED (analytic model, estimated
 hardware parameters), not measured on an NPU.
@@ -7,15 +8,26 @@ hardware parameters), not measured on an NPU.
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from autotune.overlap import analyze
+from autotune.profile import load_profiles
 from autotune.target import disabled_config, vendor_default_config
 from autotune.workloads.base import Workload
-from autotune.workloads.simulate import SimulateBackend, simulate_throughput
+from autotune.workloads.simulate import (
+    IDEAL,
+    REALISTIC,
+    Realism,
+    SimulateBackend,
+    simulate_throughput,
+    simulate_trial,
+    step_spread,
+)
 
 WORKLOAD = Workload(model="Qwen3-32B-W8A8", max_num_seqs=72, tp=4, hardware="910B2")
 
@@ -35,18 +47,29 @@ def config(qkv: float, o: float, gate_up: float, down: float) -> dict[str, Any]:
 
 
 def time_trial() -> None:
-    backend = SimulateBackend(WORKLOAD, seed=0)
-    times = []
-    for k in range(5):
-        with tempfile.TemporaryDirectory() as tmp:
-            start = time.perf_counter()
-            backend.run(vendor_default_config(), Path(tmp) / f"t{k}", repeats=3, profile=True)
-            times.append(time.perf_counter() - start)
-    print(
-        f"one simulated trial, 64 layers x {WORKLOAD.profile_steps} profiled steps, all files, "
-        f"3 bench repeats: median {statistics.median(times) * 1e3:.0f} ms "
-        f"(min {min(times) * 1e3:.0f} ms)"
-    )
+    for label, realism in (("realistic", REALISTIC), ("--ideal", IDEAL)):
+        backend = SimulateBackend(WORKLOAD, seed=0, realism=realism)
+        times, reads, tasks = [], [], 0
+        with tempfile.TemporaryDirectory() as tmp:  # warm-up: caches, first writes
+            backend.run_trial(vendor_default_config(), Path(tmp), repeats=3, profile=True)
+        for k in range(5):
+            with tempfile.TemporaryDirectory() as tmp:
+                start = time.perf_counter()
+                trial, result = backend.run_trial(
+                    vendor_default_config(), Path(tmp) / f"t{k}", repeats=3, profile=True
+                )
+                times.append(time.perf_counter() - start)
+                assert result.profile_dir is not None
+                start = time.perf_counter()
+                analyze(load_profiles(result.profile_dir))
+                reads.append(time.perf_counter() - start)
+                tasks = len(trial.tasks)
+        print(
+            f"one simulated trial ({label}), 64 layers x {WORKLOAD.profile_steps} profiled "
+            f"steps ({tasks} tasks), all files, 3 bench repeats: median "
+            f"{statistics.median(times) * 1e3:.0f} ms (min {min(times) * 1e3:.0f} ms); "
+            f"reading and analysing its profile: median {statistics.median(reads) * 1e3:.0f} ms"
+        )
     configs = [config(0.0, 0.0, g, d) for g in (0.1, 0.5, 1.0) for d in (0.1, 0.2, 0.3, 0.5)]
     simulate_throughput(WORKLOAD, configs[0])
     start = time.perf_counter()
@@ -57,6 +80,31 @@ def time_trial() -> None:
             n += 1
     per = (time.perf_counter() - start) / n
     print(f"simulate_throughput: {per * 1e3:.2f} ms per call ({n} calls, cached plans)")
+
+
+def profiled_step_spread(seeds: int = 16) -> None:
+    """The profiled step (device span / steps, as the search reads it) over seeds."""
+    cfg = vendor_default_config()
+    for label, realism in (("realistic", REALISTIC), ("--ideal", IDEAL)):
+        steps = []
+        for seed in range(seeds):
+            t = simulate_trial(WORKLOAD, cfg, realism=realism, seed=seed).tasks
+            steps.append(float(t["end_ns"].max() - t["start_ns"].min()) / WORKLOAD.profile_steps)
+        spread = statistics.stdev(steps) / statistics.mean(steps)
+        print(
+            f"profiled step over {seeds} seeds ({label}): relative std {spread * 100:.2f} % "
+            f"of the mean of {WORKLOAD.profile_steps} steps"
+            + (
+                f"; documented {_documented(realism, cfg) * 100:.2f} %"
+                if realism.step_jitter
+                else ""
+            )
+        )
+
+
+def _documented(realism: Realism, cfg: dict[str, Any]) -> float:
+    trial = simulate_trial(WORKLOAD, cfg, realism=realism)
+    return step_spread(trial) / math.sqrt(WORKLOAD.profile_steps)
 
 
 def grid_optimum() -> None:
@@ -92,4 +140,5 @@ def grid_optimum() -> None:
 
 if __name__ == "__main__":
     time_trial()
+    profiled_step_spread()
     grid_optimum()

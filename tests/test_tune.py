@@ -141,7 +141,8 @@ def test_sigint_reports_and_resume_continues_to_the_budget(tmp_path: Path) -> No
     assert lines[0].startswith("workload   Qwen3-32B-W8A8 TP4 EP1, max-num-seqs 72, flashcomm1 on")
     assert "eager, 1024 in / 512 out" in lines[0]
     assert lines[1].startswith("backend    simulate (SIMULATED), hardware 910B2")
-    assert lines[2] == f"run directory: {rel}"
+    assert lines[2].startswith("profiles   realistic: ")
+    assert lines[3] == f"run directory: {rel}"
     # Without a terminal: one plain line per finished trial, in order.
     trial_lines = [line for line in lines if line.startswith("SIMULATED trial ")]
     finished = [t for t in load_run(run).trials if t.state != "failed"]
@@ -241,7 +242,7 @@ def test_resume_measures_with_the_recorded_simulator_noise(tmp_path: Path) -> No
     run = tmp_path / "run"
     first = autotune("run", *MODEL, *FAST, "--trials", "3", "--noise", "0", "--out", str(run))
     assert first.returncode == 0, first.stderr
-    assert json.loads((run / "run.json").read_text())["simulator"] == {"noise": 0.0}
+    assert json.loads((run / "run.json").read_text())["simulator"] == {"noise": 0.0, "ideal": False}
     again = autotune("run", "--resume", "--out", str(run), "--trials", "4")
     assert again.returncode == 0, again.stderr
     trial = json.loads((run / "trials" / "003" / "trial.json").read_text())

@@ -18,8 +18,9 @@ from autotune.report.html import SIMULATED_BANNER, _points, write_report
 from autotune.rundir import RunRecord, load_run
 
 EVIL = "<script>alert(1)</script>"
-# A kernel of every simulated layer whose role ("other") does not change the analysis.
-ROPE = "aclnnApplyRotaryPosEmb_ApplyRotaryPosEmb_ApplyRotaryPosEmb"
+# A kernel of every simulated layer whose role ("other") does not change the analysis (a custom
+# kernel, named by its op type in the simulator's realistic profiles).
+ROPE = "ApplyRotaryPosEmb"
 TRIALS = 9
 EVIL_CONFIG = "</script><script>window.__xss = 3</script>\u2028"
 

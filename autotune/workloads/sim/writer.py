@@ -12,15 +12,15 @@ import csv
 import io
 import json
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
-if TYPE_CHECKING:
-    from autotune.workloads.simulate import SimTrial
+from autotune.workloads.sim.steps import SimTrial
 
 _UINT32_MAX = 4294967295
-_AH_SORT, _CANN_SORT = 14, 7  # msprof process sort indices: Ascend Hardware, CANN
+_AH_SORT, _CANN_SORT, _HCCL_SORT = 14, 7, 15  # msprof process sort indices
 TORCH_NPU_VERSION = "2.10.0"
 CANN_VERSION = "9.0.1"
 
@@ -109,13 +109,14 @@ class _Row(NamedTuple):
     out_shapes: str
     in_types: str
     out_types: str
+    kind: str  # kernel | cmo | record | wait | comm (autotune.workloads.sim.steps.TASK_COLUMNS)
+    group: int  # a comm task's collective
 
 
 _ROW_COLUMNS = (
     "device", "stream", "task_id", "name", "type", "rt_type", "op_type", "start_ns", "end_ns",
-    "connection_id", "in_shapes", "out_shapes", "in_types", "out_types",
+    "connection_id", "in_shapes", "out_shapes", "in_types", "out_types", "kind", "group",
 )  # fmt: skip
-_NON_COMPUTE = frozenset({"CMO", "EVENT_RECORD", "EVENT_WAIT"})
 
 
 def _rows(trial: SimTrial, base_ns: int) -> list[_Row]:
@@ -137,9 +138,10 @@ def write_profile(trial: SimTrial, parent: Path, *, base_ns: int, pid: int, rank
     rows = _rows(trial, base_ns)
     steps = [(k + 1, s + base_ns, e + base_ns) for k, (s, e) in enumerate(trial.step_spans)]
     _write_info(trial, root, rank, base_ns, steps)
-    _write_trace(trial, out / "trace_view.json", pid, rows, steps)
-    _write_kernel_details(trial, out / "kernel_details.csv", rows, steps)
-    _write_db(trial, out / f"ascend_pytorch_profiler_{rank}.db", pid, rank, rows, steps)
+    coll = _collective_rows(trial, rows, base_ns)
+    _write_trace(trial, out / "trace_view.json", pid, rows, coll, steps)
+    _write_kernel_details(trial, out / "kernel_details.csv", rows, coll, steps)
+    _write_db(trial, out / f"ascend_pytorch_profiler_{rank}.db", pid, rank, rows, coll, steps)
     (out / "analyse.done").write_text("", encoding="utf-8")
     return root
 
@@ -198,6 +200,9 @@ def _write_info(
         "note": trial.notes[0],
         "autotune_hardware": trial.hardware.summary(),
         "autotune_workload": workload,
+        # What shaped this profile, so that it can be made again: the effects and their seed.
+        "autotune_realism": {**trial.realism.to_json(), "seed": trial.seed,
+                             "profiled_contexts": trial.contexts},
     }  # fmt: skip
     _dump(root / f"profiler_info_{rank}.json", info)
     meta = {
@@ -224,7 +229,12 @@ def _meta(kind: str, pid: int, tid: int, key: str, value: Any) -> dict[str, Any]
 
 
 def _write_trace(
-    trial: SimTrial, path: Path, pid: int, rows: list[_Row], steps: list[tuple[int, int, int]]
+    trial: SimTrial,
+    path: Path,
+    pid: int,
+    rows: list[_Row],
+    coll: list[_Row],
+    steps: list[tuple[int, int, int]],
 ) -> None:
     device = _device(rows)
     tid = pid  # the Python main thread
@@ -256,8 +266,10 @@ def _write_trace(
         ev.append(_meta("thread_name", hw_pid, stream, "name", f"Stream {stream}"))
         ev.append(_meta("thread_sort_index", hw_pid, stream, "sort_index", stream))
     model_id = _model_id(trial)
+    counts = _element_counts(trial)
+    ev += _hccl_events(coll, counts, (pid << 10) | (_HCCL_SORT << 5) | device, model_id)
     # Device events are formatted directly (same JSON as json.dumps would write, much faster);
-    # names and task types are plain ASCII identifiers.
+    # names and task types are plain ASCII, without quotes or backslashes.
     parts = [json.dumps(e, ensure_ascii=False, separators=(",", ":")) for e in ev]
     for r in rows:
         parts.append(
@@ -267,6 +279,35 @@ def _write_trace(
             f'"Batch Id":0,"Subtask Id":{_UINT32_MAX},"connection_id":{r.conn}}}}}'
         )
     path.write_text("[" + ",".join(parts) + "]", encoding="utf-8")
+
+
+def _element_counts(trial: SimTrial) -> dict[int, int]:
+    """Per collective: the bf16 elements each rank contributes."""
+    c = trial.collectives
+    return dict(zip(c["group"].tolist(), (c["bytes"] // 2).tolist(), strict=True))
+
+
+def _hccl_events(
+    coll: list[_Row], counts: dict[int, int], hccl_pid: int, model_id: int
+) -> list[dict[str, Any]]:
+    """The HCCL process of the trace: one event per collective, as the real capture has them."""
+    if not coll:
+        return []
+    ev = [
+        _meta("process_name", hccl_pid, 0, "name", "HCCL"),
+        _meta("process_labels", hccl_pid, 0, "labels", "NPU"),
+        _meta("process_sort_index", hccl_pid, 0, "sort_index", _HCCL_SORT),
+        _meta("thread_name", hccl_pid, 0, "name", "Group 0 Communication"),
+        _meta("thread_sort_index", hccl_pid, 0, "sort_index", 0),
+    ]
+    for r in coll:
+        ev.append({
+            "name": r.name, "pid": hccl_pid, "tid": 0, "ts": us_str(r.start),
+            "dur": (r.end - r.start) / 1000, "ph": "X",
+            "args": {"connection_id": r.conn, "model id": model_id, "data_type": "BF16",
+                     "alg_type": "MESH", "count": counts.get(r.group, 0)},
+        })  # fmt: skip
+    return ev
 
 
 def _step_of(steps: list[tuple[int, int, int]], start: int) -> str:
@@ -299,10 +340,30 @@ def _csv_cells(cells: list[Any]) -> str:
     return buf.getvalue()
 
 
+def _collective_rows(trial: SimTrial, rows: list[_Row], base_ns: int) -> list[_Row]:
+    """One row per collective that ran on the HCCL stream: its op, over the span of its tasks."""
+    conn = {r.group: r.conn for r in rows if r.kind == "comm"}
+    device = _device(rows)
+    c = trial.collectives
+    cols = zip(c["group"], c["name"], c["op_type"], c["start_ns"], c["end_ns"], strict=True)
+    out = []
+    for g, name, op_type, s, e in cols:
+        start, end, group = int(s) + base_ns, int(e) + base_ns, int(g)
+        no_shape = ("", "", "", "")
+        out.append(_Row(device, -1, -1, name, "HCCL", "HCCL", op_type, start, end,
+                        conn.get(group, 0), *no_shape, "collective", group))  # fmt: skip
+    return out
+
+
 def _write_kernel_details(
-    trial: SimTrial, path: Path, rows: list[_Row], steps: list[tuple[int, int, int]]
+    trial: SimTrial,
+    path: Path,
+    rows: list[_Row],
+    coll: list[_Row],
+    steps: list[tuple[int, int, int]],
 ) -> None:
-    """Compute and communication rows only: CMO and event tasks have no op_summary row.
+    """Compute and communication rows only: CMO, event and HCCL-stream tasks have no op_summary
+    row; a collective on the HCCL stream has one (stream and task N/A), as in the real capture.
 
     Same bytes as csv.writer's default dialect (CRLF, minimal quoting); the per-kernel constant
     cells are formatted once per distinct kernel because kernels repeat every layer.
@@ -313,12 +374,13 @@ def _write_kernel_details(
     n_tail = len(KERNEL_DETAILS_HEADER) - 13
     n_aic = 2 + 2 * len(_AIC_RATIOS) + 1
     n_aiv = 2 + 2 * len(_AIV_RATIOS) + 1
+    ops = [r for r in rows if r.kind == "kernel"]
+    if coll:
+        ops = sorted(ops + coll, key=lambda r: r.start)
     static: dict[tuple[str, ...], tuple[str, str, bool, bool, int]] = {}
     lines = [_csv_cells(list(KERNEL_DETAILS_HEADER))]
     prev_end: int | None = None
-    for r in rows:
-        if r.rt_type in _NON_COMPUTE:
-            continue
+    for r in ops:
         # Wait Time: idle since the previous compute row of the device, as msprof computes it.
         wait = "0" if prev_end is None else f"{max(0, r.start - prev_end) / 1000:f}"
         prev_end = r.end
@@ -328,7 +390,8 @@ def _write_kernel_details(
         cached = static.get(key)
         if cached is None:
             if r.type == "HCCL":
-                mid = _csv_cells([r.name, r.op_type, "N/A", "COMMUNICATION"])
+                core = "HCCL" if r.kind == "collective" else "COMMUNICATION"
+                mid = _csv_cells([r.name, r.op_type, "N/A", core])
                 post = _csv_cells([0, *["N/A"] * n_tail])
                 cached = (mid, post, False, False, 0)
             else:
@@ -367,6 +430,7 @@ def _write_db(
     pid: int,
     rank: int,
     rows: list[_Row],
+    coll: list[_Row],
     steps: list[tuple[int, int, int]],
 ) -> None:
     """The msprof/torch_npu db tables this tool and msprof-analyze read; same tasks as the trace."""
@@ -383,12 +447,15 @@ def _write_db(
     task_rows: list[tuple[int, ...]] = []
     cti_rows: list[tuple[int, ...]] = []
     pmu_rows: list[tuple[int, int, float]] = []
+    comm_rows: list[tuple[int, int, int]] = []  # (collective, globalTaskId, task type)
     # Kernels repeat every layer: intern each distinct description once.
     cti_of: dict[tuple[str, ...], tuple[int, ...]] = {}
     for gid, r in enumerate(rows, start=1):
         task_rows.append((r.start, r.end, r.device, r.conn, gid, pid, sid(r.rt_type),
                           _UINT32_MAX, r.stream, r.task_id, model_id))  # fmt: skip
-        if r.rt_type in _NON_COMPUTE:
+        if r.kind == "comm":
+            comm_rows.append((r.group, gid, sid(_PLANE_TASK.get(r.name, r.name))))
+        if r.kind != "kernel":
             continue
         cube = r.type in ("AI_CORE", "MIX_AIC")
         key = (r.name, r.type, r.op_type, r.in_types, r.in_shapes, r.out_types, r.out_shapes)
@@ -434,6 +501,7 @@ def _write_db(
         cur.executemany(f"INSERT INTO COMPUTE_TASK_INFO VALUES ({','.join('?' * 17)})", cti_rows)
         cur.executemany("INSERT INTO TASK_PMU_INFO VALUES (?,?,?)", pmu_rows)
         cur.executemany("INSERT INTO STEP_TIME VALUES (?,?,?)", steps)
+        _write_comm_tables(cur, sid, coll, _element_counts(trial), comm_rows)
         cur.executemany("INSERT INTO STRING_IDS VALUES (?,?)", [(v, k) for k, v in strings.items()])
         cur.execute("INSERT INTO RANK_DEVICE_MAP VALUES (?,?)", (rank, _device(rows)))
         cur.executemany("INSERT INTO META_DATA VALUES (?,?)", list(meta.items()))
@@ -444,6 +512,37 @@ def _write_db(
         con.commit()
     finally:
         con.close()
+
+
+# How the HCCL planes name the tasks the Ascend Hardware rows call "Write Value", ... (the real
+# capture's COMMUNICATION_TASK_INFO).
+_PLANE_TASK = {"Write Value": "Notify_Record", "Notify Wait": "Notify_Wait", "SDMA": "Memcpy"}
+
+
+def _write_comm_tables(
+    cur: sqlite3.Cursor,
+    sid: Callable[[str], int],
+    coll: list[_Row],
+    counts: dict[int, int],
+    comm_rows: list[tuple[int, int, int]],
+) -> None:
+    """COMMUNICATION_OP (one row per collective) and COMMUNICATION_TASK_INFO (per HCCL task)."""
+    group_name = sid("simulated%tp_group")
+    bf16 = sid("BF16")
+    ops = [
+        (sid(r.name), r.start, r.end, r.conn, group_name, r.group + 1, 0, 0, bf16, sid("MESH"),
+         counts.get(r.group, 0), sid(r.op_type), 0)
+        for r in coll
+    ]  # fmt: skip
+    op_name = {r.group: sid(r.name) for r in coll}
+    sdma, on_chip = sid("SDMA"), sid("ON_CHIP")
+    tasks = [
+        (op_name.get(group, 0), gid, task_type, 0, group_name, 0, 65535, 0, 0, sdma, 0, bf16,
+         on_chip, group + 1)
+        for group, gid, task_type in comm_rows
+    ]  # fmt: skip
+    cur.executemany(f"INSERT INTO COMMUNICATION_OP VALUES ({','.join('?' * 13)})", ops)
+    cur.executemany(f"INSERT INTO COMMUNICATION_TASK_INFO VALUES ({','.join('?' * 14)})", tasks)
 
 
 _SCHEMA = """
@@ -459,6 +558,14 @@ CREATE TABLE COMPUTE_TASK_INFO (name INTEGER, globalTaskId INTEGER PRIMARY KEY,
     hf32Eligible INTEGER, gridDim INTEGER, blockDim INTEGER);
 CREATE TABLE TASK_PMU_INFO (globalTaskId INTEGER, name INTEGER, value NUMERIC);
 CREATE TABLE STEP_TIME (id INTEGER, startNs INTEGER, endNs INTEGER);
+CREATE TABLE COMMUNICATION_OP (opName INTEGER, startNs INTEGER, endNs INTEGER,
+    connectionId INTEGER, groupName INTEGER, opId INTEGER PRIMARY KEY, relay INTEGER,
+    retry INTEGER, dataType INTEGER, algType INTEGER, count NUMERIC, opType INTEGER,
+    waitNs INTEGER);
+CREATE TABLE COMMUNICATION_TASK_INFO (name INTEGER, globalTaskId INTEGER, taskType INTEGER,
+    planeId INTEGER, groupName INTEGER, notifyId INTEGER, rdmaType INTEGER, srcRank INTEGER,
+    dstRank INTEGER, transportType INTEGER, size INTEGER, dataType INTEGER, linkType INTEGER,
+    opId INTEGER);
 CREATE TABLE META_DATA (name TEXT, value TEXT);
 CREATE TABLE RANK_DEVICE_MAP (rankId INTEGER, deviceId INTEGER);
 CREATE TABLE ENUM_API_TYPE (id INTEGER PRIMARY KEY, name TEXT);

@@ -21,22 +21,31 @@ runner = CliRunner()
 SIM = ("--backend", "simulate", "--model", "Qwen3-32B-W8A8", "--max-num-seqs", "72")
 
 
-def autotune(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
+def autotune(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`autotune ARGS` as a user runs it: its own process, its own process group."""
     return subprocess.run(
         [sys.executable, "-m", "autotune", *args],
         capture_output=True,
         text=True,
         timeout=300,
-        env=env,
+        env={**os.environ, "COLUMNS": "200"} if env is None else env,
         cwd=cwd,
+        start_new_session=True,
     )
+
+
+def succeeded(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr)
+    assert "Traceback" not in result.stderr
+    return result
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     """The one `error: …` line of a refused command (exit 2, no traceback, nothing on stdout)."""
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 2, (result.stdout[-2000:], result.stderr)
+    assert "Traceback" not in result.stderr and result.stdout == ""
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     return lines[0]

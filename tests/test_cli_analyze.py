@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 from fake_vllm.fake_env import make_small_model
 from rich.console import Console
+from test_cli import autotune, one_error_line, succeeded
 from test_overlap import Timeline, dense_layer, moe_layer
 from typer.testing import CliRunner
 
@@ -273,34 +273,8 @@ def test_by_rank_tables(tmp_path: Path) -> None:
 # These run `autotune analyze` as a real process, as a user would.
 
 
-def _autotune(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "autotune", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-
-
-def _ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, (result.stdout[-2000:], result.stderr)
-    assert "Traceback" not in result.stderr
-    return result
-
-
-def _refused(result: subprocess.CompletedProcess[str]) -> str:
-    """The one `error: …` line on stderr, exit 2, no traceback, nothing on stdout."""
-    assert result.returncode == 2, (result.stdout[-2000:], result.stderr)
-    assert "Traceback" not in result.stderr and result.stdout == ""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
-
-
 def _json(*args: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(_ok(_autotune("analyze", *args, "--json")).stdout)
+    data: dict[str, Any] = json.loads(succeeded(autotune("analyze", *args, "--json")).stdout)
     return data
 
 
@@ -314,8 +288,8 @@ def sim_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("analyze-run")
     model = make_small_model(root / "model")
     out = root / "runs" / "run"
-    _ok(
-        _autotune(
+    succeeded(
+        autotune(
             "run", "--backend", "simulate", "--model", str(model), "--max-num-seqs", "72",
             "--trials", "6", "--profile-steps", "2", "--out", str(out),
         )
@@ -327,7 +301,7 @@ def test_run_dir_reads_its_best_trial_and_says_so(sim_run: Path) -> None:
     record = load_run(sim_run)
     best = record.best_trial
     assert best is not None and len(record.profiles) >= 3  # baseline, default, best kept
-    result = _ok(_autotune("analyze", str(sim_run), "--json"))
+    result = succeeded(autotune("analyze", str(sim_run), "--json"))
     doc = json.loads(result.stdout)
     assert doc["trial"] == {"number": best.number, "role": best.role, "best": True}
     (profile,) = doc["profiles"]
@@ -338,7 +312,7 @@ def test_run_dir_reads_its_best_trial_and_says_so(sim_run: Path) -> None:
     # The same verdict as the best trial's own folder, and no pooled warning.
     assert _sites(doc) == _sites(_json(str(sim_run / "trials" / f"{best.number:03d}")))
     assert not any("was read" in w for w in doc["warnings"])
-    text = _ok(_autotune("analyze", str(sim_run))).stdout
+    text = succeeded(autotune("analyze", str(sim_run))).stdout
     assert text.startswith("read 1 profile(s): rank 0 (db")
 
 
@@ -353,7 +327,7 @@ def test_trial_option_reads_another_trial(sim_run: Path) -> None:
 def test_profiles_of_several_trials_are_never_pooled(sim_run: Path) -> None:
     kept = len(load_run(sim_run).profiles)
     for folder in (sim_run / "trials", sim_run.parent):
-        line = _refused(_autotune("analyze", str(folder)))
+        line = one_error_line(autotune("analyze", str(folder)))
         assert f"holds the profiles of {kept} trials" in line
         assert "each run with another config" in line
         assert "--trial N" in line
@@ -370,22 +344,23 @@ def test_a_trial_without_profile_says_why(sim_run: Path) -> None:
         "default and best trials keep theirs)"
     )
     folder = sim_run / "trials" / f"{pruned.number:03d}"
-    assert why in _refused(_autotune("analyze", str(folder)))
-    line = _refused(_autotune("analyze", str(sim_run), "--trial", str(pruned.number)))
+    assert why in one_error_line(autotune("analyze", str(folder)))
+    line = one_error_line(autotune("analyze", str(sim_run), "--trial", str(pruned.number)))
     assert why in line and "trials with a profile: 000, 001" in line
-    assert "holds no trial 99" in _refused(_autotune("analyze", str(sim_run), "--trial", "99"))
+    assert "holds no trial 99" in one_error_line(autotune("analyze", str(sim_run), "--trial", "99"))
     sample = PROFILES / "dense_current_ascend_pt"
-    assert "is not a run directory" in _refused(_autotune("analyze", str(sample), "--trial", "1"))
+    line = one_error_line(autotune("analyze", str(sample), "--trial", "1"))
+    assert "is not a run directory" in line
 
 
 def test_output_files_are_checked_before_anything_is_read(tmp_path: Path) -> None:
     sample = str(PROFILES / "dense_current_ascend_pt")
     missing = tmp_path / "nonexistent"
     for flag, name in (("--tasks", "t.csv"), ("--html", "r.html")):
-        line = _refused(_autotune("analyze", sample, flag, str(missing / name)))
+        line = one_error_line(autotune("analyze", sample, flag, str(missing / name)))
         assert f"{flag} {missing / name}: the folder {missing} does not exist" in line
         assert not missing.exists()
-        assert "is a directory" in _refused(_autotune("analyze", sample, flag, str(tmp_path)))
+        assert "is a directory" in one_error_line(autotune("analyze", sample, flag, str(tmp_path)))
 
 
 def test_a_trace_view_file_reads_the_kernel_details_beside_it(tmp_path: Path) -> None:
@@ -396,7 +371,7 @@ def test_a_trace_view_file_reads_the_kernel_details_beside_it(tmp_path: Path) ->
         ("file", capture / "ASCEND_PROFILER_OUTPUT" / "trace_view.json"),
     ):
         out = tmp_path / f"{name}.csv"
-        _ok(_autotune("analyze", str(path), "--tasks", str(out)))
+        succeeded(autotune("analyze", str(path), "--tasks", str(out)))
         tables[name] = out.read_text()
     assert tables["file"] == tables["folder"]
     rows = list(csv.DictReader(io.StringIO(tables["file"])))
@@ -409,8 +384,8 @@ def _exported_twice(tmp_path: Path) -> tuple[Path, Path]:
     on a copy with the other export type leaves them: profiler_info_0.json copied unchanged
     (here its export type is set to db too, which must not matter)."""
     sim = tmp_path / "sim"
-    _ok(
-        _autotune(
+    succeeded(
+        autotune(
             "simulate", "--model", str(make_small_model(tmp_path / "model")), "--max-num-seqs",
             "72", "--steps", "2", "--out", str(sim),
         )
@@ -498,10 +473,11 @@ def test_html_report_replaces_the_old_one_whole(tmp_path: Path) -> None:
     """A reader holding the old report keeps reading it whole: a new file is renamed over it."""
     page = tmp_path / "report.html"
     sample = str(PROFILES / "dense_current_ascend_pt")
-    _ok(_autotune("analyze", sample, "--html", str(page)))
+    succeeded(autotune("analyze", sample, "--html", str(page)))
     old = page.read_text()
     with page.open(encoding="utf-8") as reader:
-        _ok(_autotune("analyze", str(PROFILES / "dense_legacy_ascend_pt"), "--html", str(page)))
+        legacy = str(PROFILES / "dense_legacy_ascend_pt")
+        succeeded(autotune("analyze", legacy, "--html", str(page)))
         assert reader.read() == old
     assert page.read_text() != old
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import sqlite3
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -283,9 +282,10 @@ def test_importance_is_read_from_a_journal_study(browser: Any, tmp_path: Path) -
 
 # ---- a real-backend run (the fake `vllm`) whose vendor-default trial was never profiled --------
 
-# tests/fake_vllm lives one folder up; this file runs on its own too.
+# tests/fake_vllm and tests/test_cli.py live one folder up; this file runs on its own too.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_vllm.fake_env import make_fake_env, make_small_model  # noqa: E402
+from test_cli import autotune, succeeded  # noqa: E402
 
 REAL_TRIALS = 3
 
@@ -297,20 +297,6 @@ def _real_env(bin_dir: Path, fault: str = "") -> dict[str, str]:
     if fault:
         env["FAKE_VLLM_FAULT"] = fault
     return env
-
-
-def _autotune(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "autotune", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        start_new_session=True,
-    )
-    assert result.returncode == 0, (result.stdout[-3000:], result.stderr)
-    assert "Traceback" not in result.stderr
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -326,7 +312,7 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             "--tp", "2", "--trials", str(REAL_TRIALS), "--repeats", "1", "--input-len", "32",
             "--output-len", "32", "--num-prompts", "16", "--profile-steps", "2",
             "--additional-config", '{"enable_flashcomm1": true}', "--out", str(out)]  # fmt: skip
-    _autotune(args, _real_env(bin_dir, "no-profile@1"))
+    succeeded(autotune(*args, env=_real_env(bin_dir, "no-profile@1")))
     return out, bin_dir
 
 
@@ -366,10 +352,8 @@ def test_real_run_reasons_survive_a_resume(real_run: tuple[Path, Path], tmp_path
     shutil.copytree(out, copy)  # a copy resumes its own study
     before = json.loads((copy / "summary.json").read_text())
     trials_before = {t.number: t.unprofiled for t in load_run(copy).trials}
-    result = _autotune(
-        ["run", "--resume", "--out", str(copy), "--trials", str(REAL_TRIALS + 1)],
-        _real_env(bin_dir),
-    )
+    resume = ["run", "--resume", "--out", str(copy), "--trials", str(REAL_TRIALS + 1)]
+    result = succeeded(autotune(*resume, env=_real_env(bin_dir)))
     after = json.loads((copy / "summary.json").read_text())
     assert after["trials"]["measured"] == REAL_TRIALS + 1
     for key in ("probe_note", "inert_sites"):

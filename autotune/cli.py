@@ -22,6 +22,28 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from autotune import __version__
+
+        typer.echo(f"autotune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Tune vllm-ascend 0.23 weight prefetch by measurement."""
+
+
 # click's parameter sources that mean "not on the command line".
 _UNGIVEN = ("DEFAULT", "DEFAULT_MAP")
 
@@ -54,9 +76,13 @@ def analyze(
         Path,
         typer.Argument(
             help="A trace_view.json or profiler db, or any folder with *_ascend_pt dirs below it "
-            "(a *_ascend_pt dir, a simulate --out dir, a run dir, trials/NNN)."
+            "(a *_ascend_pt dir, a simulate --out dir, trials/NNN, a run dir: its best trial)."
         ),
     ],
+    trial: Annotated[
+        int | None,
+        typer.Option("--trial", help="With a run directory: read this trial, not the best."),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     rules: Annotated[
         Path | None, typer.Option(help="TOML rules that extend or override the shipped classifier.")
@@ -84,24 +110,25 @@ def analyze(
 
     from autotune.overlap import analyze as analyze_overlap
     from autotune.profile import load_profiles
+    from autotune.report.html import write_analyze_report
     from autotune.report.terminal import print_overlap, profiles_line
-    from autotune.task_table import check_task_path, task_table, write_task_table
+    from autotune.rundir import check_output_file, profile_input
+    from autotune.task_table import task_table, write_task_table
 
     if not math.isfinite(tolerance_us) or tolerance_us < 0:
         raise AutotuneError(f"--tolerance-us must be a number >= 0, got {tolerance_us}")
-    if tasks is not None:
-        check_task_path(tasks)
-    if html is not None:
-        try:
-            from autotune.report.html import write_analyze_report
-        except ImportError:
-            raise AutotuneError("--html: the HTML report is not available yet") from None
+    for flag, out_file in (("--tasks", tasks), ("--html", html)):
+        if out_file is not None:
+            check_output_file(flag, out_file)
     if not path.exists():
         raise AutotuneError(
             f"{path}: no such file or directory; pass a trace_view.json, a profiler db, "
             "or a folder with *_ascend_pt dirs below it"
         )
-    profiles = load_profiles(path, rules=rules)
+    source = profile_input(path, trial)
+    if source.note:
+        _stderr().print(f"note: {source.note}", markup=False)
+    profiles = load_profiles(source.path, rules=rules)
     tol_ns = round(tolerance_us * 1000)
     result = analyze_overlap(profiles, late_tolerance_ns=tol_ns)
     ranks = sorted({-1 if p.rank is None else int(p.rank) for p in profiles})
@@ -123,6 +150,12 @@ def analyze(
         ]
         if by_rank:
             doc["by_rank"] = {str(r): res.to_json() for r, res in per_rank.items()}
+        if source.trial is not None:
+            doc["trial"] = {
+                "number": source.trial.number,
+                "role": source.trial.role,
+                "best": source.best,
+            }
         typer.echo(json.dumps(doc, allow_nan=False))
     else:
         console = Console(highlight=False, soft_wrap=True)
@@ -137,8 +170,9 @@ def analyze(
         write_task_table(table, tasks)
         _stderr().print(f"wrote {tasks} ({len(table)} tasks)", markup=False)
     if html is not None:
+        meta = {"read": source.note.removeprefix("reading ")} if source.note else None
         try:
-            write_analyze_report(result, list(profiles), html)
+            write_analyze_report(result, list(profiles), html, meta=meta)
         except OSError as exc:
             raise AutotuneError(f"--html {html}: cannot write the report: {exc.strerror}") from None
         _stderr().print(f"wrote {html}", markup=False)

@@ -8,12 +8,14 @@ Layout::
       trials/<NNN>/             one per Optuna trial number
         config.json             the compiled --additional-config of the trial
         trial.json              the trial's record (TrialRecord.to_json)
-        bench-<r>.json, logs, profile/ (kept per --keep-profiles)   written by the backend
+        bench_r<k>.json, logs, prof/ (kept per --keep-profiles)   written by the backend
       trials.csv                one row per trial
       best_config.json          exactly the JSON for `vllm serve --additional-config`
       summary.json              gains, inert and active sites, best trial, backend, simulated flag
 
-Every file is written to a temporary name and renamed, so an interruption never leaves half a file.
+Every file this module writes goes to a temporary name and is renamed, so an interruption never
+leaves half a file; a pruned profile leaves its place by a rename before it is deleted. The
+backend writes its own files in trials/<NNN>/.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +46,8 @@ PROFILE_DIR = "profile"
 
 MIB = 1024 * 1024
 
-# Trial roles, in the order a run produces them.
-ROLES: tuple[str, ...] = ("baseline", "default", "seed", "search")
+# Trial roles, in the order a run produces them ("guided": a candidate of the profile guide).
+ROLES: tuple[str, ...] = ("baseline", "default", "seed", "guided", "search")
 # Trial states as written to disk.
 STATES: tuple[str, ...] = ("complete", "duplicate", "failed", "running")
 
@@ -84,7 +86,7 @@ class TrialRecord:
     """One trial as the run directory records it."""
 
     number: int  # Optuna trial number; also the trials/<NNN> folder
-    role: str  # baseline | default | seed | search
+    role: str  # baseline | default | seed | guided | search
     state: str  # complete | duplicate | failed | running
     config: dict[str, Any]  # the compiled additional-config
     effective_bytes: dict[str, int]  # per site, what 0.23 really prefetches (0 = nothing)
@@ -111,6 +113,15 @@ class TrialRecord:
     simulated: bool = False
     duration_s: float = 0.0
     host: str = ""  # the host that ran the trial (several workers may share a study)
+
+    def counted(self) -> TrialRecord:
+        """The record as tables show it: what a failed (or interrupted) trial measured before it
+        stopped does not count, so it carries no measurement."""
+        if self.state != "failed":
+            return self
+        return replace(
+            self, objective=None, estimate=None, throughput=None, throughputs=[], tpot_ms=None
+        )
 
     @property
     def effective_mib(self) -> dict[str, float]:
@@ -180,20 +191,34 @@ class RunDir:
         """The storage URL to open for the study run.json records."""
         return self.storage_of(info) or self.default_storage_url()
 
+    def check_new(self) -> None:
+        """Refuse, before anything is written, an --out a new run cannot use: a file, or a
+        directory that already holds files."""
+        if self.path.exists() and not self.path.is_dir():
+            raise AutotuneError(
+                f"--out {self.path} is a file, not a directory; give a new or empty directory"
+            )
+        if self.path.is_dir() and any(self.path.iterdir()):
+            raise AutotuneError(
+                f"--out {self.path} already holds files; pass --resume to continue that run "
+                "or choose another directory"
+            )
+
     def prepare(self, *, resume: bool) -> None:
         """Create the directory for a new run, or check that a resumed one exists."""
         if resume:
+            if self.path.exists() and not self.path.is_dir():
+                raise AutotuneError(
+                    f"--resume: --out {self.path} is a file; give the --out directory of an "
+                    "earlier run"
+                )
             if not (self.path / RUN_FILE).is_file():
                 raise AutotuneError(
                     f"--resume: {self.path} holds no autotune run ({RUN_FILE} missing); "
                     "give the --out directory of an earlier run"
                 )
             return
-        if self.path.exists() and any(self.path.iterdir()):
-            raise AutotuneError(
-                f"--out {self.path} already holds files; pass --resume to continue that run "
-                "or choose another directory"
-            )
+        self.check_new()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -255,17 +280,25 @@ class RunDir:
         atomic_write_json(self.path / SUMMARY_FILE, dict(summary))
 
     def prune_profiles(self, records: Iterable[TrialRecord], keep: Iterable[int]) -> list[int]:
-        """Delete the profile folders of every trial not in `keep`; return the numbers pruned."""
+        """Delete the profile folders of every trial not in `keep`; return the numbers pruned.
+
+        The folder is renamed away first and deleted once trial.json no longer names it, so an
+        interruption never leaves a trial naming a half-deleted profile (a left-over hidden
+        `.pruned-*` folder goes at the next prune)."""
         wanted = set(keep)
         pruned: list[int] = []
         for record in records:
             if record.profile is None or record.number in wanted:
                 continue
             target = self.path / record.profile
+            # Hidden: profile discovery skips it while it is being deleted.
+            doomed = target.with_name(f".pruned-{target.name}")
             if target.is_dir():
-                shutil.rmtree(target, ignore_errors=True)
+                shutil.rmtree(doomed, ignore_errors=True)
+                target.rename(doomed)
             record.profile = None
             self.write_trial(record)
+            shutil.rmtree(doomed, ignore_errors=True)
             pruned.append(record.number)
         return pruned
 
@@ -304,7 +337,7 @@ def trials_csv(
             "host",
         ]
     )
-    for r in records:
+    for r in (record.counted() for record in records):
         tps = r.throughputs
         writer.writerow(
             [
@@ -362,3 +395,177 @@ def load_run(run_dir: Path) -> RunRecord:
         best_config=best,
         profiles=profiles,
     )
+
+
+# What each --keep-profiles value keeps, for the line that says a profile is gone.
+KEPT_BY = {
+    "best": "only the baseline, vendor default and best trials keep theirs",
+    "none": "no trial keeps its profile",
+}
+
+
+def why_no_profile(trial: TrialRecord, keep_profiles: str | None) -> str:
+    """Why a trial has no profile to read, in a few words ("" when it names one)."""
+    if trial.profile is not None:
+        return ""
+    if trial.state == "failed":
+        return f"the trial failed ({trial.error or 'no reason recorded'})"
+    if trial.state == "duplicate":
+        twin = trial.duplicate_of
+        where = "" if twin is None else f": trials/{twin:03d} ran the same effective bytes"
+        return f"it was not run (a duplicate){where}"
+    if trial.state == "running":
+        return "the trial has not finished"
+    if trial.unprofiled:
+        return f"it was measured without a usable profile: {trial.unprofiled}"
+    kept = KEPT_BY.get(keep_profiles or "")
+    flag = f"--keep-profiles {keep_profiles}" if keep_profiles else "--keep-profiles"
+    return f"its profile was removed after the run ({flag}{': ' + kept if kept else ''})"
+
+
+def check_output_file(flag: str, path: Path) -> None:
+    """Refuse, before any work, an output file path that cannot be written as given: a
+    directory, or a file in a folder that does not exist (it is not created)."""
+    if path.is_dir():
+        raise AutotuneError(f"{flag} {path}: is a directory; give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise AutotuneError(
+            f"{flag} {path}: the folder {parent} does not exist (autotune does not create it)"
+        )
+    if not os.access(parent, os.W_OK):
+        raise AutotuneError(f"{flag} {path}: the folder {parent} is not writable")
+
+
+@dataclass(frozen=True)
+class ProfileInput:
+    """What `autotune analyze PATH` reads: profiles of one trial of a run, or any folder."""
+
+    path: Path  # where to look for *_ascend_pt folders (or the file given)
+    trial: TrialRecord | None = None  # the run's trial whose profile this is
+    best: bool = False  # that trial is the run's best
+    note: str = ""  # which trial was read, and why that one
+
+
+def profile_input(path: Path, trial: int | None = None) -> ProfileInput:
+    """The profiles `analyze` reads at `path`: a run directory gives its best trial (`trial`
+    picks another), trials/NNN that trial; a folder holding several trials of a run is refused,
+    as their configs differ and one verdict over them would mean nothing."""
+    if (path / RUN_FILE).is_file():
+        return _run_trial(path, trial)
+    if trial is not None:
+        raise AutotuneError(
+            f"--trial {trial}: {path} is not a run directory (no {RUN_FILE}); give the --out "
+            "directory of an autotune run"
+        )
+    if (path / TRIAL_FILE).is_file():
+        record = TrialRecord.from_json(read_json_object(path / TRIAL_FILE))
+        run_dir = path.parent.parent
+        keep = _keep_profiles(run_dir) if (run_dir / RUN_FILE).is_file() else None
+        what = f"{path}: trial {record.number:03d} ({record.role})"
+        return _trial_input(path, record, keep, what)
+    if path.is_dir():
+        _refuse_several_trials(path)
+    return ProfileInput(path)
+
+
+def _keep_profiles(run_dir: Path) -> str | None:
+    options = read_json_object(run_dir / RUN_FILE).get("options")
+    keep = options.get("keep_profiles") if isinstance(options, dict) else None
+    return keep if isinstance(keep, str) else None
+
+
+def _run_trial(run_dir: Path, number: int | None) -> ProfileInput:
+    record = load_run(run_dir)
+    best = record.best_trial
+    have = ", ".join(str(t.number) for t in record.trials) or "none"
+    if number is None and best is None:
+        elsewhere = (record.summary.get("best") or {}).get("trial")
+        if elsewhere is not None:
+            raise AutotuneError(
+                f"{run_dir}: the best trial, {elsewhere}, ran on another worker of the shared "
+                f"study (its --out holds its profile); pass --trial N for one of this run's "
+                f"trials ({have})"
+            )
+        raise AutotuneError(
+            f"{run_dir}: the run has no best trial yet (no trial finished); pass --trial N to "
+            "read one"
+        )
+    wanted = best.number if number is None and best is not None else number
+    chosen = next((t for t in record.trials if t.number == wanted), None)
+    if chosen is None:
+        raise AutotuneError(
+            f"--trial {number}: {run_dir} holds no trial {number} (trials here: {have})"
+        )
+    is_best = best is not None and best.number == chosen.number
+    how = "the best trial" if is_best else "picked by --trial"
+    if number is None:
+        how += "; --trial N reads another"
+    return _trial_input(
+        RunDir(run_dir).trial_dir(chosen.number),
+        chosen,
+        _keep_profiles(run_dir),
+        f"{run_dir}: trial {chosen.number:03d} ({chosen.role}, {how})",
+        best=is_best,
+        others=[t.number for t in record.trials if t.number in record.profiles],
+    )
+
+
+def _trial_input(
+    trial_dir: Path,
+    trial: TrialRecord,
+    keep: str | None,
+    what: str,
+    *,
+    best: bool = False,
+    others: Sequence[int] = (),
+) -> ProfileInput:
+    """The trial's own profile; one clear line when it has none."""
+    why = why_no_profile(trial, keep)
+    if not _holds_profile(trial_dir):
+        why = why or f"its profile folder {trial.profile} is missing"
+        hint = f"; trials with a profile: {', '.join(f'{n:03d}' for n in others)}" if others else ""
+        raise AutotuneError(f"{what} has no profile to read: {why}{hint}")
+    note = f"reading {what}"
+    if why:
+        note += f"; its record says {why}"
+    return ProfileInput(trial_dir, trial, best, note)
+
+
+def _holds_profile(folder: Path) -> bool:
+    from autotune.profile.discover import discover
+
+    try:
+        return bool(discover(folder))
+    except AutotuneError:
+        return False
+
+
+def _trial_of(root: Path) -> Path | None:
+    """The trials/NNN folder of a run that holds `root`, if any."""
+    for folder in (root, *root.parents):
+        if (
+            folder.parent.name == TRIALS_DIR
+            and (folder / TRIAL_FILE).is_file()
+            and (folder.parent.parent / RUN_FILE).is_file()
+        ):
+            return folder
+    return None
+
+
+def _refuse_several_trials(path: Path) -> None:
+    """Profiles of several trials (several configs) under one folder: no pooled verdict."""
+    from autotune.profile.discover import discover
+
+    try:
+        found = discover(path)
+    except AutotuneError:
+        return  # the reader says what is missing
+    trials = sorted({t for f in found if (t := _trial_of(f.root.resolve())) is not None})
+    if len(trials) > 1:
+        names = ", ".join(f"{t.parent.parent.name}/{TRIALS_DIR}/{t.name}" for t in trials)
+        raise AutotuneError(
+            f"{path} holds the profiles of {len(trials)} trials ({names}), each run with another "
+            "config; one verdict over them would mean nothing: give one trials/NNN, or the run "
+            "directory (its best trial) with --trial N for another"
+        )

@@ -7,7 +7,7 @@ import re
 import shlex
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from autotune.report.terminal_run import (
     PlainRunView,
     TerminalRunView,
     past_rows,
+    plural,
     print_result,
 )
 from autotune.rundir import BEST_FILE, RunDir, TrialRecord, load_run
@@ -362,9 +363,15 @@ def check_workload(workload: Workload) -> None:
         ("--ep", workload.ep),
         ("--input-len", workload.input_len),
         ("--output-len", workload.output_len),
+        ("--profile-steps", workload.profile_steps),
     ):
         if value <= 0:
             raise AutotuneError(f"{flag} must be a positive integer, got {value}")
+    if workload.output_len < 2:
+        raise AutotuneError(
+            f"--output-len must be at least 2 (a decode step needs a second token), got "
+            f"{workload.output_len}"
+        )
     # Loads the model (preset or directory) and checks that it splits over tp/ep.
     static_space(setup_of(workload))
     # A deployment `vllm serve` would abort on never becomes a trial.
@@ -392,11 +399,15 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
         rundir.prepare(resume=True)
         info = rundir.read_run()
         _check_same_run(info, req)
+        _check_budget(rundir, options.trials)
+        options = replace(options, extra_notes=_recorded_notes(info, options.extra_notes))
         study_name = req.study_name or str(info.get("study_name", ""))
         storage = req.storage or rundir.storage_of(info)
         shared = bool(info.get("shared")) or req.storage is not None
     else:
         rundir = RunDir(req.out or default_out(req.workload))
+        # Before the storage opens: a bad --out leaves no study behind.
+        rundir.check_new()
         study_name = req.study_name or rundir.path.name
         storage = req.storage
         # An explicit --storage may hold a study other workers run too: join it if it exists.
@@ -507,6 +518,25 @@ def workload_lines(workload: Workload, backend: Backend) -> list[str]:
     return lines
 
 
+def _check_budget(rundir: RunDir, trials: int) -> None:
+    """--trials is the total, so a resume cannot ask for fewer than the run already measured."""
+    measured = sum(1 for r in rundir.read_trials() if r.state == "complete")
+    if trials < measured:
+        raise AutotuneError(
+            f"--resume --trials {trials}: the run in {rundir.path} already measured "
+            f"{plural(measured, 'trial')}; --trials is the total (probe included), so give "
+            f"{measured} or more"
+        )
+
+
+def _recorded_notes(info: Mapping[str, Any], notes: Mapping[str, str]) -> dict[str, str]:
+    """Why autotune added each config key, as the run first recorded it: a resume rebuilds the
+    keys from run.json, so its own reasons (e.g. "you asked for --flashcomm1") would be wrong."""
+    options = info.get("options")
+    recorded = options.get("extra_notes") if isinstance(options, dict) else None
+    return dict(recorded) if isinstance(recorded, dict) else dict(notes)
+
+
 def _record_budget(rundir: RunDir, info: dict[str, Any], trials: int) -> None:
     """A resume with a new --trials total keeps it in run.json for the next resume."""
     options = info.get("options")
@@ -528,7 +558,7 @@ def _after_interrupt(rundir: RunDir, tuner: Tuner, notes: Console) -> None:
     except (AutotuneError, OSError) as exc:
         wrote = f"summary.json and trials.csv (report.html failed: {exc})"
     notes.print(
-        f"stopped after {tuner.measured} measured trials; wrote {wrote} in {rundir.path}",
+        f"stopped after {plural(tuner.measured, 'measured trial')}; wrote {wrote} in {rundir.path}",
         markup=False,
     )
     notes.print(f"resume with: {resume_command(rundir)}", markup=False)

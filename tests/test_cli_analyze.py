@@ -1,18 +1,28 @@
-"""`autotune analyze`: clean errors, the JSON object, and the terminal view of an OverlapResult."""
+"""`autotune analyze`: clean errors, the JSON object, the terminal view of an OverlapResult, and
+what it reads (one trial of a run, one capture exported twice, a file as its folder)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fake_vllm.fake_env import make_small_model
 from rich.console import Console
+from test_cli import autotune, one_error_line, succeeded
 from test_overlap import Timeline, dense_layer, moe_layer
 from typer.testing import CliRunner
 
 from autotune.cli import app
 from autotune.overlap import analyze
 from autotune.report.terminal import SIMULATED, print_overlap
+from autotune.rundir import load_run
 
 runner = CliRunner()
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
@@ -257,3 +267,217 @@ def test_by_rank_tables(tmp_path: Path) -> None:
         "1": {"attn.qkv": "hidden", "attn.o": "late", **inert},
     }
     assert {s["site"]: s["verdict"] for s in out["sites"]}["attn.o"] in ("hidden", "late")
+
+
+# ---- what is read: one trial of a run, one capture, a file as its folder ----------------------
+# These run `autotune analyze` as a real process, as a user would.
+
+
+def _json(*args: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(succeeded(autotune("analyze", *args, "--json")).stdout)
+    return data
+
+
+def _sites(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(doc["sites"])
+
+
+@pytest.fixture(scope="module")
+def sim_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A simulated run of a 4-layer Qwen3-32B-W8A8 with --keep-profiles best (the default)."""
+    root = tmp_path_factory.mktemp("analyze-run")
+    model = make_small_model(root / "model")
+    out = root / "runs" / "run"
+    succeeded(
+        autotune(
+            "run", "--backend", "simulate", "--model", str(model), "--max-num-seqs", "72",
+            "--trials", "6", "--profile-steps", "2", "--out", str(out),
+        )
+    )  # fmt: skip
+    return out
+
+
+def test_run_dir_reads_its_best_trial_and_says_so(sim_run: Path) -> None:
+    record = load_run(sim_run)
+    best = record.best_trial
+    assert best is not None and len(record.profiles) >= 3  # baseline, default, best kept
+    result = succeeded(autotune("analyze", str(sim_run), "--json"))
+    doc = json.loads(result.stdout)
+    assert doc["trial"] == {"number": best.number, "role": best.role, "best": True}
+    (profile,) = doc["profiles"]
+    assert Path(profile["path"]).is_relative_to(sim_run / "trials" / f"{best.number:03d}")
+    assert f"trial {best.number:03d} ({best.role}, the best trial; --trial N reads another)" in (
+        result.stderr
+    )
+    # The same verdict as the best trial's own folder, and no pooled warning.
+    assert _sites(doc) == _sites(_json(str(sim_run / "trials" / f"{best.number:03d}")))
+    assert not any("was read" in w for w in doc["warnings"])
+    text = succeeded(autotune("analyze", str(sim_run))).stdout
+    assert text.startswith("read 1 profile(s): rank 0 (db")
+
+
+def test_trial_option_reads_another_trial(sim_run: Path) -> None:
+    doc = _json(str(sim_run), "--trial", "1")
+    assert doc["trial"] == {"number": 1, "role": "default", "best": False}
+    assert _sites(doc) == _sites(_json(str(sim_run / "trials" / "001")))
+    # The baseline has prefetch off: no prefetch, not the best trial's sites.
+    assert _json(str(sim_run), "--trial", "0")["prefetches"] == 0
+
+
+def test_profiles_of_several_trials_are_never_pooled(sim_run: Path) -> None:
+    kept = len(load_run(sim_run).profiles)
+    for folder in (sim_run / "trials", sim_run.parent):
+        line = one_error_line(autotune("analyze", str(folder)))
+        assert f"holds the profiles of {kept} trials" in line
+        assert "each run with another config" in line
+        assert "--trial N" in line
+
+
+def test_a_trial_without_profile_says_why(sim_run: Path) -> None:
+    pruned = next(
+        t
+        for t in load_run(sim_run).trials
+        if t.state == "complete" and t.profile is None and not t.unprofiled
+    )
+    why = (
+        "its profile was removed after the run (--keep-profiles best: only the baseline, vendor "
+        "default and best trials keep theirs)"
+    )
+    folder = sim_run / "trials" / f"{pruned.number:03d}"
+    assert why in one_error_line(autotune("analyze", str(folder)))
+    line = one_error_line(autotune("analyze", str(sim_run), "--trial", str(pruned.number)))
+    assert why in line and "trials with a profile: 000, 001" in line
+    assert "holds no trial 99" in one_error_line(autotune("analyze", str(sim_run), "--trial", "99"))
+    sample = PROFILES / "dense_current_ascend_pt"
+    line = one_error_line(autotune("analyze", str(sample), "--trial", "1"))
+    assert "is not a run directory" in line
+
+
+def test_output_files_are_checked_before_anything_is_read(tmp_path: Path) -> None:
+    sample = str(PROFILES / "dense_current_ascend_pt")
+    missing = tmp_path / "nonexistent"
+    for flag, name in (("--tasks", "t.csv"), ("--html", "r.html")):
+        line = one_error_line(autotune("analyze", sample, flag, str(missing / name)))
+        assert f"{flag} {missing / name}: the folder {missing} does not exist" in line
+        assert not missing.exists()
+        assert "is a directory" in one_error_line(autotune("analyze", sample, flag, str(tmp_path)))
+
+
+def test_a_trace_view_file_reads_the_kernel_details_beside_it(tmp_path: Path) -> None:
+    capture = PROFILES / "real_910b_level1" / "text" / "rank0_ascend_pt"
+    tables = {}
+    for name, path in (
+        ("folder", capture),
+        ("file", capture / "ASCEND_PROFILER_OUTPUT" / "trace_view.json"),
+    ):
+        out = tmp_path / f"{name}.csv"
+        succeeded(autotune("analyze", str(path), "--tasks", str(out)))
+        tables[name] = out.read_text()
+    assert tables["file"] == tables["folder"]
+    rows = list(csv.DictReader(io.StringIO(tables["file"])))
+    # profiles/real_910b_level1: 535 device tasks; kernel_details.csv names the op of 187.
+    assert len(rows) == 535 and sum(1 for r in rows if r["op_type"]) == 187
+
+
+def _exported_twice(tmp_path: Path) -> tuple[Path, Path]:
+    """One simulated capture as two folders, text and db, as torch_npu's offline analyse() run
+    on a copy with the other export type leaves them: profiler_info_0.json copied unchanged
+    (here its export type is set to db too, which must not matter)."""
+    sim = tmp_path / "sim"
+    succeeded(
+        autotune(
+            "simulate", "--model", str(make_small_model(tmp_path / "model")), "--max-num-seqs",
+            "72", "--steps", "2", "--out", str(sim),
+        )
+    )  # fmt: skip
+    (pt,) = (sim / "prof").glob("*_ascend_pt")
+    both = tmp_path / "both"
+    text, db = both / "text" / pt.name, both / "db" / pt.name
+    shutil.copytree(pt, text)
+    shutil.copytree(pt, db)
+    for f in (text / "ASCEND_PROFILER_OUTPUT").glob("*.db"):
+        f.unlink()
+    for name in ("trace_view.json", "kernel_details.csv"):
+        (db / "ASCEND_PROFILER_OUTPUT" / name).unlink()
+    info = db / "profiler_info_0.json"
+    data = json.loads(info.read_text())
+    data["config"]["experimental_config"]["_export_type"] = ["db"]
+    info.write_text(json.dumps(data, indent=2))
+    return both, pt
+
+
+def test_one_capture_exported_twice_is_read_once_from_the_db(tmp_path: Path) -> None:
+    both, original = _exported_twice(tmp_path)
+    doc = _json(str(both))
+    (profile,) = doc["profiles"]
+    assert profile["source"] == "db" and Path(profile["path"]) == both / "db" / original.name
+    single = _json(str(original))
+    assert profile["tasks"] == single["profiles"][0]["tasks"]
+    assert (doc["prefetches"], _sites(doc)) == (single["prefetches"], _sites(single))
+    (note,) = [w for w in doc["warnings"] if "same capture" in w]
+    assert str(both / "text" / original.name) in note and "read once, from" in note
+    assert not any("was read" in w for w in doc["warnings"])
+
+    # Another capture of the same rank (another start time) is not the same capture: pooled.
+    info = both / "text" / original.name / "profiler_info_0.json"
+    data = json.loads(info.read_text())
+    data["start_info"]["collectionTimeBegin"] += 1
+    info.write_text(json.dumps(data))
+    doc = _json(str(both))
+    assert [p["source"] for p in doc["profiles"]] == ["db", "trace_view"]
+    assert any("rank 0 was read 2 times: separate captures" in w for w in doc["warnings"])
+
+
+def test_real_captures_of_one_rank_stay_separate() -> None:
+    """profiles/real_910b_level1: text and db are two captures (start counters and end times
+    differ by 28 minutes), so they are pooled, and the warning says why."""
+    doc = _json(str(PROFILES / "real_910b_level1"))
+    assert [(p["rank"], p["source"]) for p in doc["profiles"]] == [
+        (0, "db"),
+        (0, "trace_view"),
+        (1, "db"),
+        (1, "trace_view"),
+    ]
+    pooled = [w for w in doc["warnings"] if "separate captures" in w]
+    assert len(pooled) == 2 and all("different start and end times" in w for w in pooled)
+
+
+# Makes importing one module of the HTML report fail, as a broken install would.
+_BROKEN_SVG = """
+import sys
+class Broken:
+    def find_spec(self, name, path=None, target=None):
+        if name == "autotune.report.svg":
+            raise ImportError("svg.py is broken")
+sys.meta_path.insert(0, Broken())
+from autotune.cli import main
+sys.argv = ["autotune", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_broken_html_module_is_not_called_unavailable(tmp_path: Path) -> None:
+    sample = str(PROFILES / "dense_current_ascend_pt")
+    result = subprocess.run(
+        [sys.executable, "-c", _BROKEN_SVG, "analyze", sample, "--html", str(tmp_path / "r.html")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "not available" not in result.stderr
+    assert "ImportError: svg.py is broken" in result.stderr
+
+
+def test_html_report_replaces_the_old_one_whole(tmp_path: Path) -> None:
+    """A reader holding the old report keeps reading it whole: a new file is renamed over it."""
+    page = tmp_path / "report.html"
+    sample = str(PROFILES / "dense_current_ascend_pt")
+    succeeded(autotune("analyze", sample, "--html", str(page)))
+    old = page.read_text()
+    with page.open(encoding="utf-8") as reader:
+        legacy = str(PROFILES / "dense_legacy_ascend_pt")
+        succeeded(autotune("analyze", legacy, "--html", str(page)))
+        assert reader.read() == old
+    assert page.read_text() != old
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]

@@ -19,8 +19,11 @@ from autotune.rundir import (
     TrialRecord,
     atomic_write_json,
     atomic_write_text,
+    check_output_file,
     load_run,
+    profile_input,
     trials_csv,
+    why_no_profile,
 )
 
 SITES = ("attn.qkv", "attn.o", "mlp.gate_up", "mlp.down", "moe.gate_up")
@@ -112,6 +115,19 @@ def test_prepare_refuses_to_overwrite_and_resume_needs_a_run(tmp_path: Path) -> 
     assert (tmp_path / "old" / "keep.txt").read_text() == "x"
 
 
+def test_out_naming_a_file_is_refused_and_kept(tmp_path: Path) -> None:
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    for resume in (False, True):
+        with pytest.raises(AutotuneError, match="is a file"):
+            RunDir(out).prepare(resume=resume)
+    with pytest.raises(AutotuneError, match="is a file, not a directory"):
+        RunDir(out).check_new()
+    assert out.read_text() == "mine"
+    RunDir(tmp_path / "new").check_new()  # a directory still to create is fine
+    assert not (tmp_path / "new").exists()
+
+
 def test_prune_profiles_keeps_the_wanted_ones(tmp_path: Path) -> None:
     rundir = RunDir(tmp_path)
     records = []
@@ -123,6 +139,67 @@ def test_prune_profiles_keeps_the_wanted_ones(tmp_path: Path) -> None:
     assert not (rundir.trial_dir(1) / "profile").exists()
     assert (rundir.trial_dir(2) / "profile").exists()
     assert records[1].profile is None
+    assert json.loads((rundir.trial_dir(1) / "trial.json").read_text())["profile"] is None
+    assert sorted(p.name for p in rundir.trial_dir(1).iterdir()) == ["trial.json"]
+
+
+def test_prune_after_an_interrupted_prune_deletes_what_it_left(tmp_path: Path) -> None:
+    # Interrupted between the rename and trial.json: the record names a profile that is gone,
+    # and the renamed folder is still there. The next prune finishes the job.
+    rundir = RunDir(tmp_path)
+    left = rundir.trial_dir(1) / ".pruned-profile"
+    (left / "x_ascend_pt" / "ASCEND_PROFILER_OUTPUT").mkdir(parents=True)
+    (left / "x_ascend_pt" / "ASCEND_PROFILER_OUTPUT" / "trace_view.json").write_text("[")
+    record = _record(1, "search", 100.0, profile="trials/001/profile")
+    rundir.write_run({"options": {"keep_profiles": "best"}})
+    rundir.write_trial(record)
+    # No report or analysis reads the half-deleted profile.
+    assert load_run(rundir.path).profiles == {}
+    with pytest.raises(AutotuneError, match=r"no profile to read: .* is missing"):
+        profile_input(rundir.trial_dir(1))
+    assert rundir.prune_profiles([record], keep=set()) == [1]
+    assert not left.exists() and record.profile is None
+
+
+def test_a_failed_trial_carries_no_measurement_in_trials_csv() -> None:
+    # Interrupted after its first bench run: trial.json keeps what it measured; the table does not
+    # count it.
+    failed = _record(3, "search", 105.0, state="failed", error="interrupted", tpot_ms=9.0)
+    (row,) = csv.DictReader(io.StringIO(trials_csv([failed], SITES)))
+    assert row["state"] == "failed" and row["error"] == "interrupted"
+    assert [row[k] for k in ("objective", "throughput", "throughput_min", "tpot_ms")] == [""] * 4
+    assert row["repeats"] == "0"
+    assert failed.throughput == 105.0  # the record itself is unchanged
+
+
+def test_why_a_trial_has_no_profile() -> None:
+    def why(keep: str | None = "best", **kw: object) -> str:
+        return why_no_profile(_record(5, "search", 100.0, **kw), keep)
+
+    assert why() == (
+        "its profile was removed after the run (--keep-profiles best: only the baseline, vendor "
+        "default and best trials keep theirs)"
+    )
+    assert why("none") == (
+        "its profile was removed after the run (--keep-profiles none: no trial keeps its profile)"
+    )
+    assert why(unprofiled="no *_ascend_pt under prof/") == (
+        "it was measured without a usable profile: no *_ascend_pt under prof/"
+    )
+    assert why(state="failed", error="vllm serve exited") == "the trial failed (vllm serve exited)"
+    assert why(state="duplicate", duplicate_of=2) == (
+        "it was not run (a duplicate): trials/002 ran the same effective bytes"
+    )
+    assert why(profile="trials/005/prof") == ""
+
+
+def test_output_file_paths_are_checked_without_creating_folders(tmp_path: Path) -> None:
+    check_output_file("--tasks", tmp_path / "t.csv")
+    with pytest.raises(AutotuneError, match="is a directory"):
+        check_output_file("--tasks", tmp_path)
+    with pytest.raises(AutotuneError, match="does not exist"):
+        check_output_file("--html", tmp_path / "missing" / "r.html")
+    assert not (tmp_path / "missing").exists()
 
 
 def test_load_run_errors_are_one_line(tmp_path: Path) -> None:
@@ -169,3 +246,18 @@ def test_a_summary_without_a_best_trial_has_none() -> None:
         path=Path("."), run={}, summary={"best": None}, trials=[], best_config=None, profiles={}
     )
     assert record.best_trial is None
+
+
+def test_profile_input_of_a_run_without_its_best_trial_here(tmp_path: Path) -> None:
+    rundir = RunDir(tmp_path / "run")
+    rundir.prepare(resume=False)
+    rundir.write_run({"shared": True})
+    rundir.write_trial(_record(0, "baseline", 100.0))
+    with pytest.raises(AutotuneError, match="no best trial yet"):
+        profile_input(rundir.path)
+    # Another worker of the shared study ran the best trial: its profile is in its own --out.
+    rundir.write_summary({"best": {"trial": 7}})
+    with pytest.raises(AutotuneError, match=r"the best trial, 7, ran on another worker.*\(0\)"):
+        profile_input(rundir.path)
+    with pytest.raises(AutotuneError, match="has no profile to read: its profile was removed"):
+        profile_input(rundir.path, trial=0)

@@ -5,7 +5,6 @@ Public API: `load_profiles(path, rules=None) -> list[Profile]`.
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 from autotune.profile.classify import classify, load_rules
@@ -19,9 +18,10 @@ __all__ = ["ROLES", "TASK_COLUMNS", "Profile", "load_profiles"]
 
 
 def load_profiles(path: Path, rules: Path | None = None) -> list[Profile]:
-    """Discover, read, enrich and classify every rank under `path`; tasks by device, start."""
+    """Discover, read, enrich and classify every capture under `path`; tasks by device, start."""
     ruleset = load_rules(rules)
     out: list[Profile] = []
+    captures: dict[int, list[str]] = {}
     for f in discover(path):
         prof = read_db(f.file) if f.source == "db" else read_trace_view(f.file)
         kernels = read_kernel_details(f.kernel_details) if f.kernel_details else None
@@ -36,15 +36,29 @@ def load_profiles(path: Path, rules: Path | None = None) -> list[Profile]:
         ).reset_index(drop=True)
         if prof.steps is None:
             prof.warnings.append(f"{f.file}: no step markers; the profile counts as one step")
-        out.append(prof)
-    seen = Counter(p.rank for p in out if p.rank is not None)
-    for rank, n in sorted(seen.items()):
-        if n > 1:
-            note = (
-                f"rank {rank} was read {n} times (separate captures, e.g. several trials of a "
-                "run); their tasks are pooled — pass one *_ascend_pt or trials/NNN for one capture"
+        if f.also:
+            others = ", ".join(str(p) for p in f.also)
+            prof.warnings.append(
+                f"rank {'?' if f.rank is None else f.rank}: {others} holds another export of the "
+                f"same capture (same profiler_info); read once, from {f.file}"
             )
-            for p in out:
-                if p.rank == rank:
-                    p.warnings.append(note)
+        if f.rank is not None:
+            captures.setdefault(f.rank, []).append(f.capture)
+        out.append(prof)
+    for rank, ids in sorted(captures.items()):
+        if len(ids) < 2:
+            continue
+        why = (
+            "their profiler_info files record different start and end times"
+            if all(ids)
+            else "no profiler_info with start and end times says they are one"
+        )
+        note = (
+            f"rank {rank} was read {len(ids)} times: separate captures ({why}; e.g. several "
+            "trials of a run); their tasks are pooled — pass one *_ascend_pt or trials/NNN for "
+            "one capture"
+        )
+        for p in out:
+            if p.rank == rank:
+                p.warnings.append(note)
     return out

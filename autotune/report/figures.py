@@ -582,25 +582,36 @@ def search_importance(
     name = study.get("name") or record.run.get("study_name")
     storage = _readable_storage(record)
     if name and storage:
-        try:
-            import optuna
+        import dataclasses
 
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
-            st = optuna.load_study(study_name=str(name), storage=str(storage))
-            # PED-ANOVA: deterministic and needs neither scikit-learn nor scipy (fANOVA does).
-            evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+        import optuna
+        from sqlalchemy.exc import OperationalError
+
+        from autotune.errors import AutotuneError
+        from autotune.search.storage import load_existing
+
+        # PED-ANOVA: deterministic and needs neither scikit-learn nor scipy (fANOVA does).
+        evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+        try:
+            # load_existing opens journal and RDB storages alike, AutotuneError when it cannot.
+            st = load_existing(str(storage), str(name))
             values = optuna.importance.get_param_importances(st, evaluator=evaluator)
-            pairs = sorted(
-                ((str(k), float(v)) for k, v in values.items()), key=lambda kv: (-kv[1], kv[0])
+        except (AutotuneError, OperationalError) as exc:
+            # The study is gone, unreachable or locked: the rank correlation says what it can.
+            fallback = rank_correlation_importance(points, sites)
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return dataclasses.replace(
+                fallback, note=f"{fallback.note}; the study could not be read: {why}"
             )
-            if pairs:
-                return Importance(
-                    "optuna PED-ANOVA importance on the run's study",
-                    pairs,
-                    f"{len(complete)} complete trials",
-                )
-        except Exception:
-            pass  # storage moved, locked, or too few distinct params: use the rank correlation
+        pairs = sorted(
+            ((str(k), float(v)) for k, v in values.items()), key=lambda kv: (-kv[1], kv[0])
+        )
+        if pairs:
+            return Importance(
+                "optuna PED-ANOVA importance on the run's study",
+                pairs,
+                f"{len(complete)} complete trials",
+            )
     return rank_correlation_importance(points, sites)
 
 

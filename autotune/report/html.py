@@ -14,7 +14,6 @@ import datetime as dt
 import hashlib
 import json
 import math
-import os
 import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
@@ -55,7 +54,7 @@ from autotune.report.svg import (
     slack_svg,
     timeline_svg,
 )
-from autotune.rundir import MIB, RunRecord, TrialRecord
+from autotune.rundir import MIB, RunRecord, TrialRecord, atomic_write_text, why_no_profile
 
 SIMULATED_BANNER = "SIMULATED — modelled, not measured"
 
@@ -341,8 +340,27 @@ def _layers_data(layers: Sequence[TimelineLayer]) -> list[dict[str, Any]]:
     ]
 
 
+# Every time in a report header: local time with its zone.
+STAMP_FORMAT = "%Y-%m-%d %H:%M %Z"
+
+
+def _stamp(when: dt.datetime) -> str:
+    return when.astimezone().strftime(STAMP_FORMAT)
+
+
 def _now() -> str:
-    return dt.datetime.now(dt.UTC).astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    return _stamp(dt.datetime.now(dt.UTC))
+
+
+def _recorded_time(value: object) -> str:
+    """run.json's ISO-8601 UTC time (e.g. `created`) in the header's format; as given if odd."""
+    if not isinstance(value, str) or not value:
+        return "—"
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    return _stamp(when if when.tzinfo else when.replace(tzinfo=dt.UTC))
 
 
 def _ranks_text(profiles: Sequence[Profile]) -> str:
@@ -412,7 +430,7 @@ def write_analyze_report(
     meta: Mapping[str, object] | None = None,
 ) -> None:
     """Write the self-contained analyze report to `path` (`autotune analyze PATH --html FILE`)."""
-    path.write_text(analyze_page(result, profiles, meta=meta).render(), encoding="utf-8")
+    atomic_write_text(path, analyze_page(result, profiles, meta=meta).render())
 
 
 # --- search figures ---------------------------------------------------------------------------
@@ -434,10 +452,12 @@ def trials_table(
         "<th class='t'>feasible</th><th class='t'>late sites</th><th class='t'>note</th></tr>"
     )
     body = []
-    for t in trials:
+    for t in (trial.counted() for trial in trials):
         tps = t.throughputs
         spread = f"{min(tps):,.1f}–{max(tps):,.1f}" if tps else "—"
         note = t.error or (f"duplicate of {t.duplicate_of}" if t.duplicate_of is not None else "")
+        if t.state == "complete" and t.unprofiled:
+            note = f"unprofiled: {t.unprofiled}"
         if t.retry_of is not None:
             note = (note + "; " if note else "") + f"retry of {t.retry_of}"
         body.append(
@@ -486,7 +506,9 @@ def _analyse_trial(
 
     path = record.profiles.get(trial.number)
     if path is None:
-        return AnalysedTrial(label, trial, [], None, "its profile was not kept (--keep-profiles)")
+        keep = (record.run.get("options") or {}).get("keep_profiles")
+        why = why_no_profile(trial, keep if isinstance(keep, str) else None)
+        return AnalysedTrial(label, trial, [], None, why or "its profile folder is missing")
     try:
         profiles = load_profiles(path)
         result = analyze(profiles, late_tolerance_ns=tolerance_ns(tolerance_us))
@@ -561,24 +583,22 @@ def run_page(record: RunRecord) -> Page:
     version = s.get("vllm_ascend_version") or record.run.get("vllm_ascend_version")
     if not version:
         version = "0.23 (modelled)" if simulated else "not recorded in the run"
-    created = record.run.get("created")
     summary_path = record.path / "summary.json"
     when = (
-        dt.datetime.fromtimestamp(summary_path.stat().st_mtime)
-        .astimezone()
-        .strftime("%Y-%m-%d %H:%M %Z")
+        _stamp(dt.datetime.fromtimestamp(summary_path.stat().st_mtime, dt.UTC))
         if summary_path.is_file()
         else "—"
     )
     trials_info = s.get("trials", {})
     meta: list[tuple[str, object]] = [
         ("model", s.get("model", workload.get("model", "—"))),
-        ("hardware", workload.get("hardware", "—")),
+        # --hardware is the simulator's preset; a real run does not record its NPUs.
+        ("hardware", workload.get("hardware", "—") if simulated else "not recorded in the run"),
         ("max-num-seqs", s.get("max_num_seqs", workload.get("max_num_seqs", "—"))),
         ("tp / ep", f"{workload.get('tp', '?')} / {workload.get('ep', '?')}"),
         ("backend", s.get("backend", record.run.get("backend", "—"))),
         ("vllm-ascend", version),
-        ("run started", created or "—"),
+        ("run started", _recorded_time(record.run.get("created"))),
         ("run updated", when),
         (
             "trials",
@@ -652,7 +672,10 @@ def run_page(record: RunRecord) -> Page:
         tables.append(
             f"<h3>{esc(a.label)}</h3>" + site_table(site_rows(a.result), table_id=tid, caption=cap)
         )
-    findings = [f"{site}: inert — {reason}" for site, reason in s.get("inert_sites", {}).items()]
+    findings = [str(s["probe_note"])] if s.get("probe_note") else []
+    findings += [f"{site}: inert — {reason}" for site, reason in s.get("inert_sites", {}).items()]
+    unprofiled = [t for t in record.trials if t.state == "complete" and t.unprofiled]
+    findings += [f"trial {t.number:03d} unprofiled: {t.unprofiled}" for t in unprofiled]
     for key, value in s.items():
         if "redundant" in key and isinstance(value, Mapping):
             findings += [f"{site}: redundant — {reason}" for site, reason in value.items()]
@@ -815,15 +838,8 @@ def write_run_report(run_dir: Path) -> Path:
 
 
 def write_report(record: RunRecord, out: Path) -> Path:
-    """Write the report of `record` to `out` (atomically) and return `out`."""
-    # Through a temporary file and a rename, so a reader never sees half a report; plain open()
-    # keeps the user's umask (the report is meant to be shared for review).
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(run_page(record).render(), encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write the report of `record` to `out` (atomically, with the user's umask) and return it."""
+    atomic_write_text(out, run_page(record).render())
     return out
 
 

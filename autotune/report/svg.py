@@ -51,7 +51,13 @@ OK = "#2e7d32"
 
 BAD = "#c62828"
 
-ROLE_MARKS = {"baseline": "#7f7f7f", "default": "#4c78a8", "seed": "#b279a2", "search": "#f58518"}
+ROLE_MARKS = {
+    "baseline": "#7f7f7f",
+    "default": "#4c78a8",
+    "seed": "#b279a2",
+    "guided": "#72b7b2",
+    "search": "#f58518",
+}
 
 
 def esc(value: object) -> str:

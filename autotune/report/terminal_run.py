@@ -21,6 +21,11 @@ SIMULATED = "SIMULATED (modelled)"
 LIVE_ROWS = 16
 
 
+def plural(n: int, word: str) -> str:
+    """`1 trial`, `2 trials`, `0 duplicates`."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def short_site(site: str) -> str:
     """`mlp.gate_up` -> `gate_up`, `attn.qkv` -> `qkv`: enough to tell sites apart in a table."""
     return site.split(".", 1)[1]
@@ -125,8 +130,7 @@ class TerminalRunView:
         omitted = max(0, len(self.rows) - LIVE_ROWS)
         notes = [] if self.late_tolerance_us is None else [rule_text(self.late_tolerance_us)]
         if omitted:
-            s = "s" if omitted != 1 else ""
-            notes.append(f"{omitted} earlier trial{s} not shown (all in trials.csv)")
+            notes.append(f"{plural(omitted, 'earlier trial')} not shown (all in trials.csv)")
         table = Table(
             title=title,
             title_justify="left",
@@ -200,13 +204,18 @@ def trial_line(
         result = f"same effective bytes as trial {record.duplicate_of}, not re-run"
     else:
         result = f"{objective} {_fmt(record.objective, 2)} {unit}"
-    late = ", ".join(record.late_sites) or "none"
+    # Only a measured trial has late sites to state; "none" would claim a failed one was on time.
+    late = (
+        f"late sites: {', '.join(record.late_sites) or 'none'}; "
+        if record.state != "failed"
+        else ""
+    )
     best_text = (
         "-" if best is None else f"trial {best.number} (estimated {_fmt(best.estimate, 2)} {unit})"
     )
     return (
         f"trial {record.number} {record.role}: {config_header(sites)} "
-        f"{config_text(record.effective_bytes, sites)}; {result}; late sites: {late}; "
+        f"{config_text(record.effective_bytes, sites)}; {result}; {late}"
         f"best so far: {best_text}"
     )
 
@@ -311,11 +320,12 @@ def print_result(
     )
     trials = summary.get("trials", {})
     console.print(
-        f"{trials.get('measured', 0)} trials measured, {trials.get('duplicates', 0)} duplicates "
-        f"not re-run, {trials.get('failed', 0)} failed; stopped: {summary.get('stopped') or '-'}"
+        f"{plural(trials.get('measured', 0), 'trial')} measured, "
+        f"{plural(trials.get('duplicates', 0), 'duplicate')} not re-run, "
+        f"{trials.get('failed', 0)} failed; stopped: {summary.get('stopped') or '-'}"
     )
     if trials.get("unprofiled"):
         console.print(
-            f"{trials['unprofiled']} measured trial(s) unprofiled (no usable profile; see the "
-            "unprofiled column of trials.csv)"
+            f"{plural(trials['unprofiled'], 'measured trial')} unprofiled (no usable profile; see "
+            "the unprofiled column of trials.csv)"
         )

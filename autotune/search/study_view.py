@@ -71,7 +71,8 @@ def study_run(
     )
     return RunRecord(
         path=path,
-        run={**run, "study_name": study_name},
+        # The study keeps its run.json without the storage; the report reads the study there.
+        run={**run, "study_name": study_name, "storage": storage},
         summary=summary,
         trials=records,
         best_config=best.config if best is not None else None,

@@ -83,10 +83,62 @@ def test_bad_paths(tmp_path: Path) -> None:
 def test_same_rank_read_twice_is_warned_once() -> None:
     from autotune.overlap import analyze
 
-    # real_910b_level1 holds two captures of the same two ranks (text and db).
+    # real_910b_level1 holds two captures of the same two ranks (text and db): their
+    # profiler_info files record other start counters and end times, so they are not one.
+    found = discover(PROFILES / "real_910b_level1")
+    assert [f.also for f in found] == [()] * 4
+    assert found[0].capture != found[1].capture and found[0].rank == found[1].rank == 0
     profiles = load_profiles(PROFILES / "real_910b_level1")
     assert [p.rank for p in profiles] == [0, 0, 1, 1]
     warned = [w for w in analyze(profiles).warnings if "was read 2 times" in w]
     assert [w.split(" was")[0] for w in warned] == ["rank 0", "rank 1"]
+    assert all("different start and end times" in w for w in warned)
     (single,) = load_profiles(PROFILES / "real_910b_level1" / "db" / "rank0_ascend_pt")
     assert not any("was read" in w for w in single.warnings)
+
+
+def _export(capture: Path, dest: Path, keep: tuple[str, ...]) -> Path:
+    """A copy of `capture` whose ASCEND_PROFILER_OUTPUT holds only `keep`, as torch_npu's offline
+    analyse() with one export type leaves a copy: profiler_info_*.json is not rewritten."""
+    shutil.copytree(capture, dest)
+    for f in (dest / "ASCEND_PROFILER_OUTPUT").iterdir():
+        if f.name not in keep:
+            f.unlink()
+    return dest
+
+
+def test_one_capture_exported_twice_is_found_once_preferring_the_db(tmp_path: Path) -> None:
+    # dense_db_ascend_pt is the db export of dense_current_ascend_pt's capture (profiles/README).
+    text = _export(
+        PROFILES / "dense_current_ascend_pt",
+        tmp_path / "text" / "x_ascend_pt",
+        ("trace_view.json", "kernel_details.csv"),
+    )
+    # The samples' profiler_info has no start or end times; a real capture's always has.
+    info = json.loads((text / "profiler_info_0.json").read_text())
+    info["start_info"] = {"syscnt_enable": True, "freq": 100, "start_cnt": 17238197612056}
+    info["end_info"] = {"collectionTimeEnd": 1736408884023552840}
+    (text / "profiler_info_0.json").write_text(json.dumps(info))
+    db = tmp_path / "db" / "x_ascend_pt"
+    shutil.copytree(PROFILES / "dense_db_ascend_pt", db)
+    info["config"]["experimental_config"]["_export_type"] = ["db"]  # must not matter
+    (db / "profiler_info_0.json").write_text(json.dumps(info))
+    (f,) = discover(tmp_path)
+    assert (f.source, f.root, f.also) == ("db", db, (text,))
+    (p,) = load_profiles(tmp_path)
+    assert any(f"{text} holds another export of the same capture" in w for w in p.warnings)
+
+    # Without start or end times profiler_info names no capture: both are read.
+    for path in (text / "profiler_info_0.json", db / "profiler_info_0.json"):
+        data = json.loads(path.read_text())
+        del data["start_info"], data["end_info"]
+        path.write_text(json.dumps(data))
+    assert [f.source for f in discover(tmp_path)] == ["db", "trace_view"]
+
+
+def test_a_trace_view_file_comes_with_its_kernel_details() -> None:
+    out = PROFILES / "dense_current_ascend_pt" / "ASCEND_PROFILER_OUTPUT"
+    (f,) = discover(out / "trace_view.json")
+    assert f.kernel_details == out / "kernel_details.csv"
+    (g,) = discover(out.parent)
+    assert (f.root, f.file, f.kernel_details, f.rank) == (g.root, g.file, g.kernel_details, g.rank)

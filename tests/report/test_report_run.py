@@ -1,9 +1,14 @@
-"""The run report of a simulated `autotune run`, checked in a real headless browser."""
+"""The run report of a simulated `autotune run`, and of a real-backend run on the fake `vllm`,
+checked in a real headless browser."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import sqlite3
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -226,3 +231,138 @@ def test_trials_table_names_the_host_of_each_trial_when_hosts_share_the_study(
         column,
     )
     assert cells == [[str(t.number), hosts[t.number % 2]] for t in record.trials]
+
+
+# ---- the header, the history legend, importance from a journal study --------------------------
+
+STAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d \S+")
+
+
+def _meta(page: Any) -> dict[str, str]:
+    pairs = page.js(
+        "return Array.from(document.querySelectorAll('header dl.meta > div'))"
+        ".map(d => [d.querySelector('dt').textContent, d.querySelector('dd').textContent]);"
+    )
+    return dict(pairs)
+
+
+def test_header_times_share_one_format_and_history_legend_names_every_role(
+    browser: Any, run_dir: Path, record: RunRecord
+) -> None:
+    page = open_report(browser, run_dir / "report.html")
+    meta = _meta(page)
+    assert STAMP.fullmatch(meta["run started"]), meta
+    assert STAMP.fullmatch(meta["run updated"]), meta
+    assert meta["hardware"] == "910B2"  # the simulator's preset, on a simulated run
+    legend = page.js(
+        "return Array.from(document.querySelectorAll('#search-section .legend span'))"
+        ".map(s => s.textContent);"
+    )
+    roles = {t.role for t in record.trials}
+    assert "guided" in roles and roles <= set(legend), (roles, legend)
+
+
+def test_importance_is_read_from_a_journal_study(browser: Any, tmp_path: Path) -> None:
+    """A run whose study lives in a journal file: the report reads the study for optuna's
+    importance, as it does for the run's own study.db."""
+    out = tmp_path / "run"
+    journal = tmp_path / "study.log"
+    args = ["run", "--backend", "simulate", "--model", "Qwen3-32B-W8A8", "--max-num-seqs", "72",
+            "--trials", str(TRIALS), "--out", str(out),
+            "--storage", f"journal:{journal}"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    page = open_report(browser, out / "report.html")
+    assert page.errors == [], page.errors
+    importance = page.js("return window.autotuneReport.importance")
+    assert importance["method"] == "optuna PED-ANOVA importance on the run's study"
+    assert len(importance["values"]) == len(
+        json.loads((out / "summary.json").read_text())["active_sites"]
+    )
+
+
+# ---- a real-backend run (the fake `vllm`) whose vendor-default trial was never profiled --------
+
+# tests/fake_vllm and tests/test_cli.py live one folder up; this file runs on its own too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fake_vllm.fake_env import make_fake_env, make_small_model  # noqa: E402
+from test_cli import autotune, succeeded  # noqa: E402
+
+REAL_TRIALS = 3
+
+
+def _real_env(bin_dir: Path, fault: str = "") -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "FAKE_VLLM_FAULT"}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    env["COLUMNS"] = "200"
+    if fault:
+        env["FAKE_VLLM_FAULT"] = fault
+    return env
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(run dir, fake bin dir): `autotune run --backend vllm-ascend` on the fake vLLM, whose
+    vendor-default trial (1) writes no *_ascend_pt profile; flashcomm1 from your own
+    --additional-config."""
+    root = tmp_path_factory.mktemp("real-run")
+    bin_dir = make_fake_env(root / "env")
+    model = make_small_model(root / "model")
+    out = root / "run"
+    args = ["run", "--backend", "vllm-ascend", "--model", str(model), "--max-num-seqs", "8",
+            "--tp", "2", "--trials", str(REAL_TRIALS), "--repeats", "1", "--input-len", "32",
+            "--output-len", "32", "--num-prompts", "16", "--profile-steps", "2",
+            "--additional-config", '{"enable_flashcomm1": true}', "--out", str(out)]  # fmt: skip
+    succeeded(autotune(*args, env=_real_env(bin_dir, "no-profile@1")))
+    return out, bin_dir
+
+
+def test_real_report_gives_the_unprofiled_reason_and_the_probe_note(
+    browser: Any, real_run: tuple[Path, Path]
+) -> None:
+    out, _ = real_run
+    record = load_run(out)
+    default = record.trials[1]
+    assert default.role == "default" and default.unprofiled.startswith("no *_ascend_pt under prof/")
+    probe_note = str(record.summary["probe_note"])
+    assert "static rules" in probe_note
+    page = open_report(browser, out / "report.html")
+    assert page.errors == [], page.errors
+    sites = page.js("return document.getElementById('sites-section').textContent")
+    assert "--keep-profiles" not in sites  # nothing was removed: it was never captured
+    assert (
+        f"No overlap data: it was measured without a usable profile: {default.unprofiled}." in sites
+    )
+    findings = page.js(
+        "return Array.from(document.querySelectorAll('#findings li')).map(li => li.textContent);"
+    )
+    assert probe_note in findings
+    assert f"trial 001 unprofiled: {default.unprofiled}" in findings
+    note = page.js(
+        "return document.querySelector('#trials tr[data-trial=\"1\"] td.name').textContent"
+    )
+    assert note == f"unprofiled: {default.unprofiled}"
+    meta = _meta(page)
+    assert meta["hardware"] == "not recorded in the run"  # not the simulator's preset
+    assert STAMP.fullmatch(meta["run started"]) and STAMP.fullmatch(meta["run updated"])
+
+
+def test_real_run_reasons_survive_a_resume(real_run: tuple[Path, Path], tmp_path: Path) -> None:
+    out, bin_dir = real_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)  # a copy resumes its own study
+    before = json.loads((copy / "summary.json").read_text())
+    trials_before = {t.number: t.unprofiled for t in load_run(copy).trials}
+    resume = ["run", "--resume", "--out", str(copy), "--trials", str(REAL_TRIALS + 1)]
+    result = succeeded(autotune(*resume, env=_real_env(bin_dir)))
+    after = json.loads((copy / "summary.json").read_text())
+    assert after["trials"]["measured"] == REAL_TRIALS + 1
+    for key in ("probe_note", "inert_sites"):
+        assert after[key] == before[key], key
+    why = before["best_config_keys"]["enable_flashcomm1"]
+    assert why.startswith("from your --additional-config")
+    assert after["best_config_keys"]["enable_flashcomm1"] == why
+    trials_after = {t.number: t.unprofiled for t in load_run(copy).trials}
+    assert {n: trials_after[n] for n in trials_before} == trials_before
+    assert before["probe_note"] in result.stdout
+    assert f"enable_flashcomm1: {why}" in result.stdout

@@ -4,6 +4,7 @@ resumed run's trials, plain lines for logs, and the pick rule with winner and ru
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 from rich.console import Console
 
@@ -99,3 +100,26 @@ def test_result_states_the_pick_rule_and_winner_beside_runner_up() -> None:
     )
     assert "  winner    trial 4 (search): measured 99.50 tok/s, estimated 101.00 tok/s" in lines
     assert "  runner-up trial 5 (search): measured 100.20 tok/s, estimated 100.90 tok/s" in lines
+
+
+def test_a_failed_trial_line_states_no_late_sites() -> None:
+    failed = replace(_trial(4, 99.0), state="failed", error="vllm serve exited with code 1")
+    line = trial_line(failed, None, SITES, "throughput")
+    assert line == (
+        "trial 4 search: MiB qkv/o 4/2; failed: vllm serve exited with code 1; best so far: -"
+    )
+
+
+def test_counts_are_singular_when_one() -> None:
+    console, buffer = _console()
+    summary = {
+        "trials": {"measured": 1, "duplicates": 1, "failed": 1, "unprofiled": 1},
+        "stopped": "interrupted",
+    }
+    print_result(console, summary, None)
+    text = buffer.getvalue()
+    assert "1 trial measured, 1 duplicate not re-run, 1 failed; stopped: interrupted" in text
+    assert "1 measured trial unprofiled" in text
+    console, buffer = _console()
+    print_result(console, {"trials": {"measured": 2, "duplicates": 0}}, None)
+    assert "2 trials measured, 0 duplicates not re-run" in buffer.getvalue()

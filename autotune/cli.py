@@ -226,6 +226,14 @@ def run(
         int | None,
         typer.Option(help="Bench runs per trial (median). Default 1 simulated, 3 on NPU."),
     ] = None,
+    confirm: Annotated[
+        int | None,
+        typer.Option(
+            help="Confirmation rounds after the search: the winner, runner-up and vendor default "
+            "measured again, interleaved, until the winner beats both beyond the noise. "
+            "Default 2 on NPU, 0 simulated; 0 turns it off."
+        ),
+    ] = None,
     sampler: Annotated[
         str,
         typer.Option(

@@ -24,6 +24,7 @@ import csv
 import io
 import json
 import os
+import shlex
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,8 +47,9 @@ PROFILE_DIR = "profile"
 
 MIB = 1024 * 1024
 
-# Trial roles, in the order a run produces them ("guided": a candidate of the profile guide).
-ROLES: tuple[str, ...] = ("baseline", "default", "seed", "guided", "search")
+# Trial roles, in the order a run produces them ("guided": a candidate of the profile guide;
+# "confirm": a re-measurement of another trial's config in the confirmation phase).
+ROLES: tuple[str, ...] = ("baseline", "default", "seed", "guided", "search", "confirm")
 # Trial states as written to disk.
 STATES: tuple[str, ...] = ("complete", "duplicate", "failed", "running")
 
@@ -96,6 +98,11 @@ class TrialRecord:
     tpot_ms: float | None = None  # median of the repeats' median TPOT
     tpots_ms: list[float] = field(default_factory=list)
     step_ms: float | None = None  # profiled decode step (device span / steps), ms
+    # Standard error of step_ms from the spread of the profiled steps (None: one step, no spread)
+    step_se_ms: float | None = None
+    profiled_steps: int = 0  # decode steps step_ms averages
+    # Per site: the step time its segments take (window to consumer matmul, every layer), ms
+    segment_ms: dict[str, float] = field(default_factory=dict)
     # Objective estimated from every trial's bench and profile (search.estimates); it moves as
     # trials arrive, so trials.csv carries it and trial.json does not.
     estimate: float | None = None
@@ -109,10 +116,19 @@ class TrialRecord:
     profile: str | None = None  # kept profile directory, relative to the run directory
     unprofiled: str = ""  # why a measured trial has no usable profile ("" when it has one)
     bench_files: list[str] = field(default_factory=list)  # relative to the run directory
+    bench_s: list[float] = field(default_factory=list)  # duration of each bench run, s
+    # A confirmation (role "confirm"): the trial whose config it measures again, and its round.
+    confirms: int | None = None
+    confirm_round: int | None = None
     logs: list[str] = field(default_factory=list)
     simulated: bool = False
     duration_s: float = 0.0
     host: str = ""  # the host that ran the trial (several workers may share a study)
+
+    @property
+    def searched(self) -> bool:
+        """Measured by the search: complete and not a confirmation (those are not in --trials)."""
+        return self.state == "complete" and self.confirms is None
 
     def counted(self) -> TrialRecord:
         """The record as tables show it: what a failed (or interrupted) trial measured before it
@@ -226,6 +242,10 @@ class RunDir:
         if not os.access(self.path, os.W_OK):
             raise AutotuneError(f"--out {self.path} is not writable")
 
+    def resume_command(self) -> str:
+        """The command that continues this run (run.json holds everything else)."""
+        return f"autotune run --resume --out {shlex.quote(str(self.path))}"
+
     def trial_dir(self, number: int) -> Path:
         return self.path / TRIALS_DIR / f"{number:03d}"
 
@@ -320,6 +340,7 @@ def trials_csv(
             "role",
             "state",
             "duplicate_of",
+            "confirms",
             *[f"{site}_mib" for site in sites],
             "objective",
             "estimate",
@@ -345,6 +366,7 @@ def trials_csv(
                 r.role,
                 r.state,
                 "" if r.duplicate_of is None else r.duplicate_of,
+                "" if r.confirms is None else r.confirms,
                 *[_num(r.effective_bytes.get(site, 0) / MIB, 3) for site in sites],
                 _num(r.objective, 4),
                 _num(r.estimate, 4),

@@ -176,6 +176,7 @@ RESUMED_OPTION_FLAGS: dict[str, str] = {
     "objective": "objective",
     "late_tolerance_us": "late_tolerance_us",
     "repeats": "repeats",
+    "confirm": "confirm",
     "sampler": "sampler",
     "seed": "seed",
     "keep_profiles": "keep_profiles",
@@ -294,6 +295,7 @@ def request_from_flags(values: Mapping[str, Any], given: set[str]) -> RunRequest
         late_tolerance_us=v["late_tolerance_us"],
         constraint=v["late_is_infeasible"],
         repeats=repeats if repeats is not None else (1 if backend == "simulate" else 3),
+        confirm=_confirm_rounds(v.get("confirm"), backend),
         sampler=v["sampler"],
         seed=v["seed"],
         keep_profiles=v["keep_profiles"],
@@ -316,6 +318,18 @@ def request_from_flags(values: Mapping[str, Any], given: set[str]) -> RunRequest
         sim_trial_s=v.get("sim_trial_seconds", 0.0),
         ideal=bool(v.get("ideal", False)),
     )
+
+
+# Confirmation rounds when --confirm is not given: on NPU a trial costs minutes and a bench run
+# is as noisy as the effects, so the pick is re-measured; the simulator's runs cost nothing to
+# repeat but are there to develop on, so it confirms only when asked.
+DEFAULT_CONFIRM = {"vllm-ascend": 2, "simulate": 0}
+
+
+def _confirm_rounds(value: Any, backend: str) -> int:
+    if value is None:
+        return DEFAULT_CONFIRM.get(backend, 0)
+    return int(value)
 
 
 def make_backend(
@@ -520,7 +534,7 @@ def workload_lines(workload: Workload, backend: Backend) -> list[str]:
 
 def _check_budget(rundir: RunDir, trials: int) -> None:
     """--trials is the total, so a resume cannot ask for fewer than the run already measured."""
-    measured = sum(1 for r in rundir.read_trials() if r.state == "complete")
+    measured = sum(1 for r in rundir.read_trials() if r.searched)
     if trials < measured:
         raise AutotuneError(
             f"--resume --trials {trials}: the run in {rundir.path} already measured "
@@ -547,7 +561,7 @@ def _record_budget(rundir: RunDir, info: dict[str, Any], trials: int) -> None:
 
 def resume_command(rundir: RunDir) -> str:
     """The command that continues this run (run.json holds everything else)."""
-    return f"autotune run --resume --out {shlex.quote(str(rundir.path))}"
+    return rundir.resume_command()
 
 
 def _after_interrupt(rundir: RunDir, tuner: Tuner, notes: Console) -> None:

@@ -58,6 +58,7 @@ from autotune.workloads.base import Workload
 from autotune.workloads.simulate import SimulateBackend, simulate_throughput
 
 WITHIN = 0.005
+PROFILE_STEPS = 8
 EXTRA = {"enable_flashcomm1": True}
 CASES: tuple[tuple[str, int], ...] = (
     ("Qwen3-32B-W8A8", 32),
@@ -113,11 +114,11 @@ RAW_KEYS: tuple[tuple[str, str], ...] = tuple(
 
 
 def workload(model: str, mns: int) -> Workload:
-    # One profiled step keeps the bench fast; the analysis reads it the same way as eight.
+    # The profiled steps of `autotune run` (8): their spread is the profile's noise.
     # flashcomm1 on a MoE model needs expert parallelism in 0.23 (vllm serve aborts without it),
     # so MoE cases run with experts spread over the TP4 group, as `autotune run` requires.
     ep = 4 if target.spec_of(Setup(model, 4, 1, mns, True, False)).has_experts else 1
-    return Workload(model=model, max_num_seqs=mns, ep=ep, profile_steps=1)
+    return Workload(model=model, max_num_seqs=mns, ep=ep, profile_steps=PROFILE_STEPS)
 
 
 # The hardware set of the running jobs (None: the workload's preset).

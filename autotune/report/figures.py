@@ -483,6 +483,7 @@ def history(points: Sequence[TrialPoint], *, maximize: bool = True) -> History:
         score = p.estimate if p.estimate is not None else p.objective
         ok = (
             p.state == "complete"
+            and p.role != "confirm"  # a config measured again: it counts for its trial
             and p.feasible is not False
             and p.objective is not None
             and score is not None

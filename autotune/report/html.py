@@ -787,7 +787,31 @@ def _pick_html(
         f"<p class='note' id='pick-rule'>{esc(rule)}</p>"
         "<table id='pick'><thead><tr><th></th><th>trial</th><th>role</th>"
         f"<th>measured ({esc(unit)})</th><th>estimated ({esc(unit)})</th></tr></thead>"
-        f"<tbody>{rows}</tbody></table>"
+        f"<tbody>{rows}</tbody></table>" + _confidence_html(record.summary.get("confidence") or {})
+    )
+
+
+def _confidence_html(conf: Mapping[str, Any]) -> str:
+    """summary.json's confidence block: the winner's margins with intervals, how to settle an
+    open one, the confirmation phase, the noise used, and what the benches cannot carry."""
+    if not conf:
+        return ""
+    items = [str(v) for v in conf.get("verdict") or []]
+    if conf.get("settle"):
+        items.append(str(conf["settle"]))
+    confirmation = conf.get("confirmation") or {}
+    if confirmation.get("text"):
+        items.append(f"confirmation: {confirmation['text']}")
+    noise = conf.get("noise") or {}
+    if noise.get("text"):
+        items.append(str(noise["text"]))
+    warnings = "".join(
+        f"<p class='warn' data-warning>{esc('Warning: ' + str(w))}</p>"
+        for w in conf.get("warnings") or []
+    )
+    return (
+        f"<div id='confidence'><h3>Confidence ({esc(str(conf.get('interval', '')))})</h3>"
+        f"{findings_list(items, list_id='confidence-list')}{warnings}</div>"
     )
 
 

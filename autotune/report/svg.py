@@ -57,6 +57,7 @@ ROLE_MARKS = {
     "seed": "#b279a2",
     "guided": "#72b7b2",
     "search": "#f58518",
+    "confirm": "#54a24b",
 }
 
 

@@ -115,7 +115,7 @@ class TerminalRunView:
 
     def trial_finished(self, record: TrialRecord, best: TrialRecord | None) -> None:
         self.rows.append((record, best))
-        if record.state == "complete":
+        if record.searched:  # confirmations are not in the --trials budget
             self.progress.advance(self.task)
         self.progress.update(self.task, description="")
         self.live.update(self._render())
@@ -156,9 +156,10 @@ class TerminalRunView:
                 tput = _fmt(record.throughput)
             late = ", ".join(short_site(s) for s in record.late_sites) or "-"
             best_text = "-" if best is None else f"#{best.number} {_fmt(best.estimate)}"
+            role = record.role if record.confirms is None else f"confirm #{record.confirms}"
             table.add_row(
                 str(record.number),
-                record.role,
+                role,
                 config_text(record.effective_bytes, sites),
                 tput,
                 late,
@@ -204,6 +205,8 @@ def trial_line(
         result = f"same effective bytes as trial {record.duplicate_of}, not re-run"
     else:
         result = f"{objective} {_fmt(record.objective, 2)} {unit}"
+        if record.confirms is not None:
+            result += f" (trial {record.confirms} measured again)"
     # Only a measured trial has late sites to state; "none" would claim a failed one was on time.
     late = (
         f"late sites: {', '.join(record.late_sites) or 'none'}; "
@@ -246,6 +249,25 @@ class PlainRunView:
         self.sites = list(sites)
 
 
+def confidence_lines(conf: Mapping[str, Any]) -> list[str]:
+    """summary.json's confidence block as terminal lines: the winner's margins with intervals,
+    what to run to settle an open one, the confirmation phase, the noise and the warnings."""
+    if not conf:
+        return []
+    lines = [f"  confidence ({conf.get('interval', '')}):"]
+    lines += [f"    {v}" for v in conf.get("verdict") or []]
+    if conf.get("settle"):
+        lines.append(f"    {conf['settle']}")
+    confirmation = conf.get("confirmation") or {}
+    if confirmation.get("text"):
+        lines.append(f"    confirmation: {confirmation['text']}")
+    noise = conf.get("noise") or {}
+    if noise.get("text"):
+        lines.append(f"    {noise['text']}")
+    lines += [f"  WARNING: {w}" for w in conf.get("warnings") or []]
+    return lines
+
+
 def print_result(
     console: Console, summary: Mapping[str, Any], best_config: Mapping[str, Any] | None
 ) -> None:
@@ -267,6 +289,13 @@ def print_result(
         if summary.get("picked_by"):
             late = ", ".join(best.get("late_sites") or []) or "none"
             console.print(f"  picked by: {summary['picked_by']}; late sites: {late}", markup=False)
+        conf = summary.get("confidence") or {}
+        for line in confidence_lines(conf):
+            console.print(line, markup=False, soft_wrap=True)
+        # A gain the benches cannot carry is stated, not celebrated.
+        doubt = ""
+        if conf.get("warnings"):
+            doubt = " (the benches cannot carry it: see the warning above)"
         for label, key in (
             ("baseline (prefetch off)", "gain_over_baseline"),
             ("vendor default", "gain_over_default"),
@@ -280,7 +309,10 @@ def print_result(
                 spread = f"spread over repeats {g['low_pct']:+.2f} … {g['high_pct']:+.2f} %"
             est = g.get("estimated_pct")
             est_text = "" if est is None else f", estimated {est:+.2f} %"
-            console.print(f"  vs {label}: measured {g['pct']:+.2f} % ({spread}){est_text}")
+            console.print(
+                f"  vs {label}: measured {g['pct']:+.2f} % ({spread}){est_text}{doubt}",
+                markup=False,
+            )
         rule = summary.get("pick_rule")
         if rule:
             console.print(f"[bold]pick rule:[/] {rule}", soft_wrap=True, highlight=False)
@@ -321,7 +353,12 @@ def print_result(
     trials = summary.get("trials", {})
     console.print(
         f"{plural(trials.get('measured', 0), 'trial')} measured, "
-        f"{plural(trials.get('duplicates', 0), 'duplicate')} not re-run, "
+        + (
+            f"{plural(trials['confirmations'], 'confirmation')} measured again, "
+            if trials.get("confirmations")
+            else ""
+        )
+        + f"{plural(trials.get('duplicates', 0), 'duplicate')} not re-run, "
         f"{trials.get('failed', 0)} failed; stopped: {summary.get('stopped') or '-'}"
     )
     if trials.get("unprofiled"):

@@ -28,8 +28,9 @@ study to its record, whatever stops it), `readout` (a finished trial's bench and
 one study), `heartbeat` (heartbeats and the stale sweep), `context` (what every part reads).
 """
 
+from autotune.search.estimate import estimates
 from autotune.search.guide import candidates, seed_site
-from autotune.search.measure import NO_CMO_REASON, SiteTiming, estimates, profile_inert
+from autotune.search.measure import NO_CMO_REASON, SiteTiming, profile_inert
 from autotune.search.options import (
     KEEP_PROFILES,
     OBJECTIVES,

@@ -13,8 +13,9 @@ from optuna.trial import TrialState
 from autotune import target
 from autotune.errors import AutotuneError
 from autotune.rundir import TrialRecord
+from autotune.search.confirm import confirmation_json
 from autotune.search.context import RunContext, trials_of
-from autotune.search.options import ATTR_ROLE
+from autotune.search.options import ATTR_ROLE, ROLE_CONFIRM
 from autotune.search.probe import PROBE_ROLES
 from autotune.search.storage import shown_url
 from autotune.search.summary import best_record, build_summary
@@ -33,8 +34,8 @@ class Ledger:
 
     @property
     def measured(self) -> int:
-        """Trials measured so far (duplicates and failures not counted)."""
-        return sum(1 for r in self.records.values() if r.state == "complete")
+        """Trials measured so far (duplicates, failures and confirmations not counted)."""
+        return sum(1 for r in self.records.values() if r.searched)
 
     def keep(self, record: TrialRecord) -> None:
         """Hold `record` as this worker's and write its trial.json."""
@@ -127,6 +128,7 @@ class Ledger:
     ) -> dict[str, Any]:
         ctx = self.ctx
         return build_summary(
+            confirmation=confirmation_json(records, ctx.options, self.role("default", records)),
             records=records,
             best=best,
             baseline=self.role("baseline", records),
@@ -171,6 +173,8 @@ class Ledger:
             role = t.user_attrs.get(ATTR_ROLE, "search")
             if t.number in retried or (role in PROBE_ROLES and not self.ctx.shared):
                 continue  # a lone run re-queues its probe trials in their own phase
+            if role == ROLE_CONFIRM:
+                continue  # the confirmation phase queues its measurements again, in its round
             study.enqueue_trial(dict(t.params), user_attrs={ATTR_ROLE: role, "retry_of": t.number})
 
     def check_study_matches(self, study: Study) -> None:

@@ -32,9 +32,10 @@ from autotune.rundir import TrialRecord
 from autotune.search.context import RunContext, trials_of
 from autotune.search.heartbeat import heartbeat, heartbeat_interval
 from autotune.search.ledger import Ledger
-from autotune.search.options import ATTR_ROLE
+from autotune.search.options import ATTR_CONFIRMS, ATTR_ROLE, ATTR_ROUND, ROLE_CONFIRM
 from autotune.search.probe import PROBE_ROLES, probe_config
 from autotune.search.readout import Readout
+from autotune.search.sampler import ATTR_LATE
 from autotune.search.workers import (
     ATTR_DUPLICATE_OF,
     ATTR_EFFECTIVE,
@@ -56,6 +57,10 @@ log = logging.getLogger(__name__)
 _TAKEN_FROM_TWIN = (
     "objective",
     "step_ms",
+    "step_se_ms",
+    "profiled_steps",
+    "segment_ms",
+    "bench_s",
     "throughput",
     "throughputs",
     "tpot_ms",
@@ -151,13 +156,21 @@ class TrialRunner:
         measured: _Measurement | None,
     ) -> TrialRecord:
         ctx = self.ctx
-        config = self._config(attempt, probe)
+        confirming = attempt.role == ROLE_CONFIRM
+        config = self._config(study, attempt, probe)
         target.validate_config(config)
         record = self._start(study, attempt, config)
-        if probe is None and measured is None:
+        if probe is None and measured is None and not confirming:
             earlier = self._same_as(study, record)
             if earlier is not None:
                 return self._tell_duplicate(study, attempt, earlier)
+        if confirming and measured is None:
+            twin = _confirmed_elsewhere(study, attempt.trial)
+            if twin is not None:
+                # Two workers queued the same measurement at once: the earlier one runs.
+                attempt.trial.set_user_attr("superseded", True)
+                self._fail(study, attempt, f"superseded: trial {twin} takes this measurement")
+                return record
         self.ledger.keep(record)
         if measured is not None:
             for name in _MEASUREMENT:
@@ -168,13 +181,16 @@ class TrialRunner:
             ctx.observer.trial_started(record.number, record.role, record.effective_bytes)
             attempt.started = time.monotonic()
             try:
+                # A confirmation measures the bench again; the profile was read the first time.
                 result = ctx.backend.run(
                     config,
                     ctx.rundir.trial_dir(record.number),
                     repeats=ctx.options.repeats,
-                    profile=True,
+                    profile=not confirming,
                 )
-                attrs = self.readout.read(record, result, config)
+                attrs = self.readout.read(record, result, config, profiled=not confirming)
+                if confirming:
+                    self._as_confirmation(study, record, attrs)
             except AutotuneError as exc:
                 self._fail(study, attempt, str(exc))
                 if record.role in PROBE_ROLES:
@@ -190,7 +206,16 @@ class TrialRunner:
         self.ledger.after_trial(record)
         return record
 
-    def _config(self, attempt: _Attempt, probe: dict[str, Any] | None) -> dict[str, Any]:
+    def _config(
+        self, study: Study, attempt: _Attempt, probe: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        if attempt.role == ROLE_CONFIRM:
+            # Exactly the config the confirmed trial ran (a probe's is not a ladder point's).
+            number = attempt.trial.user_attrs.get(ATTR_CONFIRMS)
+            for t in trials_of(study):
+                if t.number == number and isinstance(t.user_attrs.get("config"), dict):
+                    return dict(t.user_attrs["config"])
+            raise AutotuneError(f"confirmation of trial {number}: its config is not in the study")
         if probe is None and attempt.role in PROBE_ROLES:
             probe = probe_config(attempt.role, self.ctx.extra)
         if probe is not None:
@@ -220,6 +245,9 @@ class TrialRunner:
             simulated=self.ctx.backend.simulated,
             host=HOST,
         )
+        if attempt.role == ROLE_CONFIRM:
+            record.confirms = _int_attr(trial, ATTR_CONFIRMS)
+            record.confirm_round = _int_attr(trial, ATTR_ROUND)
         # First: other workers look at the bytes of running trials to avoid measuring them twice.
         trial.set_user_attr(ATTR_EFFECTIVE, eff)
         if ATTR_ROLE not in trial.user_attrs:
@@ -248,6 +276,20 @@ class TrialRunner:
         if not self.ctx.shared:
             return lookup()
         return measured_twin(study, record.number, key, space, lookup)
+
+    def _as_confirmation(self, study: Study, record: TrialRecord, attrs: dict[str, Any]) -> None:
+        """A confirmation is not profiled: it keeps the lateness the confirmed trial's profile
+        showed, so the study's constraints and the tables treat the config alike."""
+        subject = next(
+            (r for r in self.ledger.all_records(study) if r.number == record.confirms), None
+        )
+        if subject is None:
+            return
+        record.lateness_us = dict(subject.lateness_us)
+        record.late_sites = list(subject.late_sites)
+        record.feasible = subject.feasible
+        attrs["lateness_us"] = record.lateness_us
+        attrs[ATTR_LATE] = record.late_sites
 
     # -- telling the study --------------------------------------------------------------------
 
@@ -316,7 +358,8 @@ class TrialRunner:
             pass  # the study failed it first, and its stale sweep queued it again
         if record is not None:
             self.ctx.rundir.write_trial(record)
-        if self.ctx.shared and attempt.finished:
+        # A confirmation is queued again by the confirmation phase, in its round.
+        if self.ctx.shared and attempt.finished and attempt.role != ROLE_CONFIRM:
             study.enqueue_trial(
                 dict(trial.params), user_attrs={ATTR_ROLE: attempt.role, "retry_of": trial.number}
             )
@@ -384,6 +427,26 @@ class TrialRunner:
         if record.role in PROBE_ROLES and not ctx.shared:
             raise AutotuneError(f"the {record.role} trial failed: {record.error}")
         return record
+
+
+def _int_attr(trial: optuna.Trial, name: str) -> int | None:
+    value = trial.user_attrs.get(name)
+    return value if isinstance(value, int) else None
+
+
+def _confirmed_elsewhere(study: Study, trial: optuna.Trial) -> int | None:
+    """An earlier trial queued for the same confirmation (round and trial) that is not failed."""
+    attrs = trial.user_attrs
+    for t in trials_of(study):
+        if (
+            t.number < trial.number
+            and t.state != TrialState.FAIL
+            and t.user_attrs.get(ATTR_ROLE) == ROLE_CONFIRM
+            and t.user_attrs.get(ATTR_CONFIRMS) == attrs.get(ATTR_CONFIRMS)
+            and t.user_attrs.get(ATTR_ROUND) == attrs.get(ATTR_ROUND)
+        ):
+            return t.number
+    return None
 
 
 def _finish(study: Study, attempt: _Attempt, state: TrialState, value: float | None = None) -> None:

@@ -1,4 +1,4 @@
-"""What a trial says: window timings and inert sites from its profile, and robust estimates."""
+"""What a trial's profile says: window timings, inert sites, lateness and the profiled step."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from autotune import target
 from autotune.overlap import OverlapResult
 from autotune.profile import Profile
-from autotune.rundir import TrialRecord
 from autotune.search.space import SearchSpace
 from autotune.target import Setup
 
@@ -84,115 +85,59 @@ def profile_inert(timings: Mapping[str, SiteTiming], space: SearchSpace) -> dict
     }
 
 
-def profile_step_ms(profiles: Sequence[Profile]) -> float | None:
-    """Median over ranks of the profiled decode step: device-task span / steps, in ms."""
-    spans: list[float] = []
+@dataclass(frozen=True)
+class StepStats:
+    """A trial's profiled decode step: its mean and the standard error of that mean (ms)."""
+
+    mean_ms: float
+    se_ms: float | None  # None: too few steps to show a spread
+    steps: int
+
+
+def step_durations_ns(profile: Profile) -> list[float]:
+    """Begin-to-begin durations of the profile's decode steps (ns); with fewer than three steps,
+    none.
+
+    The reader gives the number of steps its markers record, not where each begins; every decode
+    step launches the same tasks, so the steps are cut at equal task counts. A cut can land a task
+    or two off a step's first task, which the robust spread in `step_stats` shrugs off.
+    """
+    n = profile.steps or 0
+    tasks = profile.tasks
+    if n < 3 or len(tasks) < 2 * n:
+        return []
+    starts = np.sort(tasks["start_ns"].to_numpy(dtype=np.int64))
+    begins = starts[(len(starts) // n) * np.arange(n)]
+    return [float(d) for d in np.diff(begins)]
+
+
+def _robust_sd(values: Sequence[float]) -> float:
+    """Standard deviation from the median absolute deviation: one odd step does not set it."""
+    med = statistics.median(values)
+    return 1.4826 * float(statistics.median(abs(v - med) for v in values))
+
+
+def step_stats(profiles: Sequence[Profile]) -> StepStats | None:
+    """The profiled decode step, median over ranks: device-task span / steps (ms), and the
+    standard error of that mean from the spread of the steps (the ranks run in lockstep, so it is
+    the median rank's, not divided again by the ranks)."""
+    means: list[float] = []
+    errors: list[float] = []
+    counts: list[int] = []
     for prof in profiles:
         if prof.tasks.empty:
             continue
+        steps = max(1, prof.steps or 1)
         span = int(prof.tasks["end_ns"].max()) - int(prof.tasks["start_ns"].min())
-        spans.append(span / max(1, prof.steps or 1) / 1e6)
-    return float(statistics.median(spans)) if spans else None
-
-
-@dataclass(frozen=True)
-class _Fit:
-    """The bench figure (as y: 1/throughput or TPOT) regressed on the profiled step time."""
-
-    line: bool  # a usable line (else y proportional to the step)
-    slope: float
-    sxx: float
-    s2: float  # residual variance
-    keep: float  # share of a trial's residual its repeats say is real
-    steps: dict[int, float]  # trial -> profiled step ms
-    repeat_var: dict[int, float]  # trial -> variance of its median's y, from its repeats
-    estimated_y: dict[int, float]
-
-
-def _to_y(v: float, objective: str) -> float:
-    return 1.0 / v if objective == "throughput" else v
-
-
-def _fit(records: Sequence[TrialRecord], objective: str) -> tuple[dict[int, float], _Fit | None]:
-    measured = {
-        r.number: r.objective
-        for r in records
-        if r.state == "complete" and r.objective is not None and r.objective > 0
-    }
-    pts = [
-        (r.number, float(r.step_ms), r)
-        for r in records
-        if r.number in measured and r.step_ms is not None and r.step_ms > 0
-    ]
-    if not pts:
-        return measured, None
-    xs = [x for _, x, _ in pts]
-    ys = [_to_y(measured[n], objective) for n, _, _ in pts]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
-    line = len(pts) >= 3 and slope > 0
-    if line:
-        fitted = [my + slope * (x - mx) for x in xs]
-        dof = len(pts) - 2
-    else:
-        ratio = statistics.median(y / x for x, y in zip(xs, ys, strict=True))
-        fitted = [ratio * x for x in xs]
-        dof = len(pts) - 1
-    resid = [y - f for y, f in zip(ys, fitted, strict=True)]
-    s2 = sum(e * e for e in resid) / dof if dof > 0 else 0.0
-    # Noise of one trial's median from the spread of its repeats (pooled).
-    keep = 0.0
-    repeat_var: dict[int, float] = {}
-    for n, _, r in pts:
-        reps = r.throughputs if objective == "throughput" else r.tpots_ms
-        ys_r = [_to_y(v, objective) for v in reps if v > 0]
-        if len(ys_r) >= 2:
-            repeat_var[n] = statistics.variance(ys_r) / len(ys_r)
-    if repeat_var and s2 > 0:
-        keep = min(1.0, max(0.0, 1.0 - statistics.fmean(repeat_var.values()) / s2))
-    est = {n: f + keep * (y - f) for (n, _, _), y, f in zip(pts, ys, fitted, strict=True)}
-    steps = {n: x for n, x, _ in pts}
-    return measured, _Fit(line, slope, sxx, s2, keep, steps, repeat_var, est)
-
-
-def estimates(records: Sequence[TrialRecord], objective: str) -> dict[int, float]:
-    """Per measured trial, its objective estimated from every trial's bench and profile.
-
-    A bench's run-to-run noise (~1 %) is as large as the prefetch effects, while the profiled
-    decode step measures the same thing far more steadily. So the bench figure (as 1/throughput,
-    or TPOT; both grow linearly with the step time) is regressed on the step time over all
-    trials, and each trial gets the fitted value, moved back towards its own measurement by the
-    share of the residual that the spread over its repeats cannot explain (none with one repeat).
-    When the line is not usable (fewer than three trials, or a slope the noise made negative) the
-    bench figure is taken as proportional to the step time instead. Trials without a profile keep
-    their measurement.
-    """
-    measured, fit = _fit(records, objective)
-    out = dict(measured)
-    if fit is None:
-        return out
-    for n, y in fit.estimated_y.items():
-        if y > 0:
-            out[n] = 1.0 / y if objective == "throughput" else y
-    return out
-
-
-def beyond_noise(records: Sequence[TrialRecord], objective: str, better: int, worse: int) -> bool:
-    """Whether trial `better`'s estimate beats trial `worse`'s by more than twice the noise of
-    their repeats, for the share of each estimate taken from them (`estimates`).
-
-    The rest of an estimate comes from the fitted line at the trial's profiled step time, which
-    ranks trials by a measurement far steadier than one bench run, so it adds no noise here.
-    """
-    _, fit = _fit(records, objective)
-    if fit is None or better not in fit.estimated_y or worse not in fit.estimated_y:
-        return False
-    # y is lower-is-better for both objectives (1/throughput, TPOT).
-    diff = fit.estimated_y[worse] - fit.estimated_y[better]
-    pooled = statistics.fmean(fit.repeat_var.values()) if fit.repeat_var else 0.0
-    var = fit.keep**2 * (fit.repeat_var.get(better, pooled) + fit.repeat_var.get(worse, pooled))
-    return bool(diff > 2.0 * math.sqrt(var))
+        means.append(span / steps / 1e6)
+        counts.append(steps)
+        durations = step_durations_ns(prof)
+        if len(durations) >= 2:
+            errors.append(_robust_sd(durations) / math.sqrt(steps) / 1e6)
+    if not means:
+        return None
+    se = float(statistics.median(errors)) if errors else None
+    return StepStats(float(statistics.median(means)), se, int(statistics.median(counts)))
 
 
 def lateness_by_site(result: OverlapResult) -> dict[str, float]:

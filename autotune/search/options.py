@@ -24,6 +24,10 @@ KEEP_PROFILES: tuple[str, ...] = ("all", "best", "none")
 ATTR_ROLE = "role"
 ATTR_SPACE = "space"
 ATTR_WORKLOAD = "workload"
+# The confirmation phase's trials: their role, the trial each measures again, and its round.
+ROLE_CONFIRM = "confirm"
+ATTR_CONFIRMS = "confirms"
+ATTR_ROUND = "confirm_round"
 
 
 class RunObserver(Protocol):
@@ -59,6 +63,8 @@ class SearchOptions:
     late_tolerance_us: float = DEFAULT_LATE_TOLERANCE_US
     constraint: bool = False  # --late-is-infeasible: lateness is a hard rule
     repeats: int = 1
+    # Confirmation rounds after the search (winner, runner-up and vendor default measured again).
+    confirm: int = 0
     sampler: str = "guided"
     # Enqueue the profile-guided seed after the probe. Off only to measure a sampler on its own
     # over the same probe and space (bench/search_efficiency.py).
@@ -80,6 +86,8 @@ class SearchOptions:
             raise AutotuneError(f"--objective must be one of {', '.join(OBJECTIVES)}")
         if not math.isfinite(self.late_tolerance_us) or self.late_tolerance_us < 0:
             raise AutotuneError("--late-tolerance-us must be a number >= 0")
+        if self.confirm < 0:
+            raise AutotuneError(f"--confirm must be 0 or more rounds, got {self.confirm}")
         if self.repeats < 1:
             raise AutotuneError(f"--repeats must be at least 1, got {self.repeats}")
         if self.sampler not in SAMPLERS:

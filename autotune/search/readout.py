@@ -18,7 +18,7 @@ from autotune.lateness import tolerance_ns
 from autotune.overlap import analyze, late_sites, site_segments
 from autotune.profile import load_profiles
 from autotune.rundir import RunDir, TrialRecord
-from autotune.search.measure import lateness_by_site, profile_step_ms, site_timings
+from autotune.search.measure import lateness_by_site, site_timings, step_stats
 from autotune.search.options import SearchOptions
 from autotune.search.sampler import ATTR_LATE, ATTR_SEGMENTS
 from autotune.search.summary import site_json
@@ -49,10 +49,16 @@ class Readout:
         self.rundir = rundir
 
     def read(
-        self, record: TrialRecord, result: TrialResult, config: Mapping[str, Any]
+        self,
+        record: TrialRecord,
+        result: TrialResult,
+        config: Mapping[str, Any],
+        *,
+        profiled: bool = True,
     ) -> dict[str, Any]:
         """Fill `record` from the run's bench results and profile and mark it complete; return
-        the trial attributes to store. AutotuneError when the bench result has no objective."""
+        the trial attributes to store. AutotuneError when the bench result has no objective.
+        A run asked for no profile (`profiled` False: a confirmation) is not marked unprofiled."""
         objective = self.options.objective
         attrs: dict[str, Any] = {}
         record.throughputs = _bench_floats(result.benches, "output_throughput")
@@ -63,12 +69,13 @@ class Readout:
         if record.objective is None:
             key = "output_throughput" if objective == "throughput" else "median_tpot_ms"
             raise AutotuneError(f"trial {record.number}: the bench result has no {key}")
+        record.bench_s = _bench_floats(result.benches, "duration")
         record.bench_files = [self.rundir.relative(p) for p in result.bench_paths]
         record.logs = [self.rundir.relative(p) for p in result.logs]
         record.simulated = result.simulated
         if result.profile_dir is not None:
             attrs.update(self._read_profile(record, result.profile_dir, config))
-        else:
+        elif profiled:
             record.unprofiled = result.unprofiled or "the backend returned no profile"
         if record.unprofiled:
             # Measured but not profiled: the numbers stand, the overlap is unknown.
@@ -100,8 +107,16 @@ class Readout:
             record.unprofiled = f"the profile is truncated: {cut[0].warnings[0]}"
             return {}
         record.profile = self.rundir.relative(path)
-        record.step_ms = profile_step_ms(profiles)
+        stats = step_stats(profiles)
+        if stats is not None:
+            record.step_ms, record.step_se_ms = stats.mean_ms, stats.se_ms
+            record.profiled_steps = stats.steps
         segments = site_segments(profiles)
+        # Per decode step: each site's median segment times the segments a step holds.
+        per_step = max(1, record.profiled_steps) * max(1, len(profiles))
+        record.segment_ms = {
+            s: g.total_ns * g.windows / per_step / 1e6 for s, g in segments.items()
+        }
         record.sites = {s.site: site_json(s) for s in overlap.sites}
         record.lateness_us = lateness_by_site(overlap)
         record.late_sites = late_sites(overlap)

@@ -8,6 +8,7 @@ from typing import Any
 
 from autotune.errors import AutotuneError
 from autotune.rundir import RunDir, RunRecord, TrialRecord, load_run
+from autotune.search.confirm import confirmation_json
 from autotune.search.options import ATTR_SPACE, ATTR_WORKLOAD, SearchOptions
 from autotune.search.space import SearchSpace, static_space
 from autotune.search.storage import load_existing
@@ -53,11 +54,13 @@ def study_run(
     records = study_records(study.get_trials(deepcopy=False), mine)
     best = best_record(records, options.objective)
     path = local.path if local else Path.cwd()
+    default = _first(records, "default")
     summary = build_summary(
+        confirmation=confirmation_json(records, options, default),
         records=records,
         best=best,
         baseline=_first(records, "baseline"),
-        default=_first(records, "default"),
+        default=default,
         space=space,
         workload=workload,
         backend=str(run.get("backend", "")),

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from optuna.study import StudyDirection
 
 from autotune.lateness import rule_text
 from autotune.rundir import MIB, RunDir, TrialRecord
-from autotune.search.measure import beyond_noise, estimates
+from autotune.search.estimate import Estimates, Noise, Z, bench_warnings, estimate
 from autotune.search.options import OBJECTIVES, SearchOptions
 from autotune.search.space import SearchSpace
 from autotune.search.storage import shown_url
@@ -22,36 +24,55 @@ RULE_ON_TIME = "on-time trial kept: the faster late one is within the noise"
 RULE_STRICT = "late sites infeasible (--late-is-infeasible)"
 
 
-def pick_best(
-    records: Sequence[TrialRecord], objective: str, *, late_is_infeasible: bool = False
-) -> tuple[list[TrialRecord], str]:
-    """Measured trials in pick order and the rule that put the first one first.
+@dataclass
+class Pick:
+    """Measured trials in pick order, the rule that put the first one first, and the estimates
+    (with their noise) the order comes from."""
 
-    By estimate (`estimates`), best first. Lateness guides, it does not veto: a late trial stays
-    first only when it beats the best on-time trial beyond the noise (`beyond_noise`), else that
-    on-time trial moves ahead of it; with `late_is_infeasible` on-time trials come first. Updates
-    every trial's estimate.
+    ranked: list[TrialRecord]
+    rule: str
+    est: Estimates
+
+
+def pick(
+    records: Sequence[TrialRecord], objective: str, *, late_is_infeasible: bool = False
+) -> Pick:
+    """Rank the measured trials and update every trial's estimate.
+
+    By estimate (`estimate.estimate`), best first. Lateness guides, it does not veto: a late trial
+    stays first only when it beats the best on-time trial beyond the noise (`Estimates.beyond`),
+    else that on-time trial moves ahead of it; with `late_is_infeasible` on-time trials come
+    first. Confirmations are not ranked: their runs count for the trial they measure again.
     """
-    est = estimates(records, objective)
+    est = estimate(records, objective)
+    values = est.values()
     for r in records:
-        r.estimate = est.get(r.number)
+        r.estimate = values.get(r.number)
         if r.state == "duplicate" and r.duplicate_of is not None:
-            r.estimate = est.get(r.duplicate_of)
-    measured = [r for r in records if r.state == "complete" and r.estimate is not None]
+            r.estimate = values.get(r.duplicate_of)
+    measured = [r for r in records if r.number in values and r.state == "complete"]
     sign = 1.0 if OBJECTIVES[objective] == StudyDirection.MAXIMIZE else -1.0
     # Ties go to the earlier trial.
     ranked = sorted(measured, key=lambda r: (-sign * (r.estimate or 0.0), r.number))
     if not ranked:
-        return ranked, ""
+        return Pick(ranked, "", est)
     if late_is_infeasible:
-        return sorted(ranked, key=lambda r: r.feasible is False), RULE_STRICT
+        return Pick(sorted(ranked, key=lambda r: r.feasible is False), RULE_STRICT, est)
     first = ranked[0]
     if first.feasible is not False:
-        return ranked, RULE_BEST
+        return Pick(ranked, RULE_BEST, est)
     rival = next((r for r in ranked if r.feasible is not False), None)
-    if rival is None or beyond_noise(records, objective, first.number, rival.number):
-        return ranked, RULE_LATE_FASTER
-    return [rival, *(r for r in ranked if r is not rival)], RULE_ON_TIME
+    if rival is None or est.beyond(first.number, rival.number):
+        return Pick(ranked, RULE_LATE_FASTER, est)
+    return Pick([rival, *(r for r in ranked if r is not rival)], RULE_ON_TIME, est)
+
+
+def pick_best(
+    records: Sequence[TrialRecord], objective: str, *, late_is_infeasible: bool = False
+) -> tuple[list[TrialRecord], str]:
+    """Measured trials in pick order and the rule that put the first one first (`pick`)."""
+    chosen = pick(records, objective, late_is_infeasible=late_is_infeasible)
+    return chosen.ranked, chosen.rule
 
 
 def ranked_records(
@@ -69,8 +90,13 @@ def best_record(
     return ranked[0] if ranked else None
 
 
-def pick_rule(objective: str, late_tolerance_us: float, late_is_infeasible: bool = False) -> str:
-    """How the best trial is chosen, in one line."""
+def pick_rule(
+    objective: str,
+    late_tolerance_us: float,
+    late_is_infeasible: bool = False,
+    noise: Noise | None = None,
+) -> str:
+    """How the best trial is chosen, in one line; with `noise`, the noise the estimates used."""
     what = "throughput" if objective == "throughput" else "TPOT"
     high = "highest" if OBJECTIVES.get(objective) == StudyDirection.MAXIMIZE else "lowest"
     if late_is_infeasible:
@@ -83,11 +109,19 @@ def pick_rule(objective: str, late_tolerance_us: float, late_is_infeasible: bool
             f"over all trials; one with a site late by more than {late_tolerance_us:g} µs wins "
             "only when it beats the best on-time trial beyond the noise of the estimates"
         )
-    return (
-        f"best = the {high} estimated {what} {among}; the estimate is the measured "
-        f"{what} regressed on the profiled decode-step time over all trials, which evens out "
-        "bench noise, so the best need not be the highest single measurement"
-    )
+    if noise is not None and noise.fit == "none":
+        how = (
+            f"the estimate is each trial's measured {what} pulled towards the mean of all trials "
+            "by its own noise (no trial was profiled)"
+        )
+    else:
+        how = (
+            f"the estimate weighs each trial's measured {what} against the fit of the measured "
+            f"{what} on the profiled decode-step time over all trials, each by its noise"
+        )
+    rule = f"best = the {high} estimated {what} {among}; {how}, so the best need not be the "
+    rule += "highest single measurement"
+    return rule if noise is None else f"{rule}; {noise.text()}"
 
 
 def site_json(summary: Any) -> dict[str, Any]:
@@ -160,6 +194,82 @@ def config_keys(config: Mapping[str, Any], notes: Mapping[str, str]) -> dict[str
     return out
 
 
+# Confirmation rounds past which settling a margin is not worth proposing.
+MAX_SETTLE_ROUNDS = 20
+
+
+def confidence(
+    chosen: Pick,
+    best: TrialRecord | None,
+    default: TrialRecord | None,
+    *,
+    repeats: int,
+    resume: str,
+    confirmation: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """summary.json "confidence": the winner's margin over the runner-up and over the vendor
+    default as an estimate with an interval, whether each is beyond the noise, the noise used,
+    what the run's benches cannot carry, and the command that would settle an open margin
+    (`resume`: the command that continues the run)."""
+    est = chosen.est
+    runner = next((r for r in chosen.ranked if best is None or r.number != best.number), None)
+    out: dict[str, Any] = {
+        "winner_vs_runner_up": None,
+        "winner_vs_default": None,
+        "interval": f"±{Z:g} standard errors, about 95 %",
+        "noise": est.noise.to_json() if est.noise is not None else None,
+        "verdict": [],
+        "warnings": bench_warnings(est),
+        "settle": "",
+        "confirmation": dict(confirmation) if confirmation else None,
+    }
+    if best is None:
+        return out
+    verdict: list[str] = []
+    needed: list[int] = []
+    for key, label, other in (
+        ("winner_vs_runner_up", "the runner-up", runner),
+        ("winner_vs_default", "the vendor default", default),
+    ):
+        if other is None:
+            continue
+        if other.number == best.number:
+            verdict.append(f"the winner is {label}")
+            continue
+        margin = est.margin(best.number, other.number)
+        if margin is None:
+            continue
+        out[key] = margin.to_json()
+        span = f"{margin.estimate_pct:+.2f} % ({margin.low_pct:+.2f} … {margin.high_pct:+.2f} %)"
+        if margin.distinguishable:
+            verdict.append(f"trial {best.number} against {label}, trial {other.number}: {span}")
+            continue
+        verdict.append(
+            f"trial {best.number} and {label}, trial {other.number}, are indistinguishable at "
+            f"this noise: {span}"
+        )
+        runs = est.runs_needed(best.number, other.number)
+        if runs is not None:
+            needed.append(runs - min(est.runs.get(best.number, 1), est.runs.get(other.number, 1)))
+    out["verdict"] = verdict
+    if needed:
+        more = max(needed)
+        # --confirm is the run's total of rounds: the ones already measured count.
+        done = int((confirmation or {}).get("rounds", 0))
+        rounds = done + math.ceil(more / max(1, repeats))
+        if rounds - done <= MAX_SETTLE_ROUNDS:
+            out["settle"] = (
+                f"about {more} more bench runs of each would settle it: {resume} --confirm "
+                f"{rounds} (or more --repeats in a new run)"
+            )
+        else:
+            out["settle"] = (
+                f"settling it would take about {more} more bench runs of each: at this noise "
+                "the difference is too small to matter"
+            )
+    return out
+
+
 def build_summary(
     *,
     records: Sequence[TrialRecord],
@@ -177,9 +287,11 @@ def build_summary(
     stopped: str,
     rundir: RunDir,
     probe_note: str = "",
+    confirmation: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """summary.json: what the run found, against what, and where it is."""
-    ranked, picked_by = pick_best(records, options.objective, late_is_infeasible=options.constraint)
+    """summary.json: what the run found, against what, how sure, and where it is."""
+    chosen = pick(records, options.objective, late_is_infeasible=options.constraint)
+    ranked, picked_by = chosen.ranked, chosen.rule
     runner_up = next((r for r in ranked if best is None or r.number != best.number), None)
     best_brief = _trial_brief(best)
     if best_brief is not None and best is not None:
@@ -202,10 +314,13 @@ def build_summary(
         "sampler": options.sampler,
         "study": {"name": study_name, "storage": shown_url(storage_url)},
         "trials": {
-            "measured": sum(1 for r in records if r.state == "complete"),
+            "measured": sum(1 for r in records if r.searched),
+            "confirmations": sum(
+                1 for r in records if r.state == "complete" and r.confirms is not None
+            ),
             "duplicates": sum(1 for r in records if r.state == "duplicate"),
             "failed": sum(1 for r in records if r.state == "failed"),
-            "unprofiled": sum(1 for r in records if r.state == "complete" and r.unprofiled),
+            "unprofiled": sum(1 for r in records if r.searched and r.unprofiled),
             "budget": options.trials,
         },
         "active_sites": list(space.names),
@@ -217,12 +332,22 @@ def build_summary(
         "best": best_brief,
         "best_config_keys": config_keys(best.config, options.extra_notes) if best else {},
         "runner_up": _trial_brief(runner_up),
-        "pick_rule": pick_rule(options.objective, options.late_tolerance_us, options.constraint),
+        "pick_rule": pick_rule(
+            options.objective, options.late_tolerance_us, options.constraint, chosen.est.noise
+        ),
         "picked_by": picked_by if best is not None else "",
         "gain_over_baseline": gain(best, baseline, options.objective)
         if best and baseline
         else None,
         "gain_over_default": gain(best, default, options.objective) if best and default else None,
+        "confidence": confidence(
+            chosen,
+            best,
+            default,
+            repeats=options.repeats,
+            resume=rundir.resume_command(),
+            confirmation=confirmation,
+        ),
         "files": {
             "run_dir": str(rundir.path),
             "best_config": "best_config.json",

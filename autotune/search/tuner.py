@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from autotune import target
 from autotune.errors import AutotuneError
 from autotune.rundir import RunDir, TrialRecord
+from autotune.search.confirm import run_confirmation
 from autotune.search.context import RunContext, trials_of
 from autotune.search.ledger import Ledger
 from autotune.search.lifecycle import TrialRunner
@@ -245,6 +246,8 @@ class Tuner:
             run_probe(self.ctx, study, self.trials.run_next)
             self._set_space(study)
             stopped = self._search(study) if self.ctx.space.sites else "no-active-sites"
+            if stopped != "timeout" and self.ctx.options.confirm:
+                run_confirmation(self.ctx, study, self.trials.run_next, self.ledger)
         except KeyboardInterrupt:
             stopped = "interrupted"
             raise

@@ -28,7 +28,7 @@ from autotune.errors import AutotuneError
 from autotune.rundir import TrialRecord
 from autotune.search.context import trials_of
 from autotune.search.heartbeat import fail_stale
-from autotune.search.options import ATTR_WORKLOAD
+from autotune.search.options import ATTR_ROLE, ATTR_WORKLOAD, ROLE_CONFIRM
 from autotune.search.space import SearchSpace
 from autotune.workloads.base import Workload
 
@@ -173,8 +173,13 @@ def take_retry(study: Study, storage: BaseStorage, retry: FrozenTrial) -> optuna
 
 
 def is_measured(t: FrozenTrial) -> bool:
-    """A finished trial that ran (not a duplicate answered from another trial)."""
-    return t.state == TrialState.COMPLETE and t.user_attrs.get(ATTR_DUPLICATE_OF) is None
+    """A finished search trial that ran (not a duplicate answered from another trial, not a
+    confirmation)."""
+    return (
+        t.state == TrialState.COMPLETE
+        and t.user_attrs.get(ATTR_DUPLICATE_OF) is None
+        and t.user_attrs.get(ATTR_ROLE) != ROLE_CONFIRM
+    )
 
 
 def study_records(

@@ -21,6 +21,7 @@ from typing import Any
 from autotune._io import read_text
 from autotune.errors import AutotuneError
 from autotune.hardware import Hardware
+from autotune.rundir import CONFIG_FILE
 from autotune.target import check_setup, row_op_of, validate_config, vendor_default_config
 from autotune.workloads.base import TrialResult, Workload, setup_of
 from autotune.workloads.sim.bench import BASE_NS, bench_result
@@ -128,12 +129,15 @@ class SimulateBackend:
             seed=self.seed,
             timeline=profile,
         )
+        index = measurement_index(config, out_dir)
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
             benches: list[dict[str, Any]] = []
             paths: list[Path] = []
             for k in range(repeats):
-                bench = bench_result(trial, seed=self.seed, noise=self.noise, repeat=k)
+                bench = bench_result(
+                    trial, seed=self.seed, noise=self.noise, repeat=k, measurement=index
+                )
                 path = out_dir / f"bench_r{k}.json"
                 path.write_text(json.dumps(bench, indent=2), encoding="utf-8")
                 benches.append(bench)
@@ -147,6 +151,26 @@ class SimulateBackend:
         return trial, TrialResult(
             benches=benches, bench_paths=paths, profile_dir=prof_dir, simulated=True
         )
+
+
+def measurement_index(config: Mapping[str, Any], out_dir: Path) -> int:
+    """How many earlier trials of this run measured the same config: the trial folders numbered
+    below `out_dir` beside it (trials/NNN) whose config.json holds it. Read from the run
+    directory, so a resumed run counts the measurements made before it; 0 outside a run."""
+    if not out_dir.name.isdigit() or not out_dir.parent.is_dir():
+        return 0
+    mine = config_hash(config)
+    found = 0
+    for folder in out_dir.parent.iterdir():
+        if not folder.name.isdigit() or int(folder.name) >= int(out_dir.name):
+            continue
+        try:
+            earlier = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(earlier, dict) and config_hash(earlier) == mine:
+            found += 1
+    return found
 
 
 # ---------------------------------------------------------------------------------------------

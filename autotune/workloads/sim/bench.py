@@ -23,15 +23,23 @@ def _stats(prefix: str, values: np.ndarray) -> dict[str, float]:
 
 
 def bench_result(
-    trial: SimTrial, *, seed: int = 0, noise: float = 0.01, repeat: int = 0
+    trial: SimTrial,
+    *,
+    seed: int = 0,
+    noise: float = 0.01,
+    repeat: int = 0,
+    measurement: int = 0,
 ) -> dict[str, Any]:
     """One `vllm bench serve --save-result` JSON for the trial, with seeded relative noise.
 
     One Gaussian factor (std `noise`) scales the whole run, so throughput and TPOT move
-    together the way run-to-run variation does; per-request spread is drawn around it.
+    together the way run-to-run variation does; per-request spread is drawn around it. The draw
+    is keyed on the seed, the config, the repeat and the `measurement`: the k-th time a run
+    measures a config (a confirmation, a retry) it draws anew, as a real host would.
     """
     w = trial.workload
-    rng = np.random.default_rng([seed, config_hash(trial.config), repeat])
+    key = [seed, config_hash(trial.config), repeat]
+    rng = np.random.default_rng([*key, measurement] if measurement else key)
     eps = float(np.clip(rng.normal(0.0, noise), -0.5, 0.5)) if noise > 0 else 0.0
     n = BENCH_WAVES * w.max_num_seqs
     tpot = trial.tpot_ms * (1.0 + eps)
@@ -75,5 +83,10 @@ def bench_result(
     result["autotune_note"] = NOTE
     result["autotune_hardware"] = trial.hardware.summary()
     # What drew this run's noise, so a replay can reproduce it.
-    result["autotune_noise"] = {"seed": seed, "noise": noise, "repeat": repeat}
+    result["autotune_noise"] = {
+        "seed": seed,
+        "noise": noise,
+        "repeat": repeat,
+        "measurement": measurement,
+    }
     return result

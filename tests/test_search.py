@@ -36,7 +36,7 @@ from autotune.search import (
 )
 from autotune.search.grid import grid_best
 from autotune.search.grid import grid_optimum as search_grid_optimum
-from autotune.search.guide import Observation, Segment
+from autotune.search.guide import Observation, Segment, seed_bytes
 from autotune.search.sampler import GuidedSampler
 from autotune.search.summary import RULE_LATE_FASTER, RULE_ON_TIME, RULE_STRICT, pick_best
 from autotune.workloads.base import TrialResult, Workload, setup_of
@@ -216,6 +216,74 @@ def test_seed_leaves_a_site_off_when_its_window_cannot_repay_the_fixed_cost() ->
     cheap = Segment(10_500.0, 8_000.0)  # 1.5 µs more non-work time, 1 µs of it late: 0.5 µs fixed
     choice = seed_site(off, cheap, 8 * MIB, 6 * MIB, 1_000.0)
     assert choice.reason == "fill" and choice.nbytes == 6 * MIB
+
+
+def _probe_attrs(
+    segs: dict[str, tuple[tuple[float, float], tuple[float, float]]],
+    on_bytes: dict[str, int],
+    late_us: dict[str, float],
+) -> tuple[dict[str, object], dict[str, object]]:
+    """The baseline and default trials' stored attributes: per site (off, on) segments (total,
+    work) in ns, the default's effective bytes and its lateness in µs."""
+    baseline = {"segments": {s: list(off) for s, (off, _) in segs.items()}}
+    default = {
+        "segments": {s: list(on) for s, (_, on) in segs.items()},
+        "effective_bytes": on_bytes,
+        "lateness_us": late_us,
+        "late_sites": [],
+    }
+    return baseline, default
+
+
+def test_a_seed_that_would_switch_every_site_off_measures_the_best_subset() -> None:
+    # attn.qkv: the default's 8 MiB saved 2 µs of work and added a 2 µs fixed cost beyond its
+    # 1 µs of lateness; the 2 MiB its window hides save 0.5 µs: off by 1 µs at best.
+    # mlp.gate_up: the default's 18 MiB saved 3 µs and added 3.5 µs: off by 0.5 µs at best.
+    # Every site is off on these figures, and an all-off seed would repeat the baseline: the seed
+    # measures the site closest to paying instead, at its best bytes (fixed costs measured with
+    # every site prefetching at once, on one stream, need not hold for one site alone).
+    space = SearchSpace(
+        sites=(
+            SiteSpace("attn.qkv", tuple(k * MIB for k in range(9))),
+            SiteSpace("mlp.gate_up", tuple(2 * k * MIB for k in range(10))),
+        ),
+        inert={},
+    )
+    baseline, default = _probe_attrs(
+        {
+            "attn.qkv": ((11_000.0, 10_000.0), (12_000.0, 8_000.0)),
+            "mlp.gate_up": ((20_000.0, 15_000.0), (20_500.0, 12_000.0)),
+        },
+        {"attn.qkv": 8 * MIB, "mlp.gate_up": 18 * MIB},
+        {"attn.qkv": 1.0, "mlp.gate_up": 0.0},
+    )
+    timings = {
+        "attn.qkv": SiteTiming("attn.qkv", 64, 2000.0, 1000.0, 2 * MIB),
+        "mlp.gate_up": SiteTiming("mlp.gate_up", 64, 8000.0, 1000.0, 12 * MIB),
+    }
+    wanted, reasons = seed_bytes(space, timings, baseline, default)
+    assert wanted == {"attn.qkv": 0, "mlp.gate_up": 18 * MIB}
+    assert reasons == {"attn.qkv": "off", "mlp.gate_up": "subset"}
+
+
+def test_the_guide_counts_the_mlp_join_in_mlp_down_s_segment() -> None:
+    # 0.23 joins mlp.gate_up after SwiGLU with mlp.down, in mlp.down's segment: gate_up at levels
+    # 1 and 2 saves 1.5 and 3 units in its own segment but adds 3 and 4 of join wait to
+    # mlp.down's. Judged on its own segment gate_up would step up from level 2; with the join
+    # counted, off is its best level.
+    space = SearchSpace(
+        sites=(
+            SiteSpace("mlp.gate_up", tuple(k * MIB for k in range(4))),
+            SiteSpace("mlp.down", tuple(k * MIB for k in range(4))),
+        ),
+        inert={},
+    )
+    off = Observation((0, 0), {"mlp.gate_up": 20.0, "mlp.down": 10.0})
+    knee = Observation((1, 0), {"mlp.gate_up": 18.5, "mlp.down": 13.0})
+    past = Observation((2, 0), {"mlp.gate_up": 17.0, "mlp.down": 14.0})
+    found = candidates([off, knee, past], space, fill={"mlp.gate_up": 1.0 * MIB})
+    # Off stays off once its window-filling level and the one past it are measured.
+    assert all(key[0] == 0 for key in found)
 
 
 def test_seed_keeps_the_default_bytes_when_their_late_bytes_pay() -> None:

@@ -35,6 +35,7 @@ from autotune.workloads.simulate import (
     SimulateBackend,
     bench_result,
     parse_realism,
+    read_config,
     simulate_throughput,
     simulate_trial,
     step_spread,
@@ -461,6 +462,34 @@ def test_bench_noise_is_seeded(dense_trial: SimTrial) -> None:
             assert f"{stat}_{metric}_ms" in a
     assert a["autotune_simulated"] is True
     assert a["completed"] == a["num_prompts"] and a["failed"] == 0
+
+
+def test_a_config_measured_again_in_a_run_draws_anew(tmp_path: Path) -> None:
+    # A run's trial folders trials/NNN, each with its config.json written before the backend
+    # runs, as the lifecycle does. The first measurement of a config draws what it always drew;
+    # the same config measured again later in the run (a confirmation) draws anew, also after a
+    # resume (the count comes from the run directory, not from the backend object).
+    trials = tmp_path / "trials"
+
+    def measure(number: int, config: dict[str, object]) -> float:
+        folder = trials / f"{number:03d}"
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps(config))
+        result = SimulateBackend(DENSE, seed=3, noise=0.01).run(
+            config, folder, repeats=1, profile=False
+        )
+        return float(result.benches[0]["output_throughput"])
+
+    first = measure(0, OFF)
+    other = measure(1, read_config(None))
+    again = measure(2, OFF)
+    third = measure(3, OFF)
+    assert len({first, again, third}) == 3
+    alone = SimulateBackend(DENSE, seed=3, noise=0.01).run(
+        OFF, tmp_path / "alone", repeats=1, profile=False
+    )
+    assert alone.benches[0]["output_throughput"] == first  # outside a run: the first draw
+    assert other != first
 
 
 def test_backend_protocol_and_errors(tmp_path: Path) -> None:

@@ -44,12 +44,13 @@ def _env(bin_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _args(model: Path, out: Path, *more: str, trials: int = 3) -> list[str]:
+def _args(model: Path, out: Path, *more: str, trials: int = 3, confirm: int = 0) -> list[str]:
+    # No confirmation rounds unless asked: these tests are about the trials themselves.
     return [
         "run", "--backend", "vllm-ascend", "--model", str(model), "--max-num-seqs", "8",
         "--tp", "1", "--trials", str(trials), "--repeats", "1", "--input-len", "32",
         "--output-len", "32", "--num-prompts", "16", "--profile-steps", "2",
-        "--out", str(out), *more,
+        "--confirm", str(confirm), "--out", str(out), *more,
     ]  # fmt: skip
 
 

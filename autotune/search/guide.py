@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from autotune.search.measure import SiteTiming
@@ -46,11 +46,12 @@ class Observation:
 
 @dataclass(frozen=True)
 class SeedChoice:
-    """The seed's bytes for one site and why (off | fill | default)."""
+    """The seed's bytes for one site and why (off | fill | default | subset)."""
 
     nbytes: int
     reason: str
     predicted_ns: dict[str, float]  # predicted segment per option
+    option_bytes: dict[str, int] = field(default_factory=dict)  # bytes of each option
 
 
 def fixed_cost(off: Segment, on: Segment, late_ns: float) -> float:
@@ -88,13 +89,15 @@ def seed_site(
     # Ties go to the simpler choice: off, then fill, then the default's bytes.
     rank = {"off": 0, "fill": 1, "default": 2}
     reason = min(options, key=lambda k: (options[k], rank[k]))
-    nbytes = {"off": 0, "fill": fill_bytes, "default": on_bytes}[reason]
-    return SeedChoice(nbytes, reason, options)
+    sizes = {"off": 0, "fill": fill_bytes, "default": on_bytes}
+    return SeedChoice(sizes[reason], reason, options, {k: sizes[k] for k in options})
 
 
-# Sites whose ratio also prefetches the weight another site's segment consumes: attn.o's ratio
-# fires on down_proj too (target.resolve_prefetches), so mlp.down's segment depends on it.
-PARTNERS: dict[str, tuple[str, ...]] = {"mlp.down": ("attn.o",)}
+# Sites whose prefetch acts in another site's segment, by the site whose segment it is:
+# attn.o's ratio fires on down_proj too (target.resolve_prefetches), and mlp.gate_up is joined
+# with mlp.down by the one wait after SwiGLU (vllm-ascend 0.23 vllm_ascend/ops/activation.py:38-43,
+# ops/weight_prefetch.py:188-199), so its wait lands in mlp.down's segment.
+PARTNERS: dict[str, tuple[str, ...]] = {"mlp.down": ("attn.o", "mlp.gate_up")}
 
 
 def _site_costs(
@@ -221,19 +224,59 @@ def seed_bytes(
         if s not in PARTNERS and s in off and s in on
     ]
     shared = statistics.median(own) if own else None
-    wanted: dict[str, int] = {}
-    reasons: dict[str, str] = {}
+    choices: dict[str, SeedChoice] = {}
+    own_choices: dict[str, SeedChoice] = {}
     for site in space.names:
         fill = timings[site].fill_bytes if site in timings else 0
-        choice = seed_site(
+        args = (
             off.get(site),
             on.get(site),
             int(on_bytes.get(site, 0)),
             space.site(site).levels[space.site(site).filling(fill)],
             late_ns.get(site, 0.0),
-            allow_default=not (late_is_infeasible and site in late),
-            fixed_ns=shared if site in PARTNERS else None,
         )
-        wanted[site] = choice.nbytes
-        reasons[site] = choice.reason
-    return wanted, reasons
+        allow = not (late_is_infeasible and site in late)
+        choices[site] = seed_site(
+            *args, allow_default=allow, fixed_ns=shared if site in PARTNERS else None
+        )
+        own_choices[site] = seed_site(*args, allow_default=allow)
+    if choices and all(c.nbytes == 0 for c in choices.values()):
+        choices.update(best_subset(own_choices))
+    return (
+        {site: c.nbytes for site, c in choices.items()},
+        {site: c.reason for site, c in choices.items()},
+    )
+
+
+def best_subset(own: Mapping[str, SeedChoice]) -> dict[str, SeedChoice]:
+    """When every site would be off: the sites whose own segments say their prefetch pays (each
+    judged with the fixed cost measured in its own segment), else the one whose prefetch comes
+    closest to paying, at its best bytes (reason "subset").
+
+    An all-off seed repeats the baseline and teaches nothing, while the fixed costs it weighed
+    were measured with every site prefetching at once (sharing the prefetch stream and joins,
+    and for a partnered site taken from the others): a subset measured alone says whether a
+    site's work saved per byte pays for its own fixed cost.
+    """
+
+    def gain(c: SeedChoice) -> tuple[float, str]:
+        off = c.predicted_ns.get("off")
+        rest = {k: v for k, v in c.predicted_ns.items() if k != "off"}
+        if off is None or not rest:
+            return float("-inf"), "off"
+        best = min(rest, key=lambda k: rest[k])
+        return off - rest[best], best
+
+    scored = {site: gain(c) for site, c in own.items()}
+    paying = [site for site, (g, _) in scored.items() if g > 0]
+    if not paying:
+        closest = max(scored, key=lambda site: scored[site][0], default=None)
+        if closest is None or scored[closest][0] == float("-inf"):
+            return {}
+        paying = [closest]
+    out: dict[str, SeedChoice] = {}
+    for site in paying:
+        c = own[site]
+        option = scored[site][1]
+        out[site] = SeedChoice(c.option_bytes[option], "subset", c.predicted_ns, c.option_bytes)
+    return out

@@ -266,26 +266,6 @@ def test_a_seed_that_would_switch_every_site_off_measures_the_best_subset() -> N
     assert reasons == {"attn.qkv": "off", "mlp.gate_up": "subset"}
 
 
-def test_the_guide_counts_the_mlp_join_in_mlp_down_s_segment() -> None:
-    # 0.23 joins mlp.gate_up after SwiGLU with mlp.down, in mlp.down's segment: gate_up at levels
-    # 1 and 2 saves 1.5 and 3 units in its own segment but adds 3 and 4 of join wait to
-    # mlp.down's. Judged on its own segment gate_up would step up from level 2; with the join
-    # counted, off is its best level.
-    space = SearchSpace(
-        sites=(
-            SiteSpace("mlp.gate_up", tuple(k * MIB for k in range(4))),
-            SiteSpace("mlp.down", tuple(k * MIB for k in range(4))),
-        ),
-        inert={},
-    )
-    off = Observation((0, 0), {"mlp.gate_up": 20.0, "mlp.down": 10.0})
-    knee = Observation((1, 0), {"mlp.gate_up": 18.5, "mlp.down": 13.0})
-    past = Observation((2, 0), {"mlp.gate_up": 17.0, "mlp.down": 14.0})
-    found = candidates([off, knee, past], space, fill={"mlp.gate_up": 1.0 * MIB})
-    # Off stays off once its window-filling level and the one past it are measured.
-    assert all(key[0] == 0 for key in found)
-
-
 def test_seed_keeps_the_default_bytes_when_their_late_bytes_pay() -> None:
     # The default's 8 MiB are late by 2 µs yet save 6 µs of work: its segment is the shortest.
     off, on = Segment(11_000.0, 10_000.0), Segment(8_500.0, 4_000.0)

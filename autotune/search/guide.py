@@ -93,11 +93,9 @@ def seed_site(
     return SeedChoice(sizes[reason], reason, options, {k: sizes[k] for k in options})
 
 
-# Sites whose prefetch acts in another site's segment, by the site whose segment it is:
-# attn.o's ratio fires on down_proj too (target.resolve_prefetches), and mlp.gate_up is joined
-# with mlp.down by the one wait after SwiGLU (vllm-ascend 0.23 vllm_ascend/ops/activation.py:38-43,
-# ops/weight_prefetch.py:188-199), so its wait lands in mlp.down's segment.
-PARTNERS: dict[str, tuple[str, ...]] = {"mlp.down": ("attn.o", "mlp.gate_up")}
+# Sites whose ratio also prefetches the weight another site's segment consumes: attn.o's ratio
+# fires on down_proj too (target.resolve_prefetches), so mlp.down's segment depends on it.
+PARTNERS: dict[str, tuple[str, ...]] = {"mlp.down": ("attn.o",)}
 
 
 def _site_costs(

@@ -187,6 +187,14 @@ def test_run_report_in_browser(browser: Any, run_dir: Path, record: RunRecord) -
     )
     assert rows[0] == ["winner", str(best.number)]
     assert rows[1][0] == "runner-up" and rows[1][1] == str(record.summary["runner_up"]["trial"])
+    # How sure the pick is: the margins with their intervals and the noise they used.
+    confidence = record.summary["confidence"]
+    shown = page.js(
+        "return Array.from(document.querySelectorAll('#confidence-list li'))"
+        ".map(li => li.textContent);"
+    )
+    assert shown[: len(confidence["verdict"])] == confidence["verdict"]
+    assert any(t.startswith("noise: bench") for t in shown)
     assert page.js("return document.querySelectorAll('#trials tbody tr').length") == len(
         record.trials
     )

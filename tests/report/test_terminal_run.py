@@ -102,6 +102,30 @@ def test_result_states_the_pick_rule_and_winner_beside_runner_up() -> None:
     assert "  runner-up trial 5 (search): measured 100.20 tok/s, estimated 100.90 tok/s" in lines
 
 
+def test_result_states_the_confidence_and_flags_gains_the_benches_cannot_carry() -> None:
+    console, buffer = _console()
+    summary = {
+        "objective": "throughput",
+        "best": {"trial": 4, "role": "search", "throughput": 397.0, "estimate": 330.0},
+        "gain_over_default": {"pct": 67.4, "low_pct": 67.4, "high_pct": 67.4},
+        "confidence": {
+            "interval": "±2 standard errors, about 95 %",
+            "verdict": ["trial 4 and the runner-up, trial 2, are indistinguishable at this noise"],
+            "settle": "about 9 more bench runs of each would settle it: autotune run --resume",
+            "noise": {"text": "noise: bench 1.00 % per run (a stated prior)"},
+            "warnings": ["the bench runs lasted 1.0 s (median), under 10 s"],
+        },
+    }
+    print_result(console, summary, None)
+    lines = buffer.getvalue().splitlines()
+    assert "  confidence (±2 standard errors, about 95 %):" in lines
+    assert "    trial 4 and the runner-up, trial 2, are indistinguishable at this noise" in lines
+    assert any(line.startswith("    about 9 more bench runs") for line in lines)
+    assert "  WARNING: the bench runs lasted 1.0 s (median), under 10 s" in lines
+    gain = next(line for line in lines if "vs vendor default" in line)
+    assert "+67.40 %" in gain and "cannot carry it" in gain
+
+
 def test_a_failed_trial_line_states_no_late_sites() -> None:
     failed = replace(_trial(4, 99.0), state="failed", error="vllm serve exited with code 1")
     line = trial_line(failed, None, SITES, "throughput")

@@ -16,7 +16,7 @@ from autotune.profile import load_profiles
 from autotune.rundir import TrialRecord
 from autotune.search.estimate import PRIOR_BENCH_CV, Z, bench_warnings, estimate
 from autotune.search.measure import step_stats
-from autotune.search.summary import RULE_BEST, pick, pick_rule
+from autotune.search.summary import RULE_BEST, confidence, pick, pick_rule
 from autotune.workloads.base import Workload
 from autotune.workloads.simulate import NOISELESS, REALISTIC, read_config, simulate_once
 
@@ -151,6 +151,11 @@ def test_short_benches_are_flagged_and_decide_nothing() -> None:
     assert warn and "1.0 s" in warn[0]
     margin = est.margin(1, 0)
     assert margin is not None and margin.estimate_pct > 30 and not margin.distinguishable
+    assert not est.beyond(1, 0)  # nor can a late trial win on them
+    chosen = pick(recs, "throughput")
+    block = confidence(chosen, recs[1], recs[0], repeats=1, resume="autotune run --resume --out R")
+    assert all("no verdict" in v for v in block["verdict"])
+    assert "--confirm 1" in block["settle"] and block["warnings"] == warn
 
 
 def test_tpot_margins_are_the_share_of_tpot_saved() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from test_estimate import _rec
 
 from autotune import target
 from autotune.errors import AutotuneError
@@ -122,23 +123,6 @@ def test_options_are_checked() -> None:
 
 
 # -- estimates and proposals -------------------------------------------------------------------
-
-
-def _rec(n: int, tput: float, step: float | None, reps: list[float] | None = None) -> TrialRecord:
-    return TrialRecord(
-        number=n,
-        role="search",
-        state="complete",
-        config={},
-        effective_bytes={},
-        objective=tput,
-        throughput=tput,
-        throughputs=reps or [tput],
-        step_ms=step,
-        # Eight profiled steps 1 % apart: the step is known to ±0.35 %, the bench to ±1 %.
-        step_se_ms=None if step is None else step * 0.0035,
-        profiled_steps=0 if step is None else 8,
-    )
 
 
 def test_estimates_rank_by_the_profiled_step_when_the_bench_is_noisy() -> None:

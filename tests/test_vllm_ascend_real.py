@@ -196,6 +196,18 @@ def test_three_real_trials(vllm_env: tuple[Path, Path], tmp_path: Path) -> None:
         assert record["unprofiled"] == row["unprofiled"], record
         assert "ascend_pt" in record["unprofiled"], record
 
+    # One-second benches of a tiny model: no gain they show is celebrated (the bench noise is
+    # not known from one run a config, and such short runs measure start-up, not decode).
+    summary = json.loads((out / "summary.json").read_text())
+    warnings = summary["confidence"]["warnings"]
+    assert any("under 10 s" in w for w in warnings), summary["confidence"]
+    assert "WARNING: the bench runs lasted" in result.stdout
+    vs_default = summary["confidence"]["winner_vs_default"]
+    if vs_default is not None:
+        assert vs_default["low_pct"] <= vs_default["estimate_pct"] <= vs_default["high_pct"]
+        if summary["confidence"]["noise"]["bench_from"] != "repeats":
+            assert vs_default["distinguishable"] is False
+
     _assert_nothing_left(tiny, out)
     print(f"3 real trials in {elapsed:.0f} s; throughput {[r['throughput'] for r in complete]}")
 

@@ -195,9 +195,18 @@ class Estimates:
         var += (wb - wo) ** 2 * self.level_var + (wb * xb - wo * xo) ** 2 * self.slope_var
         return d, math.sqrt(max(var, 0.0))
 
+    @property
+    def blind(self) -> bool:
+        """The benches are too short to mean anything and no repeat shows their spread: the
+        stated prior cannot speak for them, so nothing is told apart on them."""
+        noise = self.noise
+        return (
+            noise is not None and noise.short_bench_s is not None and noise.bench_from != "repeats"
+        )
+
     def beyond(self, better: int, other: int) -> bool:
         """Whether `better` beats `other` by more than `Z` standard errors of the difference."""
-        if better not in self.y or other not in self.y:
+        if better not in self.y or other not in self.y or self.blind:
             return False
         d, sd = self.diff(better, other)
         return d > Z * sd
@@ -209,11 +218,7 @@ class Estimates:
         d, sd = self.diff(better, other)
         # throughput: y_o / y_b - 1 = d / y_b; TPOT: 1 - y_b / y_o = d / y_o
         scale = 100.0 / (self.y[better] if self.objective == "throughput" else self.y[other])
-        noise = self.noise
-        # Benches too short to mean anything, with no repeats to show their spread: no verdict.
-        blind = noise is not None and noise.short_bench_s is not None
-        blind = blind and noise is not None and noise.bench_from != "repeats"
-        distinguishable = abs(d) > Z * sd and not blind
+        distinguishable = abs(d) > Z * sd and not self.blind
         return Margin(
             better, other, d * scale, (d - Z * sd) * scale, (d + Z * sd) * scale, distinguishable
         )

@@ -241,6 +241,12 @@ def confidence(
             continue
         out[key] = margin.to_json()
         span = f"{margin.estimate_pct:+.2f} % ({margin.low_pct:+.2f} … {margin.high_pct:+.2f} %)"
+        if est.blind:
+            verdict.append(
+                f"trial {best.number} against {label}, trial {other.number}: {span}, on benches "
+                "too short to carry it: no verdict"
+            )
+            continue
         if margin.distinguishable:
             verdict.append(f"trial {best.number} against {label}, trial {other.number}: {span}")
             continue
@@ -252,10 +258,17 @@ def confidence(
         if runs is not None:
             needed.append(runs - min(est.runs.get(best.number, 1), est.runs.get(other.number, 1)))
     out["verdict"] = verdict
+    done = int((confirmation or {}).get("rounds", 0))
+    if est.blind and verdict:
+        out["settle"] = (
+            "the benches are too short to tell anything apart and one run a config shows no "
+            f"spread: lengthen them (more prompts, a longer --output-len), or measure the spread "
+            f"with {resume} --confirm {done + 1} (or --repeats 3 in a new run)"
+        )
+        return out
     if needed:
         more = max(needed)
         # --confirm is the run's total of rounds: the ones already measured count.
-        done = int((confirmation or {}).get("rounds", 0))
         rounds = done + math.ceil(more / max(1, repeats))
         if rounds - done <= MAX_SETTLE_ROUNDS:
             out["settle"] = (

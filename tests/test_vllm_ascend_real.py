@@ -191,22 +191,29 @@ def test_three_real_trials(vllm_env: tuple[Path, Path], tmp_path: Path) -> None:
         ]
         assert server_logs, sorted(p.name for p in trial_dir.iterdir())
 
+        if row["role"] == "confirm":
+            # A confirmation measures the bench of an earlier trial's config again, unprofiled.
+            assert record["confirms"] == int(row["confirms"]) and not record["unprofiled"]
+            assert "start_profile" not in command
+            continue
         # The CPU build writes a torch trace, not *_ascend_pt: measured, marked unprofiled.
         assert row["unprofiled"].strip(), row
         assert record["unprofiled"] == row["unprofiled"], record
         assert "ascend_pt" in record["unprofiled"], record
 
-    # One-second benches of a tiny model: no gain they show is celebrated (the bench noise is
-    # not known from one run a config, and such short runs measure start-up, not decode).
+    # One-second benches of a tiny model: no gain they show is celebrated. The default
+    # confirmation rounds measure the configs again, and the spread of those runs (≈14 % here)
+    # is the noise the margins carry.
     summary = json.loads((out / "summary.json").read_text())
-    warnings = summary["confidence"]["warnings"]
-    assert any("under 10 s" in w for w in warnings), summary["confidence"]
+    confidence = summary["confidence"]
+    assert any("under 10 s" in w for w in confidence["warnings"]), confidence
     assert "WARNING: the bench runs lasted" in result.stdout
-    vs_default = summary["confidence"]["winner_vs_default"]
-    if vs_default is not None:
-        assert vs_default["low_pct"] <= vs_default["estimate_pct"] <= vs_default["high_pct"]
-        if summary["confidence"]["noise"]["bench_from"] != "repeats":
-            assert vs_default["distinguishable"] is False
+    assert confidence["confirmation"]["measurements"] >= 2, confidence
+    assert confidence["noise"]["bench_from"] == "repeats"
+    for key in ("winner_vs_runner_up", "winner_vs_default"):
+        block = confidence[key]
+        if block is not None:
+            assert block["low_pct"] <= block["estimate_pct"] <= block["high_pct"]
 
     _assert_nothing_left(tiny, out)
     print(f"3 real trials in {elapsed:.0f} s; throughput {[r['throughput'] for r in complete]}")

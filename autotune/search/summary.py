@@ -277,8 +277,8 @@ def confidence(
             )
         else:
             out["settle"] = (
-                f"settling it would take about {more} more bench runs of each: at this noise "
-                "the difference is too small to matter"
+                f"settling it would take more than {MAX_SETTLE_ROUNDS} more confirmation rounds: "
+                "at this noise the difference is too small to matter"
             )
     return out
 

@@ -53,10 +53,10 @@ def _confirmations(out: Path) -> list[dict[str, str]]:
 def test_a_close_winner_is_indistinguishable_and_confirm_settles_it_or_says_so(
     tmp_path: Path,
 ) -> None:
-    # Six trials, one bench run each, 1 % bench noise (seed 1, SIMULATED): the winner and the
-    # runner-up are 0.06 % apart in the noiseless model.
+    # Six trials, one bench run each, 1 % bench noise (seed 5, SIMULATED): the winner and the
+    # runner-up are 0.08 % apart in the noiseless model.
     out = tmp_path / "run"
-    first = runner.invoke(app, [*RUN, "--trials", "6", "--seed", "1", "--repeats", "1",
+    first = runner.invoke(app, [*RUN, "--trials", "6", "--seed", "5", "--repeats", "1",
                                 "--out", str(out)])  # fmt: skip
     assert first.exit_code == 0, first.output
     summary = _summary(out)

@@ -271,8 +271,8 @@ def _profile_points(
     A prefetch changes only its site's segments (window to consumer matmul, and those its ratio
     also prefetches for: `guide.PARTNERS`); the rest of the step (attention, experts,
     communication, host time, the segments of sites no trial prefetches) is the same config to
-    config, and its
-    noise (host jitter, the burst's context) is not the prefetch's. So where every trial holds
+    config, and its noise (host jitter, the burst's context) is not the prefetch's. So where
+    every trial holds
     the same sites' segments, x is the trial's segment time plus the rest averaged over all
     trials, and its error is the step's error on the segments' share of the step (the step-wide
     jitter of clock and HBM moves every kernel alike)."""

@@ -169,3 +169,12 @@ def test_workers_on_one_study_share_the_confirmation_without_measuring_twice(
     assert 5 <= len(searched) <= 7  # the budget of the search, as test_workers checks it
     summaries = [_summary(out) for out in outs]
     assert {s["best"]["trial"] for s in summaries} == {summaries[0]["best"]["trial"]}
+
+
+def test_a_negative_confirm_is_one_clean_line(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(app, [*RUN, "--confirm", "-1", "--out", str(out)])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == ["error: --confirm must be 0 or more rounds, got -1"]
+    assert not out.exists()

@@ -316,11 +316,9 @@ def kernel_details(path: Path, layers: int) -> None:
     path.write_text("\r\n".join(rows) + "\r\n", encoding="utf-8")
 
 
-def build_db(path: Path, layers: int) -> None:
-    """The db export: TASK + STRING_IDS + COMPUTE_TASK_INFO + STEP_TIME (formats doc §4.2)."""
-    path.unlink(missing_ok=True)
-    con = sqlite3.connect(path)
-    con.executescript("""
+# The db export's tables this folder's samples use (formats doc §4.2), indented as the db
+# stores its schema text.
+DB_TABLES = """
         CREATE TABLE STRING_IDS (id INTEGER PRIMARY KEY, value TEXT);
         CREATE TABLE TASK (startNs INTEGER, endNs INTEGER, deviceId INTEGER, connectionId INTEGER,
             globalTaskId INTEGER, globalPid INTEGER, taskType INTEGER, contextId INTEGER,
@@ -328,7 +326,14 @@ def build_db(path: Path, layers: int) -> None:
         CREATE TABLE COMPUTE_TASK_INFO (name INTEGER, globalTaskId INTEGER PRIMARY KEY,
             blockNum INTEGER, mixBlockNum INTEGER, taskType INTEGER, opType INTEGER);
         CREATE TABLE STEP_TIME (id INTEGER, startNs INTEGER, endNs INTEGER);
-    """)
+"""
+
+
+def build_db(path: Path, layers: int) -> None:
+    """The db export: TASK + STRING_IDS + COMPUTE_TASK_INFO + STEP_TIME (formats doc §4.2)."""
+    path.unlink(missing_ok=True)
+    con = sqlite3.connect(path)
+    con.executescript(DB_TABLES)
     ids: dict[str, int] = {}
 
     def sid(s: str) -> int:

@@ -5,7 +5,7 @@ it; prefetches at the same position of every layer form a prefetch point.
 - **issue**: the compute-stream point its stream waited for (the end of the event record the
   prefetch stream's last wait before it waited on). CMOs issued after one wait form a group.
 - **consumer**: a Level1 profile holds no addresses, so the k-th CMO of a group goes with the
-  k-th weight-reading cube op (not an attention kernel) after its issue. It is *known* when the
+  k-th weight-reading cube op (not an attention kernel) from its window's first op on. It is *known* when the
   join comes before that op, or when the group has exactly as many CMOs as there are such ops
   before the join; otherwise the analysis says it cannot tell.
 - **join**: the first compute-stream wait released by the prefetch stream at or after the record
@@ -596,7 +596,7 @@ class Change:
     cmo_bytes: int | None = None  # bytes one prefetch moves now, when known
     weight_bytes: int | None = None  # the whole weight, when known
     gbps: float | None = None  # the CMO rate in this profile, bytes/ns = GB/s, when known
-    bytes_hidden: int | None = None  # bytes the window hides at that rate, when known
+    bytes_hidden: int | None = None  # bytes that would end in time at that rate, when known
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -5,9 +5,9 @@ it; prefetches at the same position of every layer form a prefetch point.
 - **issue**: the compute-stream point its stream waited for (the end of the event record the
   prefetch stream's last wait before it waited on). CMOs issued after one wait form a group.
 - **consumer**: a Level1 profile holds no addresses, so the k-th CMO of a group goes with the
-  k-th weight-reading cube op (not an attention kernel) from its window's first op on. It is *known* when the
-  join comes before that op, or when the group has exactly as many CMOs as there are such ops
-  before the join; otherwise the analysis says it cannot tell.
+  k-th weight-reading cube op (not an attention kernel) from its window's first op on. It is
+  *known* when the join comes before that op, or when the group has exactly as many CMOs as there
+  are such ops before the join; otherwise the analysis says it cannot tell.
 - **join**: the first compute-stream wait released by the prefetch stream at or after the record
   that follows the CMO — before the consumer (vllm-ascend) or after it (SGLang).
 - **window**: the compute-stream ops from the issue to the earlier of the join and the consumer,
@@ -22,7 +22,6 @@ only present it.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -149,15 +148,20 @@ def op_label(name: str, op_type: str) -> str:
 
 
 def _labels(
-    names: npt.NDArray[np.object_], types: npt.NDArray[np.object_]
+    names: pd.Series, types: npt.NDArray[np.object_], ops: I64
 ) -> tuple[npt.NDArray[np.object_], Bools]:
-    """op_label of each op, and whether its name or op type says Attention; computed once per
-    distinct name (a kernel name has one op type)."""
-    if not len(names):
+    """op_label of each op (tasks `ops`), and whether its name or op type says Attention;
+    computed once per distinct name (a kernel name has one op type)."""
+    if not len(ops):
         return np.empty(0, dtype=object), np.zeros(0, dtype=bool)
-    codes, uniques = pd.factorize(pd.Series(names, dtype=object).astype(str))
+    if isinstance(names.dtype, pd.CategoricalDtype):  # the trace reader's names: already coded
+        all_codes = np.asarray(names.cat.codes.to_numpy(), dtype=np.int64)
+        codes, used = pd.factorize(all_codes[ops])
+        uniques = names.cat.categories.to_numpy(dtype=object)[used]
+    else:
+        codes, uniques = pd.factorize(names.to_numpy(dtype=object)[ops])
     first = np.zeros(len(uniques), dtype=np.int64)
-    first[codes[::-1]] = np.arange(len(codes))[::-1]  # first op of each name
+    first[codes[::-1]] = ops[::-1]  # a task of each name
     found = np.empty(len(uniques), dtype=object)
     attention = np.zeros(len(uniques), dtype=bool)
     for k, (name, i) in enumerate(zip(uniques, first.tolist(), strict=True)):
@@ -217,9 +221,9 @@ def device_timeline(tasks: pd.DataFrame) -> DeviceTimeline:
     recs = c_idx[c_role == RECORD]
     waits = c_idx[c_role == WAIT]
     cube = role[ops] == CUBE
+    labels, attention = _labels(tasks["name"], tasks["op_type"].to_numpy(dtype=object), ops)
     names = tasks["name"].to_numpy(dtype=object)
     types = tasks["op_type"].to_numpy(dtype=object)
-    labels, attention = _labels(names[ops], types[ops])
     is_attn = cube & attention  # an attention kernel: a cube op that says so
     is_pf = (role == PREFETCH) & (stream != cstream)
     pf = np.flatnonzero(is_pf)
@@ -733,9 +737,9 @@ def summarise_points(
         median_ns = float(np.median(slack))
         stall_ns = int(stall_all[mask].sum())
         per_step = int(stall_all[mask[counted[mask]]].sum()) / 1000 / max(step_total, 1)
-        name = Counter(key[mask].tolist()).most_common(1)[0][0]
-        s, w = str(site[mask][0]), str(Counter(weight_all[mask].tolist()).most_common(1)[0][0])
-        consumers = Counter(str(c) for c in cons_all[mask] if c)
+        name = _mode(key[mask])
+        s, w = str(site[mask[0]]), str(_mode(weight_all[mask]))
+        consumer = _mode(cons_all[mask][cons_all[mask] != ""])
         times = (
             float(np.median(wins[mask])) / 1000,
             float(np.median(avail[mask])) / 1000,
@@ -757,13 +761,21 @@ def summarise_points(
                 stall_us_total=stall_ns / 1000,
                 stall_us_per_step=per_step,
                 contention=int(cont_all[mask].sum()),
-                consumer=consumers.most_common(1)[0][0] if consumers else "?",
+                consumer=str(consumer) if consumer else "?",
                 consumer_known=bool(known_all[mask].all()),
                 verdict="late" if site_late(median_ns, tol_ns) else "hidden",
                 change=change,
             )
         )
     return out
+
+
+def _mode(values: npt.NDArray[np.object_]) -> Any:
+    """The most common value (the first seen among equals); None when there are none."""
+    if not len(values):
+        return None
+    codes, uniques = pd.factorize(values)
+    return uniques[int(np.argmax(np.bincount(codes)))]
 
 
 def _size(sizes: Sizes | None, site: str, weight: str, name: str) -> tuple[int, int] | None:

@@ -24,6 +24,7 @@ from autotune.lateness import rule_text, site_late
 from autotune.points import (
     PREFETCH_COLUMNS,
     DeviceTimeline,
+    Metrics,
     PointSummary,
     Sizes,
     Tied,
@@ -31,6 +32,7 @@ from autotune.points import (
     describe,
     device_timeline,
     match_general,
+    metrics,
     prefetch_frame,
     settle,
     summarise_points,
@@ -55,19 +57,12 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class SiteSummary:
-    """Per-site aggregate over all profiled layers and steps."""
+class SiteSummary(Metrics):
+    """Per-site aggregate over all profiled layers and steps (count: prefetches attributed to
+    the site)."""
 
     site: str
-    count: int  # prefetches attributed to the site
-    late: int
     windows: int  # windows of this site's kind seen on the compute stream
-    hidden_fraction_median: float
-    slack_us_median: float
-    slack_us_p90: float
-    slack_us_min: float
-    stall_us_total: float
-    stall_us_per_step: float
     verdict: str  # "inert" (no prefetch), "late" (autotune.lateness.site_late) or "hidden"
 
 
@@ -700,29 +695,9 @@ def _summarise(
         windows = window_counts.get(site, 0)
         if count == 0 and windows == 0:
             continue
-        slack = df["slack_ns"].to_numpy(dtype=np.int64)[mask]
-        hidden = df["hidden_fraction"].to_numpy(dtype=np.float64)[mask]
-        stall = df["stall_ns"].to_numpy(dtype=np.int64)
-        stall_ns = int(stall[mask].sum())
-        late = int(df["late"].to_numpy(dtype=bool)[mask].sum())
-        nan = float("nan")
-        median_ns = float(np.median(slack)) if count else nan
+        measured, median_ns = metrics(df, np.flatnonzero(mask), counted, step_total)
         verdict = ("late" if site_late(median_ns, tol_ns) else "hidden") if count else "inert"
-        out.append(
-            SiteSummary(
-                site=site,
-                count=count,
-                late=late,
-                windows=windows,
-                hidden_fraction_median=float(np.median(hidden)) if count else nan,
-                slack_us_median=float(np.median(slack)) / 1000 if count else nan,
-                slack_us_p90=float(np.percentile(slack, 90)) / 1000 if count else nan,
-                slack_us_min=float(slack.min()) / 1000 if count else nan,
-                stall_us_total=stall_ns / 1000,
-                stall_us_per_step=int(stall[mask & counted].sum()) / 1000 / step_total,
-                verdict=verdict,
-            )
-        )
+        out.append(SiteSummary(**measured, site=site, windows=windows, verdict=verdict))
     return out
 
 

@@ -620,13 +620,10 @@ class Change:
 
 
 @dataclass(frozen=True)
-class PointSummary:
-    """Per prefetch point: the same metrics as a site, over all layers and steps."""
+class Metrics:
+    """What a site and a prefetch point report alike, over their prefetches (all layers and
+    steps); medians are NaN when there is none."""
 
-    name: str  # "<op before> → <first window op> ⇒ <consumer>" [k/n]
-    site: str  # the vllm-ascend site it is ("" when no vllm-ascend label applies)
-    weight: str  # the weight it prefetches, where the layout knows it ("")
-    streams: tuple[int, ...]  # prefetch stream(s)
     count: int
     late: int
     hidden_fraction_median: float
@@ -634,7 +631,41 @@ class PointSummary:
     slack_us_p90: float
     slack_us_min: float
     stall_us_total: float
-    stall_us_per_step: float
+    stall_us_per_step: float  # the stall inside complete steps over their number
+
+
+def metrics(
+    df: pd.DataFrame, rows: I64, counted: Bools, step_total: int
+) -> tuple[dict[str, Any], float]:
+    """Metrics of the prefetches `rows` of `df` (PREFETCH_COLUMNS), as keyword arguments, and
+    their median slack in ns (what lateness.site_late judges)."""
+    slack = df["slack_ns"].to_numpy(dtype=np.int64)[rows]
+    hidden = df["hidden_fraction"].to_numpy(dtype=np.float64)[rows]
+    stall = df["stall_ns"].to_numpy(dtype=np.int64)[rows]
+    some = len(rows) > 0
+    nan = math.nan
+    median_ns = float(np.median(slack)) if some else nan
+    measured = {
+        "count": len(rows),
+        "late": int(df["late"].to_numpy(dtype=bool)[rows].sum()),
+        "hidden_fraction_median": float(np.median(hidden)) if some else nan,
+        "slack_us_median": median_ns / 1000,
+        "slack_us_p90": float(np.percentile(slack, 90)) / 1000 if some else nan,
+        "slack_us_min": float(slack.min()) / 1000 if some else nan,
+        "stall_us_total": int(stall.sum()) / 1000,
+        "stall_us_per_step": int(stall[counted[rows]].sum()) / 1000 / max(step_total, 1),
+    }
+    return measured, median_ns
+
+
+@dataclass(frozen=True)
+class PointSummary(Metrics):
+    """Per prefetch point: the same metrics as a site, over all layers and steps."""
+
+    name: str  # "<op before> → <first window op> ⇒ <consumer>" [k/n]
+    site: str  # the vllm-ascend site it is ("" when no vllm-ascend label applies)
+    weight: str  # the weight it prefetches, where the layout knows it ("")
+    streams: tuple[int, ...]  # prefetch stream(s)
     contention: int  # prefetches whose window holds a cube op
     consumer: str  # op type of its consumer ("?" when none)
     consumer_known: bool  # every prefetch's consumer follows from the position rule
@@ -722,21 +753,14 @@ def summarise_points(
     win_end = df["window_end_ns"].to_numpy(dtype=np.int64)
     wins = win_end - df["window_start_ns"].to_numpy(dtype=np.int64)
     avail = np.maximum(win_end - start, 0)
-    slack_all = df["slack_ns"].to_numpy(dtype=np.int64)
-    hidden_all = df["hidden_fraction"].to_numpy(dtype=np.float64)
-    stall_all = df["stall_ns"].to_numpy(dtype=np.int64)
-    late_all = df["late"].to_numpy(dtype=bool)
     cont_all = df["contention"].to_numpy(dtype=bool)
     known_all = df["consumer_known"].to_numpy(dtype=bool)
     cons_all = df["consumer"].to_numpy(dtype=object)
     stream_all = df["stream"].to_numpy(dtype=np.int64)
     for _, rows in rows_of:
         mask = rows.to_numpy(dtype=np.int64)
-        count = len(mask)
-        slack = slack_all[mask]
-        median_ns = float(np.median(slack))
-        stall_ns = int(stall_all[mask].sum())
-        per_step = int(stall_all[mask[counted[mask]]].sum()) / 1000 / max(step_total, 1)
+        measured, median_ns = metrics(df, mask, counted, step_total)
+        per_step = float(measured["stall_us_per_step"])
         name = _mode(key[mask])
         s, w = str(site[mask[0]]), str(_mode(weight_all[mask]))
         consumer = _mode(cons_all[mask][cons_all[mask] != ""])
@@ -748,18 +772,11 @@ def summarise_points(
         change = _change(times, per_step, knob_of(s, w), _size(sizes, s, w, str(name)), s)
         out.append(
             PointSummary(
+                **measured,
                 name=str(name),
                 site=s,
                 weight=w,
                 streams=tuple(int(x) for x in np.unique(stream_all[mask])),
-                count=count,
-                late=int(late_all[mask].sum()),
-                hidden_fraction_median=float(np.median(hidden_all[mask])),
-                slack_us_median=median_ns / 1000,
-                slack_us_p90=float(np.percentile(slack, 90)) / 1000,
-                slack_us_min=float(slack.min()) / 1000,
-                stall_us_total=stall_ns / 1000,
-                stall_us_per_step=per_step,
                 contention=int(cont_all[mask].sum()),
                 consumer=str(consumer) if consumer else "?",
                 consumer_known=bool(known_all[mask].all()),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from make_samples import DB_TABLES, meta, ns, profiler_info, us_str, write_trace
+from make_samples import DB_TABLES, meta, ns, profiler_info, string_ids, us_str, write_trace
 
 HERE = Path(__file__).resolve().parent
 OS_PID = 5151
@@ -333,14 +333,7 @@ def build_db(path: Path, tasks: list[Task], steps: list[tuple[int, float, float]
         INSERT INTO ENUM_API_TYPE VALUES (10000, 'node'), (20000, 'acl');
     """
     )
-    ids: dict[str, int] = {}
-
-    def sid(s: str) -> int:
-        if s not in ids:
-            ids[s] = len(ids) + 1
-            con.execute("INSERT INTO STRING_IDS VALUES (?, ?)", (ids[s], s))
-        return ids[s]
-
+    sid = string_ids(con)
     for number, b, e in steps:
         con.execute("INSERT INTO STEP_TIME VALUES (?, ?, ?)", (number, T0 + ns(b), T0 + ns(e)))
     for gid, t in enumerate(sorted(tasks, key=lambda t: (t.start, t.stream)), 1):

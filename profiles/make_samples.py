@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -329,11 +330,8 @@ DB_TABLES = """
 """
 
 
-def build_db(path: Path, layers: int) -> None:
-    """The db export: TASK + STRING_IDS + COMPUTE_TASK_INFO + STEP_TIME (formats doc §4.2)."""
-    path.unlink(missing_ok=True)
-    con = sqlite3.connect(path)
-    con.executescript(DB_TABLES)
+def string_ids(con: sqlite3.Connection) -> Callable[[str], int]:
+    """The STRING_IDS id of a string, interned on first use (the db stores strings once)."""
     ids: dict[str, int] = {}
 
     def sid(s: str) -> int:
@@ -341,6 +339,16 @@ def build_db(path: Path, layers: int) -> None:
             ids[s] = len(ids) + 1
             con.execute("INSERT INTO STRING_IDS VALUES (?, ?)", (ids[s], s))
         return ids[s]
+
+    return sid
+
+
+def build_db(path: Path, layers: int) -> None:
+    """The db export: TASK + STRING_IDS + COMPUTE_TASK_INFO + STEP_TIME (formats doc §4.2)."""
+    path.unlink(missing_ok=True)
+    con = sqlite3.connect(path)
+    con.executescript(DB_TABLES)
+    sid = string_ids(con)
 
     gid = 0
     for layer in range(layers):

@@ -75,10 +75,12 @@ def _hold_steps(prof: Profile, file: Path) -> None:
     cut = [s.number for s in held if not s.complete]
     complete = len(held) - len(cut)
     if len(held) < marked or cut:
-        note = f"{file}: {marked} step marker(s), the file holds tasks of {len(held)}"
+        note = f"{file}: {marked} step marker(s)"
+        if len(held) < marked:
+            note += f", the file holds tasks of {len(held)}"
         if cut:
             note += (
-                f"; step {cut[0]} is cut off by the end of the file, so per-step figures use "
+                f"; step {cut[0]} is cut off by the end of the file: per-step figures use "
                 f"the {complete} complete step(s)"
                 if complete
                 else f"; step {cut[0]} is cut off by the end of the file and none is complete"

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from autotune.errors import AutotuneError
-from autotune.lateness import DEFAULT_LATE_TOLERANCE_US
+from autotune.lateness import DEFAULT_LATE_TOLERANCE_US, tolerance_ns
 
 app = typer.Typer(
     name="autotune",
@@ -101,13 +101,24 @@ def analyze(
     ] = False,
     tolerance_us: Annotated[
         float,
-        typer.Option(help="A site is late when its median slack is below minus this many µs."),
+        typer.Option(
+            help="A site is late when its median slack is below minus this many µs "
+            "(default 0: it ends after its window, the vendor's criterion)."
+        ),
     ] = DEFAULT_LATE_TOLERANCE_US,
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="Which stack issued the prefetches: auto (decide from the timeline), "
+            "vllm-ascend (0.23's sites), sglang, or generic (any npu_prefetch call)."
+        ),
+    ] = "auto",
 ) -> None:
-    """Check that every CMO prefetch hides behind its vector op and ends before it."""
+    """Check that every CMO prefetch hides behind its window and ends before it."""
     import json
     import math
 
+    from autotune.layouts import LAYOUTS
     from autotune.overlap import analyze as analyze_overlap
     from autotune.profile import load_profiles
     from autotune.report.html import write_analyze_report
@@ -117,6 +128,8 @@ def analyze(
 
     if not math.isfinite(tolerance_us) or tolerance_us < 0:
         raise AutotuneError(f"--tolerance-us must be a number >= 0, got {tolerance_us}")
+    if layout not in LAYOUTS:
+        raise AutotuneError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     for flag, out_file in (("--tasks", tasks), ("--html", html)):
         if out_file is not None:
             check_output_file(flag, out_file)
@@ -129,14 +142,14 @@ def analyze(
     if source.note:
         _stderr().print(f"note: {source.note}", markup=False)
     profiles = load_profiles(source.path, rules=rules)
-    tol_ns = round(tolerance_us * 1000)
-    result = analyze_overlap(profiles, late_tolerance_ns=tol_ns)
+    tol_ns = tolerance_ns(tolerance_us)
+    result = analyze_overlap(profiles, late_tolerance_ns=tol_ns, layout=layout)
     ranks = sorted({-1 if p.rank is None else int(p.rank) for p in profiles})
     per_rank = {}
     if by_rank:
         for r in ranks:
             mine = [p for p in profiles if (-1 if p.rank is None else int(p.rank)) == r]
-            per_rank[r] = analyze_overlap(mine, late_tolerance_ns=tol_ns)
+            per_rank[r] = analyze_overlap(mine, late_tolerance_ns=tol_ns, layout=result.layout)
     if json_out:
         doc = result.to_json()
         doc["profiles"] = [

@@ -26,10 +26,10 @@ from autotune.search.guide import seed_bytes
 from autotune.search.measure import (
     SiteTiming,
     lateness_by_site,
-    profile_inert,
     profile_step_ms,
     site_timings,
 )
+from autotune.search.observed import ATTR_ADDED, observed_setup, profile_space, space_setup
 from autotune.search.options import (
     ATTR_ROLE,
     ATTR_SPACE,
@@ -299,6 +299,7 @@ class Tuner:
         data = study.user_attrs.get(ATTR_SPACE)
         if data is not None:
             self.space = SearchSpace.from_json(data)
+        self.setup = space_setup(setup_of(self.workload), self.space)
         if isinstance(self.sampler, GuidedSampler):
             self.sampler.space = self.space if data is not None else None
 
@@ -369,9 +370,12 @@ class Tuner:
         timings = {
             site: SiteTiming(**data) for site, data in default.user_attrs.get("timings", {}).items()
         }
-        silent = profile_inert(timings, self.space)
-        sites = tuple(s for s in self.space.sites if s.site not in silent)
-        space = SearchSpace(sites=sites, inert={**self.space.inert, **silent})
+        profiled = profile_space(self.space, timings, self.setup)
+        space = profiled.space
+        if profiled.added:
+            study.set_user_attr(ATTR_ADDED, profiled.added)
+            study.set_user_attr("probe_note", "; ".join(profiled.added.values()))
+            self.observer.phase("note: " + "; ".join(profiled.added.values()))
         wanted, reasons = seed_bytes(
             space,
             timings,
@@ -718,7 +722,11 @@ class Tuner:
         record.sites = {s.site: site_json(s) for s in overlap.sites}
         record.lateness_us = lateness_by_site(overlap)
         record.late_sites = late_sites(overlap)
-        timings = site_timings(overlap, config, self.setup)
+        # The profile has the last word: a site the rules call inert that fired moved bytes.
+        setup = observed_setup(self.setup, {s.site for s in overlap.sites if s.count > 0})
+        timings = site_timings(overlap, config, setup)
+        record.effective_bytes = target.effective_bytes(config, setup)
+        trial.set_user_attr(ATTR_EFFECTIVE, record.effective_bytes)
         trial.set_user_attr("timings", {s: asdict(t) for s, t in timings.items()})
         trial.set_user_attr("fill_bytes", {s: t.fill_bytes for s, t in timings.items()})
 
@@ -894,4 +902,5 @@ class Tuner:
             stopped=stopped,
             rundir=self.rundir,
             probe_note=str(self.study.user_attrs.get("probe_note", "")) if self.study else "",
+            added=self.study.user_attrs.get(ATTR_ADDED, {}) if self.study else {},
         )

@@ -28,14 +28,9 @@ from autotune.rundir import BEST_FILE, RunDir, TrialRecord, load_run
 from autotune.search import RunObserver, RunOutcome, SearchOptions, Tuner, static_space
 from autotune.search.study_view import study_run
 from autotune.workloads.base import Backend, Workload, setup_of
-from autotune.workloads.deployment import (
-    LaunchOptions,
-    parse_serve_env,
-    read_serve_args,
-    resolve,
-    split_serve_args,
-)
+from autotune.workloads.deployment import LaunchOptions, parse_serve_env, resolve
 from autotune.workloads.preflight import Preflight, preflight
+from autotune.workloads.vllm_args import read_serve_args, split_serve_args
 from autotune.workloads.vllm_ascend import VllmAscendBackend
 
 BACKENDS: tuple[str, ...] = ("vllm-ascend", "simulate")
@@ -430,7 +425,7 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
     )
     # On stderr under --json, so stdout stays one JSON.
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
-    found = _check_backend(backend, req.backend, errors)
+    found = _check_backend(backend, errors)
     if req.check:
         for line in workload_lines(req.workload, backend):
             notes.print(line, markup=False)
@@ -486,10 +481,10 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
     return outcome.summary
 
 
-def _check_backend(backend: Backend, name: str, errors: Console) -> Preflight:
+def _check_backend(backend: Backend, errors: Console) -> Preflight:
     """The backend's checks before any trial; on the real backend the whole preflight, its
     warnings and notes printed, every error one line (the last one raised)."""
-    if name != "vllm-ascend" or not isinstance(backend, VllmAscendBackend):
+    if not isinstance(backend, VllmAscendBackend):
         backend.check()
         return Preflight()
     found = preflight(backend)
@@ -547,7 +542,7 @@ def workload_lines(workload: Workload, backend: Backend) -> list[str]:
         summary = hardware.summary() if hardware is not None else w.hardware
         lines.append(f"backend    {backend.name} (SIMULATED), hardware {summary}")
     else:
-        lines.append(f"backend    {backend.name}")
+        lines.append(f"backend    {backend.name} {backend.target_version()}")
     return lines
 
 

@@ -41,7 +41,7 @@ def test_unparsed_profile_says_how_to_analyse_it(tmp_path: Path) -> None:
     found, reason = find_profile(tmp_path / "prof")
     assert found is None
     assert "has no parsed ASCEND_PROFILER_OUTPUT" in reason
-    # Issue 16: torch_npu's export needs CANN's msprof; the npu extra alone is not enough.
+    # torch_npu's export needs CANN's msprof: the npu extra alone is not enough.
     assert f"analyse('{rank}')" in reason and "set_env.sh" in reason
     assert "autotune[npu]" not in reason
 

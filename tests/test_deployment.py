@@ -7,14 +7,8 @@ from typing import Any
 import pytest
 
 from autotune.errors import AutotuneError
-from autotune.workloads.deployment import (
-    LaunchOptions,
-    ServeArgs,
-    parse_serve_env,
-    read_serve_args,
-    resolve,
-    split_serve_args,
-)
+from autotune.workloads.deployment import LaunchOptions, parse_serve_env, resolve
+from autotune.workloads.vllm_args import ServeArgs, read_serve_args, split_serve_args
 
 
 def _resolve(
@@ -75,7 +69,7 @@ def test_serve_env_is_key_value() -> None:
 
 
 def test_defaults_are_vllms_own_not_the_simulators() -> None:
-    # Issue 16 changed this contract: no --enforce-eager and no 16384 of autotune's own. vLLM
+    # No --enforce-eager and no 16384 of autotune's own (both were its defaults once). vLLM
     # 0.23 serves with -O2's FULL_AND_PIECEWISE graphs, and 2048 batched tokens on Ascend.
     dep = _resolve()
     assert (dep.tp, dep.ep, dep.flashcomm1, dep.max_num_batched_tokens) == (1, 1, False, 2048)

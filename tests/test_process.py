@@ -203,6 +203,12 @@ def test_root_cause_keeps_the_indented_lines_of_its_message(tmp_path: Path) -> N
     cause = root_cause(log)
     assert cause.startswith("pydantic_core._pydantic_core.ValidationError: 1 validation error")
     assert "max_model_len (4096)" in cause and "\n" not in cause
+    # vLLM prefixes every line of a process's output, continuation lines too.
+    prefixed = tmp_path / "prefixed.log"
+    prefixed.write_text(
+        "".join(f"(APIServer pid=3762) {line}\n" for line in log.read_text().splitlines())
+    )
+    assert root_cause(prefixed) == cause
     assert root_cause(tmp_path / "missing.log") == ""
     (tmp_path / "quiet.log").write_text("INFO nothing went wrong\n")
     assert root_cause(tmp_path / "quiet.log") == ""

@@ -19,6 +19,7 @@ from fake_vllm.fake_env import make_fake_env, make_small_model
 from fake_vllm.harness import args as _args
 from fake_vllm.harness import assert_nothing_left as _assert_nothing_left
 from fake_vllm.harness import env as _env
+from fake_vllm.harness import fake_host
 from fake_vllm.harness import finish as _finish
 from fake_vllm.harness import ok as _ok
 from fake_vllm.harness import rows as _rows
@@ -35,9 +36,7 @@ from autotune.workloads.vllm_ascend import VllmAscendBackend
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(bin dir of the fake vLLM env, a 4-layer W8A8 model dir under a unique path)."""
-    root = tmp_path_factory.mktemp("fake-vllm")
-    return make_fake_env(root / "env"), make_small_model(root / "model-under-test")
+    return fake_host(tmp_path_factory, "fake-vllm")
 
 
 def test_real_trials_are_measured_profiled_and_reproducible(

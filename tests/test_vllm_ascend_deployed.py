@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from fake_vllm.fake_env import make_fake_env, make_small_model
-from fake_vllm.harness import args, assert_nothing_left, env, ok, rows, run, trial
+from fake_vllm.harness import args, assert_nothing_left, env, fake_host, ok, rows, run, trial
 
 # The vendor's Qwen3-32B-W8A8 recipe for 0.23 in brief: TP4, FULL_DECODE_ONLY graphs, flashcomm1,
 # as `--serve-args "-tp 4 --compilation-config {\"cudagraph_mode\":\"FULL_DECODE_ONLY\"}"` gives.
@@ -21,14 +21,7 @@ FLASHCOMM1 = ("--additional-config", '{"enable_flashcomm1": true}')
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(bin dir of the fake vLLM env, a 4-layer W8A8 model dir under a unique path)."""
-    root = tmp_path_factory.mktemp("fake-deployed")
-    return make_fake_env(root / "env"), make_small_model(root / "model-deployed")
-
-
-def _drop_tp_flag(argv: list[str]) -> list[str]:
-    i = argv.index("--tp")
-    return argv[:i] + argv[i + 2 :]
+    return fake_host(tmp_path_factory, "fake-deployed")
 
 
 def test_a_tp4_graph_mode_host_with_raw_ranks_profiles_every_trial(
@@ -36,7 +29,7 @@ def test_a_tp4_graph_mode_host_with_raw_ranks_profiles_every_trial(
 ) -> None:
     bin_dir, model = fake
     out = tmp_path / "run"
-    argv = _drop_tp_flag(args(model, out, *FLASHCOMM1, serve=RECIPE_SERVE))
+    argv = args(model, out, *FLASHCOMM1, serve=RECIPE_SERVE, tp=None)
     result = run(argv, env(bin_dir, FAKE_VLLM_FAULT="raw-only"))
     ok(result)
     complete = [r for r in rows(out) if r["state"] == "complete"]

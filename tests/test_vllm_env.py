@@ -86,7 +86,7 @@ def test_check_env_messages() -> None:
 
 
 def test_the_vllm_version_is_checked_too() -> None:
-    # Issue 16: vllm-ascend 0.23 runs with the vLLM 0.23 it is built against; another vLLM only
+    # vllm-ascend 0.23 runs with the vLLM 0.23 it is built against; another vLLM only
     # with an explicit override (before, any vLLM passed).
     exe, py = Path("/x/bin/vllm"), Path("/x/bin/python")
     for vllm in ("0.27.1+cpu", None):

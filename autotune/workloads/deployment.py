@@ -15,7 +15,7 @@ from typing import Any
 from autotune import target
 from autotune.errors import AutotuneError
 from autotune.target import GraphMode
-from autotune.workloads.vllm_args import OWNED, ServeArgs, read_serve_args, split_serve_args
+from autotune.workloads.vllm_args import ServeArgs
 
 # Switches vllm-ascend 0.23 reads from the environment as bool(int(value)) or int(value), on
 # every start-up, whether or not the additional-config sets the same key (envs.py:71-82,
@@ -34,13 +34,6 @@ ASCEND_MAX_NUM_BATCHED_TOKENS = 2048
 # What the simulator models unless told otherwise.
 SIMULATED_MAX_NUM_BATCHED_TOKENS = 16384
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-__all__ = [
-    "OWNED",
-    "ServeArgs",
-    "read_serve_args",
-    "split_serve_args",
-]
 
 
 @dataclass(frozen=True)

@@ -171,11 +171,14 @@ def root_cause(path: Path, width: int = 400) -> str:
         match = _EXCEPTION.search(lines[i])
         if match is None or _WRAPPER.search(lines[i]):
             continue
+        # Continuation lines carry the same log prefix ("(APIServer pid=1) "), then indentation.
+        prefix = lines[i][: match.start()]
         text = lines[i][match.start() :].strip()
         for more in lines[i + 1 : i + 3]:
-            if not more[:1].isspace() or more.strip().startswith("File "):
+            rest = more[len(prefix) :] if more.startswith(prefix) else ""
+            if not rest[:1].isspace() or rest.strip().startswith("File "):
                 break
-            text += " " + more.strip()
+            text += " " + rest.strip()
         return text[:width]
     return ""
 

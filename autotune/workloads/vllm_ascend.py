@@ -24,10 +24,17 @@ from autotune.rundir import atomic_write_json, atomic_write_text
 from autotune.workloads import npu
 from autotune.workloads.base import TrialResult, Workload
 from autotune.workloads.bench import BenchSpec, bench_argv, keep_result, partial_path, run_bench
-from autotune.workloads.collect import ANALYSE_CODE, ANALYSE_LOG, find_profile, parse_raw
-from autotune.workloads.deployment import LaunchOptions, read_serve_args
+from autotune.workloads.collect import (
+    ANALYSE_CODE,
+    ANALYSE_LOG,
+    find_profile,
+    parse_raw,
+    rank_dirs,
+)
+from autotune.workloads.deployment import LaunchOptions
 from autotune.workloads.process import free_port, port_in_use
 from autotune.workloads.server import HOST, LOOPBACK, TrialFailure, VllmServer, loopback_env
+from autotune.workloads.vllm_args import read_serve_args
 from autotune.workloads.vllm_env import (
     SIMULATE_HINT,
     VllmEnv,
@@ -326,7 +333,7 @@ class VllmAscendBackend:
         """Parse the ranks torch_npu left raw, in the serving interpreter; "" or why not."""
         python = self.env.python if self.env is not None else Path("python3")
         log = out_dir / ANALYSE_LOG
-        raw = sum(1 for _ in prof_dir.glob("*_ascend_pt")) if prof_dir.is_dir() else 0
+        total = len(rank_dirs(prof_dir))
         timeout = self.launch.analyse_timeout_s
         parsed = parse_raw(
             python,
@@ -336,7 +343,7 @@ class VllmAscendBackend:
             timeout_s=timeout,
             started=lambda ranks: self.progress(
                 f"{out_dir.parent.name}/{out_dir.name}: parsing the raw profile of {ranks} of "
-                f"{raw} ranks with torch_npu's analyse (up to {timeout:g} s, "
+                f"{total} ranks with torch_npu's analyse (up to {timeout:g} s, "
                 f"--analyse-timeout; log {log})"
             ),
         )

@@ -14,8 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_vllm.fake_env import make_fake_env, make_small_model
 
 RUN_TIMEOUT_S = 120
+
+
+def fake_host(factory: pytest.TempPathFactory, name: str) -> tuple[Path, Path]:
+    """(bin dir of a fresh fake vLLM environment, a 4-layer W8A8 model directory), both under a
+    folder of their own, so a process naming it can only have come from that test module."""
+    root = factory.mktemp(name)
+    return make_fake_env(root / "env"), make_small_model(root / "model-under-test")
 
 
 def env(bin_dir: Path, **extra: str) -> dict[str, str]:
@@ -28,16 +36,23 @@ def env(bin_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def args(
-    model: Path, out: Path, *more: str, trials: int = 3, serve: str = "--enforce-eager"
+    model: Path,
+    out: Path,
+    *more: str,
+    trials: int = 3,
+    serve: str = "--enforce-eager",
+    tp: int | None = 1,
 ) -> list[str]:
     """`autotune run` on the fake; eager unless `serve` says otherwise (autotune adds no mode of
-    its own, and eager profiles show every site the static rules expect)."""
+    its own, and eager profiles show every site the static rules expect); `tp` None: no --tp."""
     argv = [
         "run", "--backend", "vllm-ascend", "--model", str(model), "--max-num-seqs", "8",
-        "--tp", "1", "--trials", str(trials), "--repeats", "1", "--input-len", "32",
+        "--trials", str(trials), "--repeats", "1", "--input-len", "32",
         "--output-len", "32", "--num-prompts", "16", "--profile-steps", "2",
         "--out", str(out), *more,
     ]  # fmt: skip
+    if tp is not None:
+        argv += ["--tp", str(tp)]
     return [*argv, "--serve-args", serve] if serve else argv
 
 

@@ -292,11 +292,18 @@ def run(
     ] = None,
     graph_mode: Annotated[
         bool | None,
-        typer.Option("--graph-mode/--no-graph-mode", help="Graph mode instead of --enforce-eager."),
+        typer.Option(
+            "--graph-mode/--no-graph-mode",
+            help="vllm-ascend: must agree with the mode --serve-args give (autotune adds none). "
+            "Simulator: model the vendor recipe's FULL_DECODE_ONLY graphs, or eager.",
+        ),
     ] = None,
     max_num_batched_tokens: Annotated[
         int | None,
-        typer.Option(help="vllm --max-num-batched-tokens. Default: from --serve-args, else 16384."),
+        typer.Option(
+            help="vllm --max-num-batched-tokens, passed to vllm serve when given. Default: from "
+            "--serve-args, else vLLM's own (2048 on Ascend; simulate: 16384)."
+        ),
     ] = None,
     input_len: Annotated[int, typer.Option(help="Bench prompt length.")] = 1024,
     output_len: Annotated[int, typer.Option(help="Bench output length.")] = 512,
@@ -329,6 +336,37 @@ def run(
     stop_timeout: Annotated[
         float, typer.Option(help="Seconds between SIGTERM and SIGKILL when stopping a server.")
     ] = 60.0,
+    analyse_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds torch_npu's offline analyse may take to parse a trial's raw profile "
+            "(TP > 1)."
+        ),
+    ] = 1800.0,
+    allow_any_vllm: Annotated[
+        bool,
+        typer.Option(
+            "--allow-any-vllm",
+            help="Run with a vLLM other than the 0.23.x vllm-ascend 0.23 is tested with (the run "
+            "records it).",
+        ),
+    ] = False,
+    require_profiles: Annotated[
+        bool,
+        typer.Option(
+            "--require-profiles",
+            help="What would leave trials unprofiled (no torch_npu or CANN msprof) is an error "
+            "before the first trial.",
+        ),
+    ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Only check, in seconds, what the first trial would find (versions, serve args, "
+            "devices, torch_npu, msprof) and print the workload read; same flags as a run.",
+        ),
+    ] = False,
     hardware: Annotated[
         str, typer.Option(help="Simulator: hardware preset or TOML file.")
     ] = "910B2",

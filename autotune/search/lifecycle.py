@@ -107,7 +107,7 @@ class TrialRunner:
     def __init__(self, ctx: RunContext, ledger: Ledger) -> None:
         self.ctx = ctx
         self.ledger = ledger
-        self.readout = Readout(ctx.options, ctx.setup, ctx.rundir)
+        self.readout = Readout(ctx.options, ctx.rundir)
 
     def run_next(self, study: Study, probe_config: dict[str, Any] | None = None) -> TrialRecord:
         """Take the next trial (a queued one first) and run it; with `probe_config`, run that
@@ -174,7 +174,7 @@ class TrialRunner:
                     repeats=ctx.options.repeats,
                     profile=True,
                 )
-                attrs = self.readout.read(record, result, config)
+                attrs = self.readout.read(record, result, config, ctx.setup)
             except AutotuneError as exc:
                 self._fail(study, attempt, str(exc))
                 if record.role in PROBE_ROLES:

@@ -177,6 +177,7 @@ def build_summary(
     stopped: str,
     rundir: RunDir,
     probe_note: str = "",
+    added: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """summary.json: what the run found, against what, and where it is."""
     ranked, picked_by = pick_best(records, options.objective, late_is_infeasible=options.constraint)
@@ -214,6 +215,7 @@ def build_summary(
         "baseline": _trial_brief(baseline),
         "vendor_default": _trial_brief(default),
         "probe_note": probe_note,
+        "sites_added_by_profile": dict(added or {}),
         "best": best_brief,
         "best_config_keys": config_keys(best.config, options.extra_notes) if best else {},
         "runner_up": _trial_brief(runner_up),

@@ -304,7 +304,7 @@ def _real_env(bin_dir: Path, fault: str = "") -> dict[str, str]:
 def real_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(run dir, fake bin dir): `autotune run --backend vllm-ascend` on the fake vLLM, whose
     vendor-default trial (1) writes no *_ascend_pt profile; flashcomm1 from your own
-    --additional-config."""
+    --additional-config; eager, as in graph mode 0.23 keeps no site to search."""
     root = tmp_path_factory.mktemp("real-run")
     bin_dir = make_fake_env(root / "env")
     model = make_small_model(root / "model")
@@ -312,7 +312,8 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     args = ["run", "--backend", "vllm-ascend", "--model", str(model), "--max-num-seqs", "8",
             "--tp", "2", "--trials", str(REAL_TRIALS), "--repeats", "1", "--input-len", "32",
             "--output-len", "32", "--num-prompts", "16", "--profile-steps", "2",
-            "--additional-config", '{"enable_flashcomm1": true}', "--out", str(out)]  # fmt: skip
+            "--additional-config", '{"enable_flashcomm1": true}', "--out", str(out),
+            "--serve-args", "--enforce-eager"]  # fmt: skip
     succeeded(autotune(*args, env=_real_env(bin_dir, "no-profile@1")))
     return out, bin_dir
 

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from autotune.errors import AutotuneError
-from autotune.lateness import DEFAULT_LATE_TOLERANCE_US
+from autotune.lateness import DEFAULT_LATE_TOLERANCE_US, tolerance_ns
 
 app = typer.Typer(
     name="autotune",
@@ -101,13 +101,24 @@ def analyze(
     ] = False,
     tolerance_us: Annotated[
         float,
-        typer.Option(help="A site is late when its median slack is below minus this many µs."),
+        typer.Option(
+            help="A site is late when its median slack is below minus this many µs "
+            "(default 0: it ends after its window, the vendor's criterion)."
+        ),
     ] = DEFAULT_LATE_TOLERANCE_US,
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="Which stack issued the prefetches: auto (decide from the timeline), "
+            "vllm-ascend (0.23's sites), sglang, or generic (any npu_prefetch call)."
+        ),
+    ] = "auto",
 ) -> None:
-    """Check that every CMO prefetch hides behind its vector op and ends before it."""
+    """Check that every CMO prefetch hides behind its window and ends before it."""
     import json
     import math
 
+    from autotune.layouts import LAYOUTS
     from autotune.overlap import analyze as analyze_overlap
     from autotune.profile import load_profiles
     from autotune.report.html import write_analyze_report
@@ -117,6 +128,8 @@ def analyze(
 
     if not math.isfinite(tolerance_us) or tolerance_us < 0:
         raise AutotuneError(f"--tolerance-us must be a number >= 0, got {tolerance_us}")
+    if layout not in LAYOUTS:
+        raise AutotuneError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     for flag, out_file in (("--tasks", tasks), ("--html", html)):
         if out_file is not None:
             check_output_file(flag, out_file)
@@ -129,14 +142,14 @@ def analyze(
     if source.note:
         _stderr().print(f"note: {source.note}", markup=False)
     profiles = load_profiles(source.path, rules=rules)
-    tol_ns = round(tolerance_us * 1000)
-    result = analyze_overlap(profiles, late_tolerance_ns=tol_ns)
+    tol_ns = tolerance_ns(tolerance_us)
+    result = analyze_overlap(profiles, late_tolerance_ns=tol_ns, layout=layout)
     ranks = sorted({-1 if p.rank is None else int(p.rank) for p in profiles})
     per_rank = {}
     if by_rank:
         for r in ranks:
             mine = [p for p in profiles if (-1 if p.rank is None else int(p.rank)) == r]
-            per_rank[r] = analyze_overlap(mine, late_tolerance_ns=tol_ns)
+            per_rank[r] = analyze_overlap(mine, late_tolerance_ns=tol_ns, layout=result.layout)
     if json_out:
         doc = result.to_json()
         doc["profiles"] = [
@@ -287,11 +300,18 @@ def run(
     ] = None,
     graph_mode: Annotated[
         bool | None,
-        typer.Option("--graph-mode/--no-graph-mode", help="Graph mode instead of --enforce-eager."),
+        typer.Option(
+            "--graph-mode/--no-graph-mode",
+            help="vllm-ascend: must agree with the mode --serve-args give (autotune adds none). "
+            "Simulator: model the vendor recipe's FULL_DECODE_ONLY graphs, or eager.",
+        ),
     ] = None,
     max_num_batched_tokens: Annotated[
         int | None,
-        typer.Option(help="vllm --max-num-batched-tokens. Default: from --serve-args, else 16384."),
+        typer.Option(
+            help="vllm --max-num-batched-tokens, passed to vllm serve when given. Default: from "
+            "--serve-args, else vLLM's own (2048 on Ascend; simulate: 16384)."
+        ),
     ] = None,
     input_len: Annotated[int, typer.Option(help="Bench prompt length.")] = 1024,
     output_len: Annotated[int, typer.Option(help="Bench output length.")] = 512,
@@ -324,6 +344,37 @@ def run(
     stop_timeout: Annotated[
         float, typer.Option(help="Seconds between SIGTERM and SIGKILL when stopping a server.")
     ] = 60.0,
+    analyse_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds torch_npu's offline analyse may take to parse a trial's raw profile "
+            "(TP > 1)."
+        ),
+    ] = 1800.0,
+    allow_any_vllm: Annotated[
+        bool,
+        typer.Option(
+            "--allow-any-vllm",
+            help="Run with a vLLM other than the 0.23.x vllm-ascend 0.23 is tested with (the run "
+            "records it).",
+        ),
+    ] = False,
+    require_profiles: Annotated[
+        bool,
+        typer.Option(
+            "--require-profiles",
+            help="What would leave trials unprofiled (no torch_npu or CANN msprof) is an error "
+            "before the first trial.",
+        ),
+    ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Only check, in seconds, what the first trial would find (versions, serve args, "
+            "devices, torch_npu, msprof) and print the workload read; same flags as a run.",
+        ),
+    ] = False,
     hardware: Annotated[
         str, typer.Option(help="Simulator: hardware preset or TOML file.")
     ] = "910B2",

@@ -1,6 +1,9 @@
-"""The one lateness rule every view uses: analyze, the run's terminal table, summary, trials.csv
-and the report. A prefetch is late when it ends more than the tolerance after its window; a site
-is late when its median slack is below minus the tolerance.
+"""The one lateness rule every view uses: analyze, the run's terminal table, summary, trials.csv,
+and the report. A prefetch is late when it ends more than the tolerance
+after its window; a site (or prefetch point) is late when its median slack is below minus the
+tolerance. The default tolerance is 0: the vendor's criterion itself, a prefetch must end no later
+than the vector op it hides behind. Any other tolerance is the user's choice, and every view
+states it.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-# Default tolerance of `autotune analyze` and `autotune run` alike.
-DEFAULT_LATE_TOLERANCE_US = 2.0
+# Default tolerance of `autotune analyze` and `autotune run` alike: the vendor's criterion.
+DEFAULT_LATE_TOLERANCE_US = 0.0
 
 
 def tolerance_ns(tolerance_us: float) -> int:
@@ -42,4 +45,6 @@ def site_late(slack_ns_median: float, tol_ns: int) -> bool:
 
 def rule_text(tolerance_us: float) -> str:
     """How every view states the rule and the tolerance it used."""
+    if tolerance_us == 0:
+        return "late = median slack below 0 µs, ends after its window (tolerance 0 µs)"
     return f"late = median slack below −{tolerance_us:g} µs (tolerance {tolerance_us:g} µs)"

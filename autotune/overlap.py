@@ -1,13 +1,15 @@
-"""Prefetch <-> window <-> join matching and per-site metrics.
+"""Prefetch <-> window <-> join matching, per-site and per-point metrics.
 
 Input: classified tasks (autotune.profile). Output: `OverlapResult`, plain data that renderers
 present. Vendor criterion: a prefetch must overlap the vector op it hides behind and end no
-later than it. The rules are those of docs/analysis.md; each stream is matched with searchsorted.
+later than it. Two matchers: vllm-ascend 0.23's sites (the rules of docs/analysis.md, each
+stream matched with searchsorted) and the general prefetch model of `autotune.points`; the
+layout (`autotune.layouts`) decides which one reads a profile. Steps come from the recorded step
+markers (`autotune.profile.steps`).
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,51 +19,72 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from autotune.lateness import prefetch_late, rule_text, site_late
-from autotune.profile.tasks import ROLE_COLUMN, ROLES, Profile
+from autotune import layouts
+from autotune.lateness import rule_text, site_late
+from autotune.points import (
+    PREFETCH_COLUMNS,
+    DeviceTimeline,
+    Metrics,
+    PointSummary,
+    Sizes,
+    Tied,
+    before_issue,
+    describe,
+    device_timeline,
+    match_general,
+    metrics,
+    prefetch_frame,
+    settle,
+    summarise_points,
+    weight_cubes,
+)
+from autotune.profile.steps import step_index
+from autotune.profile.tasks import Profile, ProfiledStep
+from autotune.streams import COMM, CUBE, ROLE_CODE, Streams
 from autotune.target import SITES
 
-# Columns of OverlapResult.prefetches (one row per prefetch task), in this order.
-# An unattributed prefetch has site/weight/window_kind "", layer and window/join times -1,
-# hidden_fraction 0.0, slack_ns 0, stall_ns 0 and late False.
-PREFETCH_COLUMNS: tuple[str, ...] = (
-    "rank",  # rank of the profile it came from (-1 when unknown)
-    "device",
-    "stream",  # the prefetch stream
-    "step",  # index of the profiled step it falls in (0-based; 0 when there are no step markers)
-    "layer",  # index of the decoder layer within the step (0-based), -1 when unattributed
-    "site",  # attn.qkv | attn.o | mlp.gate_up | mlp.down | moe.gate_up | "" when unattributed
-    # which weight the site's ratio prefetches here: qkv_proj|o_proj|down_proj|gate_up_proj|w13
-    "weight",
-    "start_ns",
-    "end_ns",
-    "window_kind",  # swiglu | norm | quant | gating | "" when no window
-    "window_start_ns",
-    "window_end_ns",
-    "join_start_ns",  # compute-stream wait that waits for this prefetch; -1 when none
-    "join_end_ns",
-    "hidden_fraction",  # share of the prefetch's duration overlapping window work, 0..1
-    "slack_ns",  # window_end - prefetch_end; negative = late
-    "stall_ns",  # time the compute stream was blocked in the join charged to this prefetch
-    "late",  # bool: slack_ns < -tolerance (autotune.lateness.prefetch_late)
-)
+__all__ = [
+    "PREFETCH_COLUMNS",
+    "OverlapResult",
+    "PointSummary",
+    "SiteSegment",
+    "SiteSummary",
+    "StepTime",
+    "analyze",
+    "late_sites",
+    "site_segments",
+]
 
 
 @dataclass(frozen=True)
-class SiteSummary:
-    """Per-site aggregate over all profiled layers and steps."""
+class SiteSummary(Metrics):
+    """Per-site aggregate over all profiled layers and steps (count: prefetches attributed to
+    the site)."""
 
     site: str
-    count: int  # prefetches attributed to the site
-    late: int
     windows: int  # windows of this site's kind seen on the compute stream
-    hidden_fraction_median: float
-    slack_us_median: float
-    slack_us_p90: float
-    slack_us_min: float
-    stall_us_total: float
-    stall_us_per_step: float
     verdict: str  # "inert" (no prefetch), "late" (autotune.lateness.site_late) or "hidden"
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """One profiled step a profile holds: its device span (the per-step spread of the profile)."""
+
+    rank: int
+    step: int  # the marker's step number
+    start_ns: int
+    end_ns: int
+    complete: bool  # False when the end of a cut-off file falls inside it
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "step": self.step,
+            "start_ns": self.start_ns,
+            "end_ns": self.end_ns,
+            "duration_us": round((self.end_ns - self.start_ns) / 1000, 3),
+            "complete": self.complete,
+        }
 
 
 @dataclass
@@ -69,22 +92,31 @@ class OverlapResult:
     """Everything the analysis found; renderers only present this."""
 
     prefetches: pd.DataFrame  # PREFETCH_COLUMNS
-    sites: list[SiteSummary]
-    unattributed: int  # prefetches with no window/site
+    sites: list[SiteSummary]  # the vllm-ascend labelling (empty under another layout)
+    unattributed: int  # prefetches with no window/point
     windows_without_prefetch: dict[str, int]  # site -> windows that had no prefetch
     unclassified_types: dict[str, int]  # task type -> count, summed over profiles
-    steps: int  # profiled steps (>= 1)
+    steps: int  # profiled steps (>= 1): the most any one profile holds
     simulated: bool  # any input profile was written by the simulator
     warnings: list[str] = field(default_factory=list)
     late_tolerance_us: float = 0.0  # the tolerance the late flags and verdicts used
     join_us_total: float = 0.0  # time of every join (compute-stream wait on a prefetch stream)
     unattributed_stall_us: float = 0.0  # join time charged to no prefetch
-    rank_steps: int = 1  # sum of the profiles' step counts (the per-step divisor)
+    rank_steps: int = 1  # sum of the profiles' complete steps (the per-step divisor)
+    layout: str = "vllm-ascend"  # the layout that read the prefetches
+    layout_reason: str = ""  # why (`--layout auto`), or that the user chose it
+    points: list[PointSummary] = field(default_factory=list)
+    # (profile path, device) -> the compute and prefetch streams the analysis read
+    streams: dict[tuple[str, int], Streams] = field(default_factory=dict)
+    step_times: list[StepTime] = field(default_factory=list)  # every step held, every rank
+    unattributed_stall_us_counted: float | None = None  # the part inside complete steps
 
     @property
     def unattributed_stall_us_per_step(self) -> float:
         """Unattributed join time per rank and step, like the sites' stall per step."""
-        return self.unattributed_stall_us / max(self.rank_steps, 1)
+        counted = self.unattributed_stall_us_counted
+        total = self.unattributed_stall_us if counted is None else counted
+        return total / max(self.rank_steps, 1)
 
     def to_json(self) -> dict[str, Any]:
         """The `autotune analyze --json` object: plain Python types, null for an empty median."""
@@ -110,7 +142,10 @@ class OverlapResult:
         return {
             "prefetches": len(self.prefetches),
             "late": int(late.sum()),
+            "layout": self.layout,
+            "layout_reason": self.layout_reason,
             "sites": sites,
+            "points": [p.to_json() for p in self.points],
             "unattributed": int(self.unattributed),
             "windows_without_prefetch": {
                 k: int(v) for k, v in self.windows_without_prefetch.items()
@@ -118,12 +153,17 @@ class OverlapResult:
             "unclassified_types": {str(k): int(v) for k, v in self.unclassified_types.items()},
             "warnings": [str(w) for w in self.warnings],
             "steps": int(self.steps),
+            "step_times": [s.to_json() for s in self.step_times],
             "simulated": bool(self.simulated),
             "late_tolerance_us": float(self.late_tolerance_us),
             "late_rule": rule_text(self.late_tolerance_us),
             "join_us_total": round(float(self.join_us_total), 4),
             "unattributed_stall_us": round(float(self.unattributed_stall_us), 4),
         }
+
+    def streams_of(self, profile: Profile, device: int) -> Streams | None:
+        """The streams the analysis read on one device of `profile` (None: not analysed)."""
+        return self.streams.get((str(profile.path), device))
 
 
 def late_sites(result: OverlapResult) -> list[str]:
@@ -141,17 +181,12 @@ def _json_float(x: float, digits: int) -> float | None:
 I64 = npt.NDArray[np.int64]
 Bools = npt.NDArray[np.bool_]
 
-_ROLE = {role: i for i, role in enumerate(ROLES)}
-_PREFETCH = _ROLE["prefetch"]
-_WAIT = _ROLE["wait"]
-_RECORD = _ROLE["record"]
-_SWIGLU = _ROLE["vector:swiglu"]
-_NORM = _ROLE["vector:norm"]
-_QUANT = _ROLE["vector:quant"]
-_GATING = _ROLE["vector:gating"]
-_CUBE = _ROLE["cube"]
-_COMM = _ROLE["comm"]
-_COMPUTE = np.array([_ROLE[r] for r in ROLES if r.startswith("vector:")] + [_CUBE])
+_SWIGLU = ROLE_CODE["vector:swiglu"]
+_NORM = ROLE_CODE["vector:norm"]
+_QUANT = ROLE_CODE["vector:quant"]
+_GATING = ROLE_CODE["vector:gating"]
+_CUBE = CUBE
+_COMM = COMM
 
 # (site, window kind, weight) of each window kind the walk can find; index = window code.
 _WINDOW_KINDS: tuple[tuple[str, str, str], ...] = (
@@ -163,23 +198,6 @@ _WINDOW_KINDS: tuple[tuple[str, str, str], ...] = (
     ("moe.gate_up", "gating", "w13"),
 )
 _W_QKV, _W_O, _W_O_DOWN, _W_GATE_UP, _W_DOWN, _W_MOE = range(len(_WINDOW_KINDS))
-
-_INT_COLUMNS = {
-    "rank",
-    "device",
-    "stream",
-    "step",
-    "layer",
-    "start_ns",
-    "end_ns",
-    "window_start_ns",
-    "window_end_ns",
-    "join_start_ns",
-    "join_end_ns",
-    "slack_ns",
-    "stall_ns",
-}
-_STR_COLUMNS = {"site", "weight", "window_kind"}
 
 
 def _last_before(sorted_idx: I64, q: I64) -> I64:
@@ -293,134 +311,115 @@ def _steps_of_layers(layer_t: I64, steps: int) -> tuple[I64, bool]:
     return np.cumsum(starts).astype(np.int64), True
 
 
-def _prefetch_waits(
-    waits: I64,
-    role: I64,
-    stream: I64,
-    start: I64,
-    end: I64,
-    cstream: int,
-    pf_streams: set[int],
-) -> I64:
-    """The compute-stream waits (indices, in time order) that wait on a prefetch stream.
+@dataclass
+class _StepPlan:
+    """How one profile's tasks map to steps: the steps it holds (from its markers), or only a
+    step count (no marker times: layers are split into that many steps)."""
 
-    A wait that was blocked was released by the record (on another stream of the device) that
-    ended last within it. A wait that was not blocked waits on a prefetch stream when that
-    stream has a record no earlier wait consumed. A wait consumes its stream's records ended by
-    its end. Without records on the prefetch streams every compute-stream wait counts.
-    """
-    if not len(waits) or not pf_streams:
-        return waits[:0]
-    rec = np.flatnonzero((role == _RECORD) & (stream != cstream))
-    if not np.isin(stream[rec], np.fromiter(pf_streams, dtype=np.int64)).any():
-        return waits
-    ends: dict[int, list[int]] = {}
-    for i in rec[np.argsort(end[rec], kind="stable")].tolist():
-        ends.setdefault(int(stream[i]), []).append(int(end[i]))
-    used = dict.fromkeys(ends, 0)  # per stream: records consumed so far
-    keep: list[int] = []
-    for w in waits.tolist():
-        ws, we = int(start[w]), int(end[w])
-        by: int | None = None
-        latest = ws
-        for s, e in ends.items():
-            k = bisect.bisect_right(e, we) - 1
-            if k >= used[s] and e[k] > latest:
-                by, latest = s, e[k]
-        if by is None:
-            by = next((s for s in pf_streams if s in ends and _unused(ends[s], used[s], we)), None)
-        if by is None:
-            continue
-        used[by] = bisect.bisect_right(ends[by], we)
-        if by in pf_streams:
-            keep.append(w)
-    return np.array(keep, dtype=np.int64)
+    held: list[ProfiledStep]
+    count: int
 
+    @property
+    def complete(self) -> Bools:
+        return np.array([s.complete for s in self.held], dtype=bool)
 
-def _unused(ends: list[int], used: int, t: int) -> bool:
-    return used < len(ends) and ends[used] <= t
+    @property
+    def per_step(self) -> int:
+        """The per-step divisor: complete steps held (at least 1), else the count."""
+        if self.held:
+            return max(int(self.complete.sum()), 1)
+        return self.count
+
+    def counted(self, step: I64) -> Bools:
+        """Which rows (by step index) count towards per-step figures."""
+        if not self.held:
+            return np.ones(len(step), dtype=bool)
+        complete = self.complete
+        if not complete.any():  # only a cut-off step: it is all there is
+            complete = np.ones(len(complete), dtype=bool)
+        return (step >= 0) & complete[np.clip(step, 0, len(complete) - 1)]
+
+    def begin_of(self, t: I64) -> I64:
+        """Where the step of each time begins (int64 min before the first or without times)."""
+        lowest = np.iinfo(np.int64).min
+        if not self.held:
+            return np.full(len(t), lowest, dtype=np.int64)
+        begin = np.array([s.begin_ns for s in self.held], dtype=np.int64)
+        k = self.of_times(t)
+        return np.where(k >= 0, begin[np.maximum(k, 0)], lowest).astype(np.int64)
+
+    def of_times(self, t: I64) -> I64:
+        """Step index of each time (-1 before the first step); 0 without marker times."""
+        if not self.held:
+            return np.zeros(len(t), dtype=np.int64)
+        return step_index(self.held, t)
 
 
-def _col(df: pd.DataFrame, name: str) -> I64:
-    return df[name].to_numpy(dtype=np.int64)
+def _plan(p: Profile, label: str, warnings: list[str]) -> _StepPlan:
+    if p.profiled_steps:
+        return _StepPlan(list(p.profiled_steps), len(p.profiled_steps))
+    if p.steps is None or p.steps < 1:
+        # The reader may have said so already.
+        if not any("step markers" in w for w in p.warnings):
+            warnings.append(f"{label}: no step markers; stall is per profile (one step)")
+        return _StepPlan([], 1)
+    return _StepPlan([], int(p.steps))
 
 
-def _compute_stream(role: I64, stream: I64) -> int:
-    """The stream running the most vector and cube kernels (-1 when there are none)."""
-    compute = np.isin(role, _COMPUTE)
-    if not compute.any():
-        return -1
-    ids, counts = np.unique(stream[compute], return_counts=True)
-    return int(ids[np.argmax(counts)])
+def _layer_steps(layer_t: I64, plan: _StepPlan) -> tuple[I64, bool]:
+    """Step index of each layer (-1 before the first step), and whether it was guessed at the
+    largest gaps (a step count without marker times that the layers do not divide)."""
+    if plan.held:
+        return plan.of_times(layer_t), False
+    return _steps_of_layers(layer_t, plan.count)
 
 
-def _attention_cubes(tasks: pd.DataFrame, ops: I64, cube: Bools) -> Bools:
-    """Which of the compute-stream `ops` are attention kernels (only cube ops, marked by `cube`)."""
-    is_attn = np.zeros(len(ops), dtype=bool)
-    if cube.any():
-        sub = tasks.iloc[ops[cube]]
-        hit = sub["op_type"].astype(str).str.contains("Attention", regex=False) | sub[
-            "name"
-        ].astype(str).str.contains("Attention", regex=False)
-        is_attn[cube] = hit.to_numpy(dtype=bool)
-    return is_attn
+def _layer_in_step(layer_step: I64) -> I64:
+    """Index of each layer within its step (layer_step is non-decreasing)."""
+    n = len(layer_step)
+    if not n:
+        return np.zeros(0, dtype=np.int64)
+    change = np.concatenate(([True], np.diff(layer_step) != 0))
+    first = np.maximum.accumulate(np.where(change, np.arange(n), 0))
+    return (np.arange(n) - first).astype(np.int64)
 
 
-def _analyze_device(
-    tasks: pd.DataFrame,
-    label: str,
-    steps: int,
-    rank: int,
-    tolerance_ns: int,
-    warnings: list[str],
-    window_counts: dict[str, int],
-    idle_windows: dict[str, int],
-    stall_totals: list[int],
+@dataclass
+class _Tally:
+    """What the device matchers add up over devices and profiles."""
+
+    window_counts: dict[str, int] = field(default_factory=dict)
+    idle_windows: dict[str, int] = field(default_factory=dict)
+    join_ns: int = 0  # every join
+    unattributed_ns: int = 0  # joins charged to no prefetch
+    unattributed_counted_ns: int = 0  # the part inside complete steps
+    warnings: list[str] = field(default_factory=list)
+
+    def joins(self, dt: DeviceTimeline, charged: Bools, plan: _StepPlan) -> None:
+        idx = dt.joins.index
+        dur = dt.end[idx] - dt.start[idx]
+        free = dur[~charged]
+        self.join_ns += int(dur.sum())
+        self.unattributed_ns += int(free.sum())
+        counted = plan.counted(plan.of_times(dt.start[idx]))[~charged]
+        self.unattributed_counted_ns += int(free[counted].sum())
+
+
+def _vllm_device(
+    dt: DeviceTimeline, plan: _StepPlan, tolerance_ns: int, where: str, tally: _Tally
 ) -> dict[str, Any]:
-    """Match the prefetches of one device of one profile; returns PREFETCH_COLUMNS as arrays.
+    """vllm-ascend 0.23's sites on one device (docs/analysis.md): PREFETCH_COLUMNS as arrays
+    (rank left for the caller), plus "counted" (inside a complete step)."""
+    warnings = tally.warnings
+    pf = dt.pf
+    ps = dt.start[pf]
+    n_pf = len(pf)
+    op_role, op_start, op_end = dt.op_role, dt.op_start, dt.op_end
+    joins = dt.joins.index
+    join_start = dt.start[joins]
+    recs = dt.recs
 
-    Adds the device's join time to stall_totals[0] and its unattributed part to stall_totals[1].
-    """
-    device = int(tasks["device"].iloc[0])
-    where = f"{label} device {device}"
-    role = pd.Categorical(tasks[ROLE_COLUMN], categories=list(ROLES)).codes.astype(np.int64)
-    stream = _col(tasks, "stream")
-    start = _col(tasks, "start_ns")
-    end = _col(tasks, "end_ns")
-
-    is_pf = role == _PREFETCH
-    pf_order = np.argsort(start[is_pf], kind="stable")
-    ps = start[is_pf][pf_order]
-    pe = end[is_pf][pf_order]
-    pstream = stream[is_pf][pf_order]
-    n_pf = len(ps)
-    if n_pf == 0:
-        warnings.append(f"{where}: no prefetch stream (no CMO tasks)")
-
-    cstream = _compute_stream(role, stream)
-    if cstream < 0:
-        warnings.append(f"{where}: no compute stream (no vector or cube kernels)")
-
-    on_c = stream == cstream
-    c_idx = np.flatnonzero(on_c)
-    c_idx = c_idx[np.argsort(start[c_idx], kind="stable")]
-    c_role = role[c_idx]
-    ops = c_idx[(c_role != _RECORD) & (c_role != _WAIT) & (c_role != _PREFETCH)]
-    recs = c_idx[c_role == _RECORD]
-    waits = c_idx[c_role == _WAIT]
-
-    op_role = role[ops]
-    op_start = start[ops]
-    op_end = end[ops]
-    cube_ops = op_role == _CUBE
-    is_attn = _attention_cubes(tasks, ops, cube_ops)
-
-    # Joins: the compute-stream waits that wait on the prefetch stream.
-    joins = _prefetch_waits(waits, role, stream, start, end, cstream, set(pstream.tolist()))
-    join_start = start[joins]
-    join_end = end[joins]
-
-    win = _find_windows(op_role, is_attn)
+    win = _find_windows(op_role, dt.is_attn)
     # A window ends before the first join that follows its first op (cube ops already cut it).
     if len(win.first) and len(joins):
         nxt = np.searchsorted(join_start, op_start[win.first], side="left")
@@ -444,21 +443,17 @@ def _analyze_device(
         layer_t[np.arange(len(win.anchors)) + int(win.partial_first)] = op_start[win.anchors]
     if n_win:
         np.minimum.at(layer_t, win.layer, w_start)
-    layer_step, by_gaps = _steps_of_layers(layer_t, steps)
+    layer_step, by_gaps = _layer_steps(layer_t, plan)
     if by_gaps:
         warnings.append(
-            f"{where}: {n_layers} layers do not split evenly into {steps} steps; "
+            f"{where}: {n_layers} layers do not split evenly into {plan.count} steps; "
             "step boundaries taken at the largest gaps"
         )
-    step_first_layer = np.zeros(int(layer_step.max()) + 1 if n_layers else 1, dtype=np.int64)
-    if n_layers:
-        # layer_step is non-decreasing, so the first layer of each step is where it changes.
-        change = np.flatnonzero(np.concatenate(([True], np.diff(layer_step) != 0)))
-        step_first_layer[layer_step[change]] = change
+    layer_in_step = _layer_in_step(layer_step)
 
     # Window -> prefetch: the last compute-stream record ended by the prefetch's start, then the
     # first window after it; without such a record, the first window whose first op ends after it.
-    rec_end = np.maximum.accumulate(end[recs]) if len(recs) else np.zeros(0, dtype=np.int64)
+    rec_end = np.maximum.accumulate(dt.end[recs]) if len(recs) else np.zeros(0, dtype=np.int64)
     r = np.searchsorted(rec_end, ps, side="right") - 1
     by_rec = np.searchsorted(w_start, rec_end[np.maximum(r, 0)], side="left") if len(recs) else r
     by_start = np.searchsorted(w_first_end, ps, side="right")
@@ -472,128 +467,223 @@ def _analyze_device(
         matched[w[ok]] = True
         for c, (name, _, _) in enumerate(_WINDOW_KINDS):
             of_kind = win.code == c
-            window_counts[name] = window_counts.get(name, 0) + int(of_kind.sum())
-            idle_windows[name] = idle_windows.get(name, 0) + int((of_kind & ~matched).sum())
-
-    win_s = np.where(ok, w_start[wi] if n_win else 0, -1)
-    win_e = np.where(ok, w_end[wi] if n_win else 0, -1)
+            tally.window_counts[name] = tally.window_counts.get(name, 0) + int(of_kind.sum())
+            tally.idle_windows[name] = tally.idle_windows.get(name, 0) + int(
+                (of_kind & ~matched).sum()
+            )
 
     # Join: the first join starting at/after the window's end (the one that cut the window, if
     # any). One join's stall is charged once, to the prefetch that ends last among those it
-    # joins; a join no prefetch chose is unattributed stall.
+    # joins (autotune.points.settle); a join no prefetch chose is unattributed stall.
+    win_e = np.where(ok, w_end[wi] if n_win else 0, -1)
     j = np.searchsorted(join_start, win_e, side="left").astype(np.int64)
     has_join = ok & (j < len(joins))
-    ji = np.minimum(j, max(len(joins) - 1, 0))
-    join_s = np.where(has_join, join_start[ji] if len(joins) else 0, -1)
-    join_e = np.where(has_join, join_end[ji] if len(joins) else 0, -1)
     no_join = int((ok & ~has_join).sum())
     if no_join:
         warnings.append(f"{where}: {no_join} prefetch(es) with no join on the compute stream")
-
-    stall = np.zeros(n_pf, dtype=np.int64)
-    joined = np.flatnonzero(has_join)
-    charged_join = np.zeros(len(joins), dtype=bool)
-    if len(joined):
-        order = joined[np.lexsort((ps[joined], pe[joined], j[joined]))]
-        js = j[order]
-        last_of_join = np.concatenate((js[1:] != js[:-1], [True]))
-        charged = order[last_of_join]
-        stall[charged] = join_e[charged] - join_s[charged]
-        charged_join[j[charged]] = True
-    join_dur = join_end - join_start
-    stall_totals[0] += int(join_dur.sum())
-    stall_totals[1] += int(join_dur[~charged_join].sum())
-
-    # Hidden fraction: the window's ops are consecutive on one stream, so sum the overlaps op by op.
-    overlap = np.zeros(n_pf, dtype=np.int64)
-    if n_win and ok.any():
-        f = win.first[wi]
-        width = np.where(ok, win.last[wi] - f + 1, 0)
-        for k in range(int(width.max())):
-            use = k < width
-            o = np.minimum(f + k, len(ops) - 1)
-            part = np.minimum(pe, op_end[o]) - np.maximum(ps, op_start[o])
-            overlap += np.where(use, np.maximum(part, 0), 0)
-    dur = pe - ps
-    inside = (ps >= win_s) & (ps <= win_e)
-    hidden = np.where(dur > 0, overlap / np.maximum(dur, 1), inside.astype(np.float64))
-    hidden = np.where(ok, hidden, 0.0)
-
-    slack = np.where(ok, win_e - pe, 0)
-    late = ok & prefetch_late(slack, tolerance_ns)
 
     # Step and layer: from the window; an unattributed prefetch takes the step of the layer it
     # falls in by time.
     gl = np.where(ok, win.layer[wi] if n_win else 0, -1)
     if n_layers:
         by_time = np.searchsorted(layer_t, ps, side="right") - 1
-        step_layer = np.where(ok, gl, np.maximum(by_time, 0)).astype(np.int64)
-        step = layer_step[np.minimum(step_layer, n_layers - 1)]
+        step_layer = np.minimum(np.where(ok, gl, np.maximum(by_time, 0)), n_layers - 1)
+        step = layer_step[step_layer]
+        layer = np.where(ok, layer_in_step[step_layer], -1)
     else:
-        step = np.zeros(n_pf, dtype=np.int64)
-    layer = np.where(ok, gl - step_first_layer[step] if n_layers else 0, -1)
+        step = plan.of_times(ps)
+        layer = np.full(n_pf, -1, dtype=np.int64)
 
-    site = np.array([_WINDOW_KINDS[c][0] for c in codes], dtype=object)
-    weight = np.array([_WINDOW_KINDS[c][2] for c in codes], dtype=object)
-    kind = np.array([_WINDOW_KINDS[c][1] for c in codes], dtype=object)
-    blank = np.full(n_pf, "", dtype=object)
-    return {
-        "rank": np.full(n_pf, rank, dtype=np.int64),
-        "device": np.full(n_pf, device, dtype=np.int64),
-        "stream": pstream,
-        "step": step,
-        "layer": layer,
-        "site": np.where(ok, site, blank),
-        "weight": np.where(ok, weight, blank),
-        "start_ns": ps,
-        "end_ns": pe,
-        "window_kind": np.where(ok, kind, blank),
-        "window_start_ns": win_s,
-        "window_end_ns": win_e,
-        "join_start_ns": join_s,
-        "join_end_ns": join_e,
-        "hidden_fraction": hidden,
-        "slack_ns": slack,
-        "stall_ns": stall,
-        "late": late,
-    }
+    # The point view of each prefetch: one CMO per issue, its consumer the next weight-reading
+    # cube op after its window; 0.23's windows never hold a cube op.
+    first = np.where(ok, win.first[wi] if n_win else 0, 0).astype(np.int64)
+    last = np.where(ok, win.last[wi] if n_win else 0, -1).astype(np.int64)
+    wc = weight_cubes(dt)
+    pos = np.searchsorted(wc, last + 1, side="left")
+    consumer = np.where(
+        ok & (pos < len(wc)), wc[np.minimum(pos, max(len(wc) - 1, 0))] if len(wc) else 0, -1
+    )
+    issue = np.where(r >= 0, rec_end[np.maximum(r, 0)] if len(recs) else 0, ps)
+    ones: I64 = np.ones(n_pf, dtype=np.int64)
+    before, _ = before_issue(dt, first, issue, plan.begin_of(issue))
+    tied = Tied(ok, first, last, issue, np.where(has_join, j, -1), consumer, ok)
+    cols, charged = settle(
+        dt, tolerance_ns, tied, describe(dt, before, first, last, consumer, ones, ones)
+    )
+    tally.joins(dt, charged, plan)
+    for column, at in (("site", 0), ("window_kind", 1), ("weight", 2)):
+        labels = np.array([kind[at] for kind in _WINDOW_KINDS], dtype=object)
+        cols[column] = np.where(ok, labels[codes], "").astype(object)
+    cols.update(step=step, layer=layer, counted=plan.counted(step))
+    return cols
 
 
-def _empty_prefetches() -> pd.DataFrame:
-    cols: dict[str, pd.Series[Any]] = {}
-    for c in PREFETCH_COLUMNS:
-        if c in _INT_COLUMNS:
-            cols[c] = pd.Series(dtype="int64")
-        elif c == "hidden_fraction":
-            cols[c] = pd.Series(dtype="float64")
-        elif c == "late":
-            cols[c] = pd.Series(dtype="bool")
-        else:
-            cols[c] = pd.Series(dtype="object")
-    return pd.DataFrame(cols)
+def _general_device(
+    dt: DeviceTimeline, plan: _StepPlan, tolerance_ns: int, where: str, tally: _Tally
+) -> dict[str, Any]:
+    """The general prefetch model on one device (autotune.points), with steps and layers: a
+    point's layer is its occurrence within the step."""
+    cols, charged = match_general(dt, tolerance_ns, plan.begin_of)
+    n_pf = len(cols["start_ns"])
+    ok = cols["point"] != ""
+    if n_pf and not ok.any():
+        tally.warnings.append(f"{where}: no compute-stream ops to hide {n_pf} prefetch(es) behind")
+    no_join = int((ok & (cols["join_start_ns"] < 0)).sum())
+    if no_join:
+        tally.warnings.append(f"{where}: {no_join} prefetch(es) with no join on the compute stream")
+    tally.joins(dt, charged, plan)
+    step = plan.of_times(np.where(ok, cols["issue_ns"], cols["start_ns"]))
+    key = pd.Series(cols["point"].astype(str)) + "\x00" + pd.Series(step.astype(str))
+    layer = key.groupby(key).cumcount().to_numpy(dtype=np.int64)
+    cols["step"] = step
+    cols["layer"] = np.where(ok, layer, -1)
+    cols["counted"] = plan.counted(step)
+    return cols
 
 
-def _frame(parts: list[dict[str, Any]]) -> pd.DataFrame:
-    if not parts or not any(len(p["start_ns"]) for p in parts):
-        return _empty_prefetches()
-    data: dict[str, Any] = {}
-    for c in PREFETCH_COLUMNS:
-        values = np.concatenate([p[c] for p in parts])
-        if c in _INT_COLUMNS:
-            data[c] = values.astype(np.int64)
-        elif c == "hidden_fraction":
-            data[c] = values.astype(np.float64)
-        elif c == "late":
-            data[c] = values.astype(bool)
-        else:
-            data[c] = pd.Series(values, dtype="object")
-    return pd.DataFrame(data, columns=list(PREFETCH_COLUMNS))
+def _label(p: Profile) -> str:
+    return p.path.name or str(p.path)
+
+
+_MATCHERS = {"vllm-ascend": _vllm_device, "general": _general_device}
+
+
+def analyze(
+    profiles: Sequence[Profile],
+    *,
+    late_tolerance_ns: int = 0,
+    layout: str = "vllm-ascend",
+    sizes: Sizes | None = None,
+) -> OverlapResult:
+    """Match every prefetch to its window and join, and summarise per site and per point.
+
+    `layout` is one of autotune.layouts.LAYOUTS; "auto" decides from the timeline and says why.
+    `sizes` gives the bytes of each prefetch where they are known (the what-to-change estimate
+    then has bytes and a setting, not only a share). Stall per step is the stall inside complete
+    profiled steps over all profiles divided by the sum of their complete steps, i.e. per rank
+    and step; `steps` is the largest step count of any one profile.
+    """
+    if layout not in layouts.LAYOUTS:
+        raise ValueError(f"layout {layout!r} is not one of {layouts.LAYOUTS}")
+    warnings: list[str] = []
+    unclassified: dict[str, int] = {}
+    step_total = 0
+    steps_max = 1
+    devices: list[tuple[int, str, DeviceTimeline, _StepPlan]] = []
+    streams: dict[tuple[str, int], Streams] = {}
+    step_times: list[StepTime] = []
+    if not profiles:
+        warnings.append("no profiles to analyse")
+    for p in profiles:
+        label = _label(p)
+        warnings.extend(w for w in p.warnings if w not in warnings)
+        for t, n in p.unclassified_types.items():
+            unclassified[t] = unclassified.get(t, 0) + int(n)
+        plan = _plan(p, label, warnings)
+        step_total += plan.per_step
+        steps_max = max(steps_max, plan.per_step)
+        rank = -1 if p.rank is None else int(p.rank)
+        step_times += [
+            StepTime(rank, s.number, s.start_ns, s.end_ns, s.complete) for s in plan.held
+        ]
+        if len(p.tasks) == 0:
+            warnings.append(f"{label}: no tasks")
+            continue
+        for _, dev_tasks in p.tasks.groupby("device", sort=True):
+            dt = device_timeline(dev_tasks.reset_index(drop=True))
+            streams[(str(p.path), dt.device)] = dt.streams
+            where = f"{label} device {dt.device}"
+            if not len(dt.pf):
+                warnings.append(f"{where}: no prefetch stream (no CMO tasks)")
+            if dt.streams.compute < 0:
+                warnings.append(f"{where}: no compute stream (no vector or cube kernels)")
+            if dt.on_compute_cmo:
+                warnings.append(
+                    f"{where}: {dt.on_compute_cmo} CMO task(s) on the compute stream itself are "
+                    "not prefetches (they block it)"
+                )
+            devices.append((rank, where, dt, plan))
+
+    chosen = layout
+    reason = "given with --layout" if layout != "auto" else ""
+    runs: dict[str, tuple[list[dict[str, Any]], _Tally]] = {}
+
+    def run(kind: str) -> tuple[list[dict[str, Any]], _Tally]:
+        if kind not in runs:
+            tally = _Tally()
+            parts = []
+            for rank, where, dt, plan in devices:
+                cols = _MATCHERS[kind](dt, plan, late_tolerance_ns, where, tally)
+                cols["rank"] = np.full(len(cols["start_ns"]), rank, dtype=np.int64)
+                parts.append(cols)
+            runs[kind] = (parts, tally)
+        return runs[kind]
+
+    if layout == "auto":
+        gen = pd.concat([pd.DataFrame(c) for c in run("general")[0]] or [pd.DataFrame()])
+        vll = pd.concat([pd.DataFrame(c) for c in run("vllm-ascend")[0]] or [pd.DataFrame()])
+        decision = layouts.detect(
+            gen if len(gen) else pd.DataFrame(columns=["group_n"]),
+            vll if len(vll) else pd.DataFrame(columns=["site"]),
+        )
+        chosen, reason = decision.layout, f"auto: {decision.reason}"
+    parts, tally = run("vllm-ascend" if chosen == "vllm-ascend" else "general")
+    if chosen == "sglang":
+        for cols in parts:
+            k, n = cols["group_k"], cols["group_n"]
+            names = [
+                layouts.SGLANG_WEIGHTS.get(int(x), "") if m == 2 else ""
+                for x, m in zip(k, n, strict=False)
+            ]
+            cols["weight"] = np.array(names, dtype=object)
+    warnings.extend(w for w in tally.warnings if w not in warnings)
+    df = prefetch_frame(parts)
+    counted = (
+        np.concatenate([c["counted"] for c in parts]).astype(bool)
+        if len(df)
+        else np.zeros(0, dtype=bool)
+    )
+    per_step = max(step_total, 1)
+    unattributed = int((df["point"].to_numpy(dtype=object) == "").sum())
+    sites: list[SiteSummary] = []
+    idle: dict[str, int] = {}
+    if chosen == "vllm-ascend":
+        sites = _summarise(df, counted, tally.window_counts, per_step, late_tolerance_ns)
+        idle = {s: tally.idle_windows[s] for s in SITES if tally.idle_windows.get(s, 0) > 0}
+    points = summarise_points(
+        df,
+        counted,
+        per_step,
+        late_tolerance_ns,
+        lambda site, weight: layouts.knob(chosen, site, weight),
+        sizes,
+    )
+    return OverlapResult(
+        prefetches=df,
+        sites=sites,
+        unattributed=unattributed,
+        windows_without_prefetch=idle,
+        unclassified_types=dict(sorted(unclassified.items(), key=lambda kv: (-kv[1], kv[0]))),
+        steps=steps_max,
+        simulated=any(p.simulated for p in profiles),
+        warnings=warnings,
+        late_tolerance_us=late_tolerance_ns / 1000,
+        join_us_total=tally.join_ns / 1000,
+        unattributed_stall_us=tally.unattributed_ns / 1000,
+        rank_steps=per_step,
+        layout=chosen,
+        layout_reason=reason,
+        points=points,
+        streams=streams,
+        step_times=step_times,
+        unattributed_stall_us_counted=tally.unattributed_counted_ns / 1000,
+    )
 
 
 def _summarise(
     df: pd.DataFrame,
+    counted: Bools,
     window_counts: dict[str, int],
-    idle_windows: dict[str, int],
     step_total: int,
     tol_ns: int,
 ) -> list[SiteSummary]:
@@ -605,100 +695,10 @@ def _summarise(
         windows = window_counts.get(site, 0)
         if count == 0 and windows == 0:
             continue
-        slack = df["slack_ns"].to_numpy(dtype=np.int64)[mask]
-        hidden = df["hidden_fraction"].to_numpy(dtype=np.float64)[mask]
-        stall_ns = int(df["stall_ns"].to_numpy(dtype=np.int64)[mask].sum())
-        late = int(df["late"].to_numpy(dtype=bool)[mask].sum())
-        nan = float("nan")
-        median_ns = float(np.median(slack)) if count else nan
+        measured, median_ns = metrics(df, np.flatnonzero(mask), counted, step_total)
         verdict = ("late" if site_late(median_ns, tol_ns) else "hidden") if count else "inert"
-        out.append(
-            SiteSummary(
-                site=site,
-                count=count,
-                late=late,
-                windows=windows,
-                hidden_fraction_median=float(np.median(hidden)) if count else nan,
-                slack_us_median=float(np.median(slack)) / 1000 if count else nan,
-                slack_us_p90=float(np.percentile(slack, 90)) / 1000 if count else nan,
-                slack_us_min=float(slack.min()) / 1000 if count else nan,
-                stall_us_total=stall_ns / 1000,
-                stall_us_per_step=stall_ns / 1000 / step_total,
-                verdict=verdict,
-            )
-        )
+        out.append(SiteSummary(**measured, site=site, windows=windows, verdict=verdict))
     return out
-
-
-def _label(p: Profile) -> str:
-    return p.path.name or str(p.path)
-
-
-def analyze(profiles: Sequence[Profile], *, late_tolerance_ns: int = 0) -> OverlapResult:
-    """Match every prefetch to its window and join, attribute its site, and summarise per site.
-
-    Stall per step is the total stall over all profiles divided by the sum of their step counts,
-    i.e. per rank and step; `steps` is the largest step count of any one profile.
-    """
-    warnings: list[str] = []
-    parts: list[dict[str, Any]] = []
-    window_counts: dict[str, int] = {}
-    idle_windows: dict[str, int] = {}
-    unclassified: dict[str, int] = {}
-    stall_totals = [0, 0]
-    step_total = 0
-    steps_max = 1
-    if not profiles:
-        warnings.append("no profiles to analyse")
-    for p in profiles:
-        label = _label(p)
-        warnings.extend(w for w in p.warnings if w not in warnings)
-        for t, n in p.unclassified_types.items():
-            unclassified[t] = unclassified.get(t, 0) + int(n)
-        if p.steps is None or p.steps < 1:
-            steps = 1
-            # The reader may have said so already.
-            if not any("step markers" in w for w in p.warnings):
-                warnings.append(f"{label}: no step markers; stall is per profile (one step)")
-        else:
-            steps = int(p.steps)
-        step_total += steps
-        steps_max = max(steps_max, steps)
-        rank = -1 if p.rank is None else int(p.rank)
-        if len(p.tasks) == 0:
-            warnings.append(f"{label}: no tasks")
-            continue
-        for _, dev_tasks in p.tasks.groupby("device", sort=True):
-            parts.append(
-                _analyze_device(
-                    dev_tasks.reset_index(drop=True),
-                    label,
-                    steps,
-                    rank,
-                    late_tolerance_ns,
-                    warnings,
-                    window_counts,
-                    idle_windows,
-                    stall_totals,
-                )
-            )
-    df = _frame(parts)
-    unattributed = int((df["site"].to_numpy(dtype=object) == "").sum())
-    sites = _summarise(df, window_counts, idle_windows, max(step_total, 1), late_tolerance_ns)
-    return OverlapResult(
-        prefetches=df,
-        sites=sites,
-        unattributed=unattributed,
-        windows_without_prefetch={s: idle_windows[s] for s in SITES if idle_windows.get(s, 0) > 0},
-        unclassified_types=dict(sorted(unclassified.items(), key=lambda kv: (-kv[1], kv[0]))),
-        steps=steps_max,
-        simulated=any(p.simulated for p in profiles),
-        warnings=warnings,
-        late_tolerance_us=late_tolerance_ns / 1000,
-        join_us_total=stall_totals[0] / 1000,
-        unattributed_stall_us=stall_totals[1] / 1000,
-        rank_steps=max(step_total, 1),
-    )
 
 
 @dataclass(frozen=True)
@@ -729,23 +729,14 @@ _SEGMENT_CODES: dict[int, str] = {
 
 
 def _device_segments(tasks: pd.DataFrame, out: dict[str, list[tuple[int, int]]]) -> None:
-    role = pd.Categorical(tasks[ROLE_COLUMN], categories=list(ROLES)).codes.astype(np.int64)
-    stream = _col(tasks, "stream")
-    start = _col(tasks, "start_ns")
-    end = _col(tasks, "end_ns")
-    cstream = _compute_stream(role, stream)
-    if cstream < 0:
+    dt = device_timeline(tasks)
+    if dt.streams.compute < 0:
         return
-    on_c = np.flatnonzero(stream == cstream)
-    on_c = on_c[np.argsort(start[on_c], kind="stable")]
-    ops = on_c[~np.isin(role[on_c], (_RECORD, _WAIT, _PREFETCH))]
-    op_role = role[ops]
-    cube = op_role == _CUBE
-    is_attn = _attention_cubes(tasks, ops, cube)
-    win = _find_windows(op_role, is_attn)
-    plain_cube = np.flatnonzero(cube & ~is_attn).astype(np.int64)
+    ops, op_role = dt.ops, dt.op_role
+    win = _find_windows(op_role, dt.is_attn)
+    plain_cube = np.flatnonzero((op_role == _CUBE) & ~dt.is_attn).astype(np.int64)
     consumer = _first_after(plain_cube, win.last, len(ops))
-    op_start, op_end = start[ops], end[ops]
+    op_start, op_end = dt.op_start, dt.op_end
     op_dur = op_end - op_start
     busy = np.concatenate(([0], np.cumsum(op_dur)))
     for k in range(len(win.first)):

@@ -15,10 +15,18 @@ How 0.23 turns a config into CMO prefetches, per decoder layer:
   none), and the "o" hook fires in every row-parallel linear — o_proj and, in dense models,
   down_proj — unless enable_matmul_allreduce's fused op bypasses the quant method. mlp only on
   dense models (0.23: no config key mentions "expert"), only for forwards of fewer than 500 tokens
-  (frozen at trace time in graph mode, where the trace runs with max_num_batched_tokens tokens);
+  (decided once, at the dynamo trace, in compiled graphs: see below);
   mlp.gate_up only when o_proj runs a custom row-parallel op (flashcomm1, enable_matmul_allreduce,
   flashcomm2, o-proj TP). moe.gate_up never fires in 0.23 (its layer index never advances on MoE
   models).
+- Graph modes (docs/vllm-ascend-0.23.md has the file:line of each step): eager runs every gate per
+  forward; graphs captured without compilation (compilation mode NONE) run them at each capture
+  size; with VLLM_COMPILE dynamo traces the model once, in the profile run of
+  max_num_batched_tokens tokens, and vLLM drops the guards, so the mlp gate is frozen there. The
+  piecewise modes (and full graphs with npugraph_ex off) compile through vllm-ascend's fusion-pass
+  compiler, whose AOT-autograd trace removes the prefetch ops as dead code: no site fires. Full
+  graphs compiled by npugraph_ex (the vendor's FULL_DECODE_ONLY recipe) are not in the sources:
+  the attention sites stay in the space and the default trial's profile decides.
 - Start-up: flashcomm1 needs TP > 1, and expert parallelism on MoE models, or `vllm serve` aborts.
 """
 
@@ -89,6 +97,142 @@ ROW_OP_KEYS: dict[str, str] = {
 }
 
 
+# vLLM 0.23's compilation modes and cudagraph modes, spelled as its config spells them.
+COMPILE_MODES: tuple[str, ...] = (
+    "NONE",
+    "STOCK_TORCH_COMPILE",
+    "DYNAMO_TRACE_ONCE",
+    "VLLM_COMPILE",
+)
+CUDAGRAPH_MODES: tuple[str, ...] = (
+    "NONE",
+    "PIECEWISE",
+    "FULL",
+    "FULL_DECODE_ONLY",
+    "FULL_AND_PIECEWISE",
+)
+PIECEWISE_MODES = ("PIECEWISE", "FULL_AND_PIECEWISE")
+# What "graph mode" means when nothing more is said: the vendor's Qwen3-Dense recipe for 0.23.
+RECIPE_CUDAGRAPH_MODE = "FULL_DECODE_ONLY"
+
+
+@dataclass(frozen=True)
+class GraphMode:
+    """How 0.23 runs the model: its compilation mode, cudagraph mode and Ascend graph options."""
+
+    compile_mode: str = "NONE"
+    cudagraph_mode: str = "NONE"
+    npugraph_ex: bool = True  # ascend_compilation_config.enable_npugraph_ex
+    fuse_norm_quant: bool = True  # ascend_compilation_config.fuse_norm_quant
+
+    @property
+    def graphs(self) -> bool:
+        return self.cudagraph_mode != "NONE"
+
+    def text(self) -> str:
+        """One phrase for the workload line: "eager" or the graph mode and how it is built."""
+        if not self.graphs:
+            return "eager"
+        if self.compile_mode != "VLLM_COMPILE":
+            return f"graph {self.cudagraph_mode} (captured eagerly, compilation mode NONE)"
+        how = "npugraph_ex" if self.npugraph_ex and not self.piecewise else "fusion passes"
+        return f"graph {self.cudagraph_mode} (VLLM_COMPILE, {how})"
+
+    @property
+    def piecewise(self) -> bool:
+        return self.cudagraph_mode in PIECEWISE_MODES
+
+
+def graph_fields(graph_mode: bool, compile_mode: str, cudagraph_mode: str) -> tuple[bool, str, str]:
+    """(graph_mode, compile_mode, cudagraph_mode) made consistent, the way 0.23 settles them.
+
+    `graph_mode` decides whether graphs run at all; an unset cudagraph mode with graphs is the
+    vendor recipe's FULL_DECODE_ONLY, an unset compilation mode VLLM_COMPILE. On Ascend no graphs
+    means no compilation (vllm-ascend platform.py:592-598), and piecewise graphs need VLLM_COMPILE
+    (vLLM config/vllm.py:1157-1168).
+    """
+    for value, known, what in (
+        (compile_mode, COMPILE_MODES, "compilation mode"),
+        (cudagraph_mode, CUDAGRAPH_MODES, "cudagraph mode"),
+    ):
+        if value and value not in known:
+            raise AutotuneError(f"unknown {what} {value!r}; use one of {', '.join(known)}")
+    if not graph_mode:
+        return False, "NONE", "NONE"
+    cudagraph = cudagraph_mode if cudagraph_mode not in ("", "NONE") else RECIPE_CUDAGRAPH_MODE
+    compiled = compile_mode or "VLLM_COMPILE"
+    if compiled not in ("NONE", "VLLM_COMPILE") or (
+        cudagraph in PIECEWISE_MODES and compiled != "VLLM_COMPILE"
+    ):
+        return False, "NONE", "NONE"
+    return True, compiled, cudagraph
+
+
+# The cudagraph mode each optimization level sets when the user sets none (vLLM
+# config/vllm.py:201-283): O0 none, O1 piecewise, O2 (the default) and O3 full and piecewise.
+_LEVEL_CUDAGRAPH = ("NONE", "PIECEWISE", "FULL_AND_PIECEWISE", "FULL_AND_PIECEWISE")
+DEFAULT_OPTIMIZATION_LEVEL = 2  # vLLM config/vllm.py:366
+
+
+def _mode_name(value: Any, known: tuple[str, ...], what: str) -> str | None:
+    """A compilation or cudagraph mode given as its name (any case) or, for modes, its number."""
+    if value is None:
+        return None
+    numbered = what == "mode" and isinstance(value, int) and not isinstance(value, bool)
+    if numbered and 0 <= value < len(known):
+        return known[int(value)]
+    if isinstance(value, str) and value.upper() in known:
+        return value.upper()
+    raise AutotuneError(
+        f"--serve-args: compilation-config {what} {value!r} is not one of {', '.join(known)}"
+    )
+
+
+def resolve_graph_mode(
+    *,
+    enforce_eager: bool,
+    optimization_level: int | None,
+    compilation: Mapping[str, Any],
+    ascend_compilation: Mapping[str, Any],
+    torch_compile_disabled: bool = False,
+) -> GraphMode:
+    """The graph mode vLLM 0.23 and vllm-ascend 0.23 settle on for these serve arguments.
+
+    vLLM (config/vllm.py): --enforce-eager turns compilation and graphs off (1054-1060), as does
+    TORCH_COMPILE_DISABLE=1 for compilation (1062-1067); an unset mode is VLLM_COMPILE above -O0
+    (1122-1127); an unset cudagraph mode is the optimization level's (1149-1150); piecewise
+    graphs need VLLM_COMPILE (1157-1168). vllm-ascend (platform.py): graphs only with compilation
+    mode NONE or VLLM_COMPILE (534-540); no graphs means no compilation (592-598); piecewise
+    graphs turn npugraph_ex off (599-628).
+    """
+    level = DEFAULT_OPTIMIZATION_LEVEL if optimization_level is None else optimization_level
+    mode = _mode_name(compilation.get("mode"), COMPILE_MODES, "mode")
+    cudagraph = _mode_name(compilation.get("cudagraph_mode"), CUDAGRAPH_MODES, "cudagraph_mode")
+    if enforce_eager:
+        mode, cudagraph = "NONE", "NONE"
+    if torch_compile_disabled:
+        mode = "NONE"
+    if mode is None:
+        mode = "VLLM_COMPILE" if level > 0 else "NONE"
+    if cudagraph is None:
+        cudagraph = _LEVEL_CUDAGRAPH[level]
+    if cudagraph in PIECEWISE_MODES and mode != "VLLM_COMPILE":
+        cudagraph = "NONE"
+    if mode not in ("NONE", "VLLM_COMPILE"):
+        cudagraph = "NONE"
+    if cudagraph == "NONE":
+        mode = "NONE"
+    options: dict[str, bool] = {}
+    for key, default in (("enable_npugraph_ex", True), ("fuse_norm_quant", True)):
+        value = ascend_compilation.get(key, default)
+        if not isinstance(value, bool):
+            raise AutotuneError(
+                f"--additional-config: ascend_compilation_config.{key} must be true or false"
+            )
+        options[key] = value
+    return GraphMode(mode, cudagraph, options["enable_npugraph_ex"], options["fuse_norm_quant"])
+
+
 @dataclass(frozen=True)
 class Setup:
     """What the runtime gates depend on, for one deployment."""
@@ -103,6 +247,37 @@ class Setup:
     # A custom row-parallel op other keys put on o_proj (a ROW_OP_KEYS name; "" = none). It takes
     # precedence over flashcomm1's; see `row_op_of`.
     row_op: str = ""
+    # The graph mode in detail ("" = from graph_mode, see `graph_fields`).
+    compile_mode: str = ""
+    cudagraph_mode: str = ""
+    npugraph_ex: bool = True
+    fuse_norm_quant: bool = True
+    # Sites a profile showed issuing CMO tasks although the rules below call them inert: the
+    # profile has the last word, so they fire here whatever the gates say.
+    observed: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # The fields keep what was given ("" = derived); graph_mode only drops to False for a
+        # combination 0.23 runs eagerly.
+        object.__setattr__(self, "graph_mode", self.graph.graphs)
+
+    @property
+    def graph(self) -> GraphMode:
+        """The graph mode 0.23 really runs (see `graph_fields`)."""
+        _, compile_mode, cudagraph = graph_fields(
+            self.graph_mode, self.compile_mode, self.cudagraph_mode
+        )
+        return GraphMode(compile_mode, cudagraph, self.npugraph_ex, self.fuse_norm_quant)
+
+    @property
+    def traced(self) -> bool:
+        """True when dynamo traces the model once (VLLM_COMPILE), freezing Python branches."""
+        return self.graph.compile_mode == "VLLM_COMPILE"
+
+    @property
+    def prefetch_compiled_out(self) -> bool:
+        """True when the compiled graph loses every prefetch op (AOT-autograd dead code)."""
+        return self.traced and (self.graph.piecewise or not self.npugraph_ex)
 
 
 @dataclass(frozen=True)
@@ -223,10 +398,11 @@ def sequence_parallel(setup: Setup, num_tokens: int) -> bool:
 
 
 def _mlp_gate_open(setup: Setup, num_tokens: int) -> bool:
-    # In graph mode the branch is decided once, while tracing the profile run with
-    # max_num_batched_tokens tokens; vLLM drops the guards, so later shapes reuse that trace.
-    if setup.graph_mode and setup.max_num_batched_tokens >= MLP_TOKEN_LIMIT:
-        return False
+    # Compiled, the branch is decided once, while dynamo traces the profile run of
+    # max_num_batched_tokens tokens; vLLM drops the guards, so every later shape reuses that trace.
+    # Graphs captured without compilation evaluate it at each capture size, like eager.
+    if setup.traced:
+        return setup.max_num_batched_tokens < MLP_TOKEN_LIMIT
     return num_tokens < MLP_TOKEN_LIMIT
 
 
@@ -246,31 +422,43 @@ def resolve_prefetches(
     spec, wb = _weights(setup)
     read = _read(config)
     out: list[ResolvedPrefetch] = []
+    # Compiled out, nothing fires by the rules; a site a profile showed firing fires anyway.
+    live = not setup.prefetch_compiled_out
 
-    def add(site: str, weight: str, ratio: float, cap: int | None) -> None:
-        whole = wb[weight]
-        out.append(ResolvedPrefetch(site, weight, cmo_bytes(whole, ratio, cap), whole))
+    def add(
+        site: str, weight: str, ratio: float, cap: int | None, gate: bool, seen: bool = True
+    ) -> None:
+        whole = wb.get(weight, 0)
+        if whole > 0 and ((live and gate) or (seen and site in setup.observed)):
+            out.append(ResolvedPrefetch(site, weight, cmo_bytes(whole, ratio, cap), whole))
 
     attn = read.ratios["attn"]
     o_on_o, o_on_down = _o_hooks(spec, setup)
     if read.on["attn"]:
-        if spec.attn_quant == STATIC_W8A8:
-            add("attn.qkv", "qkv_proj", attn.get("qkv", 0.0), None)
-        if o_on_o:
-            add("attn.o", "o_proj", attn.get("o", 0.0), None)
+        add("attn.qkv", "qkv_proj", attn.get("qkv", 0.0), None, spec.attn_quant == STATIC_W8A8)
+        # Seen firing where the rules have no "o" hook at all, attn.o is taken to be o_proj's.
+        add("attn.o", "o_proj", attn.get("o", 0.0), None, o_on_o, seen=o_on_o or not o_on_down)
     if not spec.has_experts:
         mlp = read.ratios["mlp"]
-        if not spec.is_moe and read.on["mlp"] and _mlp_gate_open(setup, num_tokens):
+        if not spec.is_moe and read.on["mlp"]:
+            gate = _mlp_gate_open(setup, num_tokens)
             # gate_up starts from o_proj's custom row-parallel op; plain o_proj has none.
-            if o_proj_op(setup):
-                add("mlp.gate_up", "gate_up_proj", mlp.get("gate_up", 0.0), MLP_CAP_BYTES)
-            add("mlp.down", "down_proj", mlp.get("down", 0.0), MLP_CAP_BYTES)
+            row_op = bool(o_proj_op(setup))
+            add(
+                "mlp.gate_up",
+                "gate_up_proj",
+                mlp.get("gate_up", 0.0),
+                MLP_CAP_BYTES,
+                gate and row_op,
+            )
+            add("mlp.down", "down_proj", mlp.get("down", 0.0), MLP_CAP_BYTES, gate)
         # down_proj is the same row-parallel class as o_proj, so the "o" hook fires there too,
         # with the attn.o ratio, uncapped, and at any token count.
         if read.on["attn"] and o_on_down:
-            add("attn.o", "down_proj", attn.get("o", 0.0), None)
-    elif moe_fixed and read.on["moe"] and num_tokens >= MOE_TOKEN_THRESHOLD:
-        add("moe.gate_up", "w13", read.ratios["moe"].get("gate_up", 0.0), None)
+            add("attn.o", "down_proj", attn.get("o", 0.0), None, True)
+    elif read.on["moe"]:
+        gate = moe_fixed and num_tokens >= MOE_TOKEN_THRESHOLD
+        add("moe.gate_up", "w13", read.ratios["moe"].get("gate_up", 0.0), None, gate)
     return out
 
 
@@ -312,7 +500,25 @@ def _unhooked(linear: str, scheme: str) -> str:
 
 
 def inert_sites(setup: Setup) -> dict[str, str]:
-    """Sites whose ratio changes nothing on this setup -> the reason, in one sentence."""
+    """Sites whose ratio changes nothing on this setup -> the reason, in one sentence.
+
+    A site in `setup.observed` (a profile showed it firing) is never inert here.
+    """
+    out = _rule_inert(setup)
+    if setup.prefetch_compiled_out:
+        mode = setup.graph
+        reason = (
+            f"Compiled {mode.cudagraph_mode} graphs go through vllm-ascend's fusion-pass "
+            "compiler, whose AOT-autograd trace drops the prefetch ops as dead code (they return "
+            "nothing and are not marked side-effectful); see docs/vllm-ascend-0.23.md."
+        )
+        out = {site: out.get(site, reason) for site in SITES}
+    for site in setup.observed:
+        out.pop(site, None)
+    return out
+
+
+def _rule_inert(setup: Setup) -> dict[str, str]:
     spec = spec_of(setup)
     out: dict[str, str] = {}
     if spec.attn_quant != STATIC_W8A8:
@@ -344,10 +550,12 @@ def inert_sites(setup: Setup) -> dict[str, str]:
     if spec.is_moe:
         return out
     mlp_reason = ""
-    if setup.graph_mode and setup.max_num_batched_tokens >= MLP_TOKEN_LIMIT:
+    if setup.traced and setup.max_num_batched_tokens >= MLP_TOKEN_LIMIT:
         mlp_reason = (
-            f"In graph mode the MLP prefetch is traced out, because the profile run uses "
-            f"max_num_batched_tokens={setup.max_num_batched_tokens} >= {MLP_TOKEN_LIMIT} tokens."
+            f"In graph mode ({setup.graph.cudagraph_mode}, VLLM_COMPILE) the MLP prefetch is "
+            f"traced out: dynamo traces the profile run of max_num_batched_tokens="
+            f"{setup.max_num_batched_tokens} >= {MLP_TOKEN_LIMIT} tokens once and vLLM drops "
+            "the guards."
         )
     elif setup.max_num_seqs >= MLP_TOKEN_LIMIT:
         mlp_reason = (

@@ -7,7 +7,7 @@ import re
 import shlex
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,10 @@ from autotune.rundir import BEST_FILE, RunDir, TrialRecord, load_run
 from autotune.search import RunObserver, RunOutcome, SearchOptions, Tuner, static_space
 from autotune.search.study_view import study_run
 from autotune.workloads.base import Backend, Workload, setup_of
-from autotune.workloads.deployment import (
-    LaunchOptions,
-    parse_serve_env,
-    read_serve_args,
-    resolve,
-    split_serve_args,
-)
+from autotune.workloads.deployment import LaunchOptions, parse_serve_env, resolve
+from autotune.workloads.preflight import Preflight, preflight
+from autotune.workloads.vllm_args import read_serve_args, split_serve_args
+from autotune.workloads.vllm_ascend import VllmAscendBackend
 
 BACKENDS: tuple[str, ...] = ("vllm-ascend", "simulate")
 EXPORT_FORMATS: tuple[str, ...] = ("additional-config", "vllm-args")
@@ -62,6 +59,7 @@ class RunRequest:
     heartbeat_s: int = 30  # shared database storage: seconds between a worker's heartbeats
     sim_trial_s: float = 0.0  # simulator: seconds each trial sleeps, standing in for NPU time
     ideal: bool = False  # simulator: profiles without the realistic effects
+    check: bool = False  # --check: only the checks before the first trial, and the workload
 
 
 def read_extra(value: str | None) -> dict[str, Any]:
@@ -123,6 +121,8 @@ def make_workload(
                 ("--vllm", launch.vllm),
                 ("--port", launch.port),
                 ("--num-prompts", launch.num_prompts),
+                ("--allow-any-vllm", launch.allow_any_vllm),
+                ("--require-profiles", launch.require_profiles),
             )
             if value
         ]
@@ -147,10 +147,14 @@ def make_workload(
         max_num_seqs=max_num_seqs,
         tp=dep.tp,
         ep=dep.ep,
-        graph_mode=dep.graph_mode,
+        graph_mode=dep.graph.graphs,
+        compile_mode=dep.graph.compile_mode,
+        cudagraph_mode=dep.graph.cudagraph_mode,
+        npugraph_ex=dep.graph.npugraph_ex,
+        fuse_norm_quant=dep.graph.fuse_norm_quant,
         max_num_batched_tokens=dep.max_num_batched_tokens,
         flashcomm1=dep.flashcomm1,
-        row_op=target.row_op_of(extra),
+        row_op=dep.row_op,
         **fields,
     )
     return workload, dep.added
@@ -195,6 +199,15 @@ def recorded_flags(values: Mapping[str, Any], given: set[str]) -> dict[str, Any]
     workload = info.get("workload") or {}
     options = info.get("options") or {}
     recorded: dict[str, Any] = {k: workload[k] for k in RESUMED_WORKLOAD_FLAGS if k in workload}
+    launch = info.get("launch")
+    if isinstance(launch, dict):
+        # A real run reads its graph mode from --serve-args again, and passes
+        # --max-num-batched-tokens to vllm serve only if it was given (runs recorded before
+        # that was kept passed the workload's value).
+        recorded.pop("graph_mode", None)
+        recorded["max_num_batched_tokens"] = launch.get(
+            "max_num_batched_tokens", workload.get("max_num_batched_tokens")
+        )
     recorded.update({f: options[k] for f, k in RESUMED_OPTION_FLAGS.items() if k in options})
     if "constraint" in options:
         recorded["late_is_infeasible"] = bool(options["constraint"])
@@ -210,7 +223,7 @@ def recorded_flags(values: Mapping[str, Any], given: set[str]) -> dict[str, Any]
         # enable_flashcomm1 comes back through --flashcomm1; the other keys as given.
         rest = {k: v for k, v in extra.items() if k != "enable_flashcomm1"}
         recorded["additional_config"] = json.dumps(rest) if rest else None
-    recorded.update(_recorded_launch(info.get("launch"), values, given, rundir))
+    recorded.update(_recorded_launch(launch, values, given, rundir))
     merged = dict(values)
     merged.update({k: v for k, v in recorded.items() if k not in given})
     return merged
@@ -230,6 +243,9 @@ def _recorded_launch(
         "vllm": launch.get("vllm"),
         "port": launch.get("port"),
         "num_prompts": launch.get("num_prompts"),
+        "analyse_timeout": launch.get("analyse_timeout_s", 1800.0),
+        "allow_any_vllm": bool(launch.get("allow_any_vllm", False)),
+        "require_profiles": bool(launch.get("require_profiles", False)),
     }
     for flag, now, then in (
         (
@@ -262,6 +278,10 @@ def launch_from_flags(v: Mapping[str, Any]) -> LaunchOptions:
         bench_timeout_s=v.get("bench_timeout", 3600.0),
         stop_timeout_s=v.get("stop_timeout", 60.0),
         num_prompts=v.get("num_prompts"),
+        max_num_batched_tokens=v.get("max_num_batched_tokens"),
+        analyse_timeout_s=v.get("analyse_timeout", 1800.0),
+        allow_any_vllm=bool(v.get("allow_any_vllm", False)),
+        require_profiles=bool(v.get("require_profiles", False)),
     )
 
 
@@ -317,6 +337,7 @@ def request_from_flags(values: Mapping[str, Any], given: set[str]) -> RunRequest
         heartbeat_s=v.get("heartbeat", 30),
         sim_trial_s=v.get("sim_trial_seconds", 0.0),
         ideal=bool(v.get("ideal", False)),
+        check=bool(v.get("check", False)),
     )
 
 
@@ -438,7 +459,23 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
         launch=req.launch,
         ideal=req.ideal,
     )
-    backend.check()
+    # On stderr under --json, so stdout stays one JSON.
+    errors = Console(stderr=True, highlight=False, soft_wrap=True)
+    found = _check_backend(backend, errors)
+    if req.check:
+        for line in workload_lines(req.workload, backend):
+            notes.print(line, markup=False)
+        notes.print(
+            f"check passed{f' with {len(found.warnings)} warning(s)' if found.warnings else ''}: "
+            "nothing found that would stop the first trial",
+            markup=False,
+        )
+        return {
+            "check": {"warnings": found.warnings, "notes": found.notes},
+            "workload": asdict(req.workload),
+        }
+    if isinstance(backend, VllmAscendBackend):
+        backend.progress = lambda message: notes.print(message, markup=False)
     tuner = Tuner(
         workload=req.workload,
         backend=backend,
@@ -483,6 +520,24 @@ def run_job(req: RunRequest, console: Console) -> dict[str, Any]:
     return outcome.summary
 
 
+def _check_backend(backend: Backend, errors: Console) -> Preflight:
+    """The backend's checks before any trial; on the real backend the whole preflight, its
+    warnings and notes printed, every error one line (the last one raised)."""
+    if not isinstance(backend, VllmAscendBackend):
+        backend.check()
+        return Preflight()
+    found = preflight(backend)
+    for line in found.notes:
+        errors.print(f"note: {line}", markup=False)
+    for line in found.warnings:
+        errors.print(f"warning: {line}", markup=False)
+    for line in found.errors[:-1]:
+        errors.print(f"error: {line}", markup=False)
+    if found.errors:
+        raise AutotuneError(found.errors[-1])
+    return found
+
+
 def _run_with_view(
     tuner: Tuner, console: Console, options: SearchOptions, simulated: bool
 ) -> RunOutcome:
@@ -517,8 +572,9 @@ def workload_lines(workload: Workload, backend: Backend) -> list[str]:
     w = workload
     lines = [
         f"workload   {w.model} TP{w.tp} EP{w.ep}, max-num-seqs {w.max_num_seqs}, "
-        f"flashcomm1 {'on' if w.flashcomm1 else 'off'}, {'graph' if w.graph_mode else 'eager'}, "
-        f"{w.input_len} in / {w.output_len} out, {w.profile_steps} profiled steps",
+        f"flashcomm1 {'on' if w.flashcomm1 else 'off'}, {w.graph.text()}, "
+        f"{w.input_len} in / {w.output_len} out, {w.profile_steps} profiled steps, "
+        f"max-num-batched-tokens {w.max_num_batched_tokens}",
     ]
     if backend.simulated:
         hardware = getattr(backend, "hardware", None)
@@ -528,7 +584,7 @@ def workload_lines(workload: Workload, backend: Backend) -> list[str]:
         if realism is not None:
             lines.append(f"profiles   {realism.summary()}")
     else:
-        lines.append(f"backend    {backend.name}")
+        lines.append(f"backend    {backend.name} {backend.target_version()}")
     return lines
 
 
@@ -602,7 +658,16 @@ def _check_same_run(info: Mapping[str, Any], req: RunRequest) -> None:
     mine = req.workload.__dict__
     differ = [
         k
-        for k in ("model", "max_num_seqs", "tp", "ep", "flashcomm1", "graph_mode")
+        for k in (
+            "model",
+            "max_num_seqs",
+            "tp",
+            "ep",
+            "flashcomm1",
+            "graph_mode",
+            "compile_mode",
+            "cudagraph_mode",
+        )
         if k in stored and stored[k] != mine[k]
     ]
     if differ:

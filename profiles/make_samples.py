@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -316,11 +317,9 @@ def kernel_details(path: Path, layers: int) -> None:
     path.write_text("\r\n".join(rows) + "\r\n", encoding="utf-8")
 
 
-def build_db(path: Path, layers: int) -> None:
-    """The db export: TASK + STRING_IDS + COMPUTE_TASK_INFO + STEP_TIME (formats doc §4.2)."""
-    path.unlink(missing_ok=True)
-    con = sqlite3.connect(path)
-    con.executescript("""
+# The db export's tables this folder's samples use (formats doc §4.2), indented as the db
+# stores its schema text.
+DB_TABLES = """
         CREATE TABLE STRING_IDS (id INTEGER PRIMARY KEY, value TEXT);
         CREATE TABLE TASK (startNs INTEGER, endNs INTEGER, deviceId INTEGER, connectionId INTEGER,
             globalTaskId INTEGER, globalPid INTEGER, taskType INTEGER, contextId INTEGER,
@@ -328,7 +327,11 @@ def build_db(path: Path, layers: int) -> None:
         CREATE TABLE COMPUTE_TASK_INFO (name INTEGER, globalTaskId INTEGER PRIMARY KEY,
             blockNum INTEGER, mixBlockNum INTEGER, taskType INTEGER, opType INTEGER);
         CREATE TABLE STEP_TIME (id INTEGER, startNs INTEGER, endNs INTEGER);
-    """)
+"""
+
+
+def string_ids(con: sqlite3.Connection) -> Callable[[str], int]:
+    """The STRING_IDS id of a string, interned on first use (the db stores strings once)."""
     ids: dict[str, int] = {}
 
     def sid(s: str) -> int:
@@ -336,6 +339,16 @@ def build_db(path: Path, layers: int) -> None:
             ids[s] = len(ids) + 1
             con.execute("INSERT INTO STRING_IDS VALUES (?, ?)", (ids[s], s))
         return ids[s]
+
+    return sid
+
+
+def build_db(path: Path, layers: int) -> None:
+    """The db export: TASK + STRING_IDS + COMPUTE_TASK_INFO + STEP_TIME (formats doc §4.2)."""
+    path.unlink(missing_ok=True)
+    con = sqlite3.connect(path)
+    con.executescript(DB_TABLES)
+    sid = string_ids(con)
 
     gid = 0
     for layer in range(layers):

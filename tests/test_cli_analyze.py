@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -69,7 +70,8 @@ def test_negative_tolerance_is_refused(tmp_path: Path) -> None:
         ("dense_current_ascend_pt", TWO_LAYERS, 2),
         ("dense_db_ascend_pt", TWO_LAYERS, 2),
         ("dense_legacy_ascend_pt", ONE_LAYER, 1),
-        ("truncated_ascend_pt", ONE_LAYER, 2),
+        # Both step markers come before the cut, but the file holds one complete step.
+        ("truncated_ascend_pt", ONE_LAYER, 1),
     ],
 )
 def test_sample_profiles_per_site_numbers(
@@ -106,9 +108,20 @@ def write_trace_view(root: Path, tl: Timeline, steps: int) -> Path:
         {"ph": "M", "name": "process_labels", "pid": 7, "args": {"labels": "NPU 0"}},
         {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "Python"}},
     ]
+    # Host step spans that cut the timeline into `steps` equal stretches.
+    lo = min(r["start_ns"] for r in tl.rows)
+    width = (max(r["end_ns"] for r in tl.rows) - lo) // max(steps, 1)
     for i in range(steps):
+        b = lo + i * width
         events.append(
-            {"ph": "X", "name": f"ProfilerStep#{i}", "pid": 1, "tid": 1, "ts": "0.000", "dur": 1}
+            {
+                "ph": "X",
+                "name": f"ProfilerStep#{i}",
+                "pid": 1,
+                "tid": 1,
+                "ts": f"{b // 1000}.{b % 1000:03d}",
+                "dur": width / 1000,
+            }
         )
     for r in tl.rows:
         events.append(
@@ -181,11 +194,17 @@ def _render(simulated: bool) -> str:
     return console.export_text()
 
 
+def _site_row(line: str, site: str) -> bool:
+    """A row of the site table (site, then its count), not of the what-to-change table."""
+    cells = line.replace("│", " ").split()
+    return cells[:1] == [site] and len(cells) > 1 and cells[1].isdigit()
+
+
 def test_terminal_view_shows_sites_and_leftovers() -> None:
     text = _render(simulated=False)
     assert SIMULATED not in text
     lines = text.splitlines()
-    (qkv,) = [ln for ln in lines if ln.lstrip("│ ").startswith("attn.qkv")]
+    (qkv,) = [ln for ln in lines if _site_row(ln, "attn.qkv")]
     assert qkv.replace("│", " ").split() == [
         "attn.qkv",
         "1",
@@ -196,10 +215,10 @@ def test_terminal_view_shows_sites_and_leftovers() -> None:
         "1.0",
         "hidden",
     ]
-    (o,) = [ln for ln in lines if ln.lstrip("│ ").startswith("attn.o")]
+    (o,) = [ln for ln in lines if _site_row(ln, "attn.o")]
     # One o_proj prefetch, late by 7 µs; the MoE layer's attn.o window had none.
     assert o.replace("│", " ").split() == ["attn.o", "1", "1", "42%", "-7.0", "-7.0", "9.0", "late"]
-    (moe,) = [ln for ln in lines if ln.lstrip("│ ").startswith("moe.gate_up")]
+    (moe,) = [ln for ln in lines if _site_row(ln, "moe.gate_up")]
     assert moe.split()[-2] == "inert"
     assert "no step markers" in text
     assert "FANCY_NEW_SQE ×7" in text and "--rules" in text
@@ -256,7 +275,7 @@ def test_by_rank_tables(tmp_path: Path) -> None:
     text = result.stdout
     r0, r1 = text.index("rank 0: Prefetch overlap"), text.index("rank 1: Prefetch overlap")
     assert r0 < r1
-    # attn.o: hidden on rank 0, late on rank 1 (slack -9 µs beyond the 2 µs default tolerance).
+    # attn.o: hidden on rank 0 (slack 2 µs), late on rank 1 (slack -9 µs).
     assert "late" not in text[r0:r1].split("attn.o", 1)[1].splitlines()[0]
     assert "late" in text[r1:].split("attn.o", 1)[1].splitlines()[0]
     out = json.loads(runner.invoke(app, ["analyze", str(base), "--json", "--by-rank"]).stdout)
@@ -481,3 +500,195 @@ def test_html_report_replaces_the_old_one_whole(tmp_path: Path) -> None:
         assert reader.read() == old
     assert page.read_text() != old
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+# ---- the vendor's criterion by default -------------------------------------------------------
+
+
+def test_a_cmo_ending_after_its_swiglu_is_late_by_default(tmp_path: Path) -> None:
+    # A down_proj CMO that ends 1.5 µs after its SwiGLU and stalls the join 1.7 µs is late.
+    tl = Timeline()
+    us = 1000
+
+    def row(stream: int, role: str, op: str, ttype: str, start: float, end: float) -> None:
+        tl.rows.append(
+            {"device": 0, "stream": stream, "name": op or ttype, "type": ttype, "op_type": op,
+             "start_ns": round(start * us), "end_ns": round(end * us), "connection_id": -1,
+             "source": "db", "role": role}
+        )  # fmt: skip
+
+    row(2, "cube", "FusedInferAttentionScore", "AI_CORE", 0, 30)
+    row(2, "cube", "QuantBatchMatmulV3", "AI_CORE", 30, 70)
+    row(2, "record", "", "EVENT_RECORD", 70, 70.1)
+    row(9, "wait", "", "EVENT_WAIT", 69, 70.2)
+    row(9, "prefetch", "", "CMO", 70.2, 79.7)
+    row(9, "record", "", "EVENT_RECORD", 79.8, 79.9)
+    row(2, "vector:swiglu", "SwiGlu", "AI_VECTOR_CORE", 70.2, 78.2)
+    row(2, "wait", "", "EVENT_WAIT", 78.2, 79.9)
+    row(2, "cube", "QuantBatchMatmulV3", "AI_CORE", 79.9, 110)
+    write_trace_view(tmp_path, tl, steps=1)
+    out = json.loads(runner.invoke(app, ["analyze", str(tmp_path), "--json"]).stdout)
+    (down,) = out["sites"]
+    assert (down["site"], down["slack_us_median"], down["stall_us_total"]) == (
+        "mlp.down",
+        -1.5,
+        1.7,
+    )
+    assert (down["late"], down["verdict"]) == (1, "late")
+    assert out["late_tolerance_us"] == 0.0 and "ends after its window" in out["late_rule"]
+    # A tolerance is the user's choice, and stated.
+    lax = json.loads(
+        runner.invoke(app, ["analyze", str(tmp_path), "--json", "--tolerance-us", "2"]).stdout
+    )
+    assert (lax["sites"][0]["verdict"], lax["late_rule"]) == (
+        "hidden",
+        "late = median slack below −2 µs (tolerance 2 µs)",
+    )
+
+
+def test_simulate_and_analyze_count_the_same_late_prefetches(tmp_path: Path) -> None:
+    # attn.o at 0.2 also fires on down_proj, where half its prefetches end less than 2 µs after
+    # their quantize: the simulator's summary and analyze must count them alike.
+    cfg = {
+        "weight_prefetch_config": {
+            "enabled": True,
+            "prefetch_ratio": {
+                "attn": {"qkv": 0.2, "o": 0.2},
+                "mlp": {"gate_up": 0.2, "down": 0.05},
+                "moe": {"gate_up": 0.0},
+            },
+        },
+        "enable_flashcomm1": True,
+    }
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg), encoding="utf-8")
+    sim = autotune(
+        "simulate", "--model", "Qwen3-32B-W8A8", "--max-num-seqs", "72", "--config", "cfg.json",
+        "--steps", "1", "--out", "sim", cwd=tmp_path,
+    )  # fmt: skip
+    assert sim.returncode == 0, sim.stderr
+    (line,) = [ln for ln in sim.stdout.splitlines() if ln.startswith("profile")]
+    simulated = {site: int(late) for site, late, _ in re.findall(r"(\S+) (\d+)/(\d+) late", line)}
+    assert simulated["attn.o"] > 0
+    ana = autotune("analyze", "sim", "--json", cwd=tmp_path)
+    assert ana.returncode == 0, ana.stderr
+    analysed = {s["site"]: s["late"] for s in json.loads(ana.stdout)["sites"]}
+    assert analysed == simulated
+
+
+# ---- other serving stacks --------------------------------------------------------------------
+
+# Each fixture's README: point -> (count, late, slack_us_median, hidden_fraction_median,
+# stall_us_total), and the layout `--layout auto` detects.
+STACKS: dict[str, tuple[str, dict[str, tuple[int, int, float, float, float]]]] = {
+    "sglang_qwen3_ascend_pt": (
+        "sglang",
+        {
+            "HCCL → AddRmsNorm ⇒ MatMulV2 [1/2]": (4, 4, -33.9, 0.15, 0.0),
+            "HCCL → AddRmsNorm ⇒ MatMulV2 [2/2]": (4, 4, -19.9, 0.005, 3.2),
+        },
+    ),
+    "mindie_o_proj_ascend_pt": (
+        "generic",
+        {"KvRmsNormRopeCache → SparseFlashAttention ⇒ BatchMatMulV2": (4, 4, -4.1, 0.8292, 1.2)},
+    ),
+    "two_streams_ascend_pt": (
+        "generic",
+        {
+            "step start → AddRmsNorm ⇒ MatMulV2": (2, 0, 1.3, 0.9571, 1.0),
+            "AllReduce → AddRmsNorm ⇒ MatMulV2": (2, 0, 1.3, 0.9571, 1.0),
+            "MatMulV2 → SwiGlu ⇒ MatMulV2": (4, 4, -2.9, 0.6667, 12.8),
+        },
+    ),
+    "matmul_overlap_ascend_pt": (
+        "generic",
+        {"MatMulV2 → RmsNorm ⇒ MatMulV2": (4, 0, 3.8, 1.0, 3.2)},
+    ),
+}
+
+
+@pytest.mark.parametrize("sample", sorted(STACKS))
+def test_other_stacks_give_their_readme_numbers(sample: str) -> None:
+    layout, expected = STACKS[sample]
+    result = runner.invoke(app, ["analyze", str(PROFILES / sample), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["layout"] == layout and out["layout_reason"].startswith("auto: ")
+    assert out["sites"] == [] and out["unattributed"] == 0
+    got = {p["name"]: p for p in out["points"]}
+    assert set(got) == set(expected)
+    for name, (count, late, slack, hidden, stall) in expected.items():
+        p = got[name]
+        assert (p["count"], p["late"]) == (count, late), name
+        assert p["slack_us_median"] == pytest.approx(slack, abs=0.05), name
+        assert p["hidden_fraction_median"] == pytest.approx(hidden, abs=0.02), name
+        assert p["stall_us_total"] == pytest.approx(stall, abs=0.05), name
+        assert "site" not in p and p["change"]["estimate"] is True
+
+
+def test_other_stacks_flags_and_knobs() -> None:
+    def points(sample: str) -> dict[str, dict[str, object]]:
+        out = json.loads(runner.invoke(app, ["analyze", str(PROFILES / sample), "--json"]).stdout)
+        return {str(p["name"]): p for p in out["points"]}
+
+    sglang = points("sglang_qwen3_ascend_pt")
+    pair = [sglang[f"HCCL → AddRmsNorm ⇒ MatMulV2 [{k}/2]"] for k in (1, 2)]
+    assert [p["weight"] for p in pair] == ["gate_up_proj", "down_proj"]
+    assert [p["contention"] for p in pair] == [0, 4]  # down's window holds the gate_up matmul
+    assert all(p["consumer_known"] for p in pair)
+    change = pair[0]["change"]
+    assert isinstance(change, dict) and change["setting"] == ""
+    assert "whole weight" in str(change["knob"]) and "PREFETCH_MAX_SIZE" in str(change["knob"])
+    (mindie,) = points("mindie_o_proj_ascend_pt").values()
+    assert mindie["consumer_known"] is False and mindie["contention"] == 4
+    (mm,) = points("matmul_overlap_ascend_pt").values()
+    assert (mm["verdict"], mm["contention"], mm["consumer_known"]) == ("hidden", 4, True)
+    assert isinstance(mm["change"], dict) and mm["change"]["setting"] == "max_size × 1.17"
+
+
+def test_layout_can_be_chosen_and_is_checked() -> None:
+    sample = str(PROFILES / "sglang_qwen3_ascend_pt")
+    out = json.loads(
+        runner.invoke(app, ["analyze", sample, "--json", "--layout", "generic"]).stdout
+    )
+    assert out["layout"] == "generic" and out["layout_reason"] == "given with --layout"
+    assert all("weight" not in p for p in out["points"])
+    bad = runner.invoke(app, ["analyze", sample, "--layout", "mindie"])
+    assert bad.exit_code == 2
+    assert "--layout must be one of auto, vllm-ascend, sglang, generic" in _one_clean_line(
+        bad.output
+    )
+
+
+@pytest.mark.parametrize(
+    "sample",
+    ["dense_current_ascend_pt", "dense_db_ascend_pt", "dense_legacy_ascend_pt",
+     "truncated_ascend_pt"],
+)  # fmt: skip
+def test_the_site_view_is_the_vllm_ascend_labelling_of_the_points(sample: str) -> None:
+    auto = json.loads(runner.invoke(app, ["analyze", str(PROFILES / sample), "--json"]).stdout)
+    forced = runner.invoke(
+        app, ["analyze", str(PROFILES / sample), "--json", "--layout", "vllm-ascend"]
+    )
+    assert auto["layout"] == "vllm-ascend" and auto["layout_reason"].startswith("auto: ")
+    assert auto["sites"] == json.loads(forced.stdout)["sites"]
+    for s in auto["sites"]:
+        mine = [p for p in auto["points"] if p["site"] == s["site"]]
+        assert sum(p["count"] for p in mine) == s["count"]
+        assert sum(p["late"] for p in mine) == s["late"]
+        assert sum(p["stall_us_total"] for p in mine) == pytest.approx(s["stall_us_total"])
+    assert all(p["consumer_known"] and p["contention"] == 0 for p in auto["points"])
+
+
+def test_readme_other_stacks_examples_are_the_real_output() -> None:
+    root = PROFILES.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Other serving stacks") : readme.index("## What vllm-ascend")]
+    shown = re.findall(r"```\n\$ autotune analyze (\S+)\n(.*?)\n```", section, flags=re.S)
+    assert sorted(Path(p).name for p, _ in shown) == sorted(STACKS)
+    for path, block in shown:
+        result = runner.invoke(
+            app, ["analyze", str(root / path)], env={"COLUMNS": "200"}, terminal_width=200
+        )
+        assert result.exit_code == 0, result.output
+        real = [ln.rstrip().replace(str(root) + "/", "") for ln in result.stdout.splitlines()]
+        assert [ln.rstrip() for ln in block.splitlines()] == real, path

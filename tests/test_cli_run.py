@@ -266,12 +266,12 @@ def test_every_view_agrees_on_lateness(finished_run: tuple[Path, str]) -> None:
     # One rule (autotune.lateness): analyze on a kept trial, trial.json, trials.csv, the summary
     # and the report say the same sites are late, and each states the tolerance it used.
     out, text = finished_run
-    rule = "late = median slack below −2 µs (tolerance 2 µs)"
+    rule = "late = median slack below 0 µs, ends after its window (tolerance 0 µs)"
     assert rule in text
     summary = json.loads((out / "summary.json").read_text())
-    assert (summary["late_tolerance_us"], summary["late_rule"]) == (2.0, rule)
+    assert (summary["late_tolerance_us"], summary["late_rule"]) == (0.0, rule)
     rows = {int(r["trial"]): r for r in csv.DictReader((out / "trials.csv").open())}
-    assert {r["late_tolerance_us"] for r in rows.values()} == {"2"}
+    assert {r["late_tolerance_us"] for r in rows.values()} == {"0"}
     run = load_run(out)
     late_seen = 0
     for number in sorted(run.profiles):

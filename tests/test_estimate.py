@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from autotune.overlap import analyze
 from autotune.profile import load_profiles
 from autotune.rundir import TrialRecord
 from autotune.search.estimate import PRIOR_BENCH_CV, Z, bench_warnings, estimate
@@ -176,7 +177,8 @@ def _profiled_step(realism: object, seed: int) -> tuple[float, float | None]:
     with tempfile.TemporaryDirectory() as tmp:
         _, result = simulate_once(w, read_config(None), Path(tmp), seed=seed, realism=realism)  # type: ignore[arg-type]
         assert result.profile_dir is not None
-        stats = step_stats(load_profiles(result.profile_dir))
+        profiles = load_profiles(result.profile_dir)
+        stats = step_stats(profiles, analyze(profiles))
     assert stats is not None and stats.steps == 8
     return stats.mean_ms, stats.se_ms
 

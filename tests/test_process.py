@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from autotune.errors import AutotuneError
-from autotune.workloads.process import Child, free_port, log_tail, port_in_use
+from autotune.workloads.process import (
+    Child,
+    free_port,
+    log_tail,
+    port_in_use,
+    root_cause,
+    run_captured,
+)
 
 # A parent that ignores SIGTERM and leaves a grandchild (same group) that ignores it too.
 STUBBORN = """
@@ -150,3 +157,73 @@ def test_a_group_of_zombies_is_gone_at_once(tmp_path: Path) -> None:
     assert state == "Z"  # the group still holds a zombie member when stop returns
     assert alive == "False"
     assert took < 2.0  # not the 5 s grace, nor the 5 s KILL loop
+
+
+# The end of a vLLM start-up failure (shortened from a real 0.23 log): the worker's exception,
+# then wrappers that only point at it, the last of them "See root cause above".
+_ENGINE = "(EngineCore pid=4051) ERROR 12-02 10:11:12 [core.py:1032] "
+VLLM_STARTUP_FAILURE = "".join(
+    [
+        f"{_ENGINE}EngineCore failed to start.\n",
+        f"{_ENGINE}Traceback (most recent call last):\n",
+        f'{_ENGINE}  File "vllm/v1/engine/core.py", line 1023\n',
+        f"{_ENGINE}AssertionError: Not enough allowed NUMA nodes for 4 workers; "
+        "decrease DP/TP/PP\n",
+        "{filler}Traceback (most recent call last):\n",
+        '  File "vllm/v1/engine/utils.py", line 996, in wait_for_engine_startup\n',
+        "Exception: WorkerProc initialization failed due to an exception in a background "
+        "process. See stack trace for root cause.\n",
+        "RuntimeError: Engine core initialization failed. See root cause above. "
+        "Failed core proc(s): {{'EngineCore': 1}}\n",
+    ]
+)
+
+
+def test_root_cause_is_the_last_exception_that_is_not_a_wrapper(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    filler = "".join(f"(APIServer pid=1) INFO shutting down {k}\n" for k in range(97))
+    log.write_text(VLLM_STARTUP_FAILURE.format(filler=filler))
+    assert root_cause(log) == (
+        "AssertionError: Not enough allowed NUMA nodes for 4 workers; decrease DP/TP/PP"
+    )
+    # The tail alone would have shown only the wrappers.
+    assert "NUMA" not in log_tail(log, lines=8)
+
+
+def test_root_cause_keeps_the_indented_lines_of_its_message(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    log.write_text(
+        "INFO starting\n"
+        "pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig\n"
+        "  Value error, User-specified max_model_len (4096) is greater than the derived "
+        "max_model_len (1024) [type=value_error]\n"
+        "    For further information visit https://errors.pydantic.dev/2.12/v/value_error\n"
+        "INFO shutting down\n"
+    )
+    cause = root_cause(log)
+    assert cause.startswith("pydantic_core._pydantic_core.ValidationError: 1 validation error")
+    assert "max_model_len (4096)" in cause and "\n" not in cause
+    # vLLM prefixes every line of a process's output, continuation lines too.
+    prefixed = tmp_path / "prefixed.log"
+    prefixed.write_text(
+        "".join(f"(APIServer pid=3762) {line}\n" for line in log.read_text().splitlines())
+    )
+    assert root_cause(prefixed) == cause
+    assert root_cause(tmp_path / "missing.log") == ""
+    (tmp_path / "quiet.log").write_text("INFO nothing went wrong\n")
+    assert root_cause(tmp_path / "quiet.log") == ""
+
+
+def test_run_captured_kills_the_group_at_its_timeout() -> None:
+    code, out, _ = run_captured(
+        [sys.executable, "-c", "import sys; print(sys.stdin.read().upper())"],
+        env=os.environ,
+        stdin="hello",
+        timeout_s=30,
+    )
+    assert (code, out.strip()) == (0, "HELLO")
+    start = time.monotonic()
+    code, _, _ = run_captured(
+        [sys.executable, "-c", "import time; time.sleep(60)"], env=os.environ, timeout_s=0.5
+    )
+    assert code is None and time.monotonic() - start < 10

@@ -222,6 +222,99 @@ def test_graph_mode_traces_mlp_out() -> None:
     assert "mlp.down" not in inert_sites(small)
 
 
+def _mode(compile_mode: str, cudagraph_mode: str, **kw: Any) -> Setup:
+    return replace(
+        DENSE, graph_mode=True, compile_mode=compile_mode, cudagraph_mode=cudagraph_mode, **kw
+    )
+
+
+@pytest.mark.parametrize("cudagraph_mode", ["FULL_AND_PIECEWISE", "PIECEWISE"])
+def test_piecewise_compiled_graphs_drop_every_prefetch(cudagraph_mode: str) -> None:
+    # vllm-ascend's fusion-pass compiler runs AOT autograd, whose dead-code elimination drops
+    # the prefetch ops: they return nothing and are not marked side-effectful.
+    setup = _mode("VLLM_COMPILE", cudagraph_mode)
+    assert setup.prefetch_compiled_out
+    assert resolve_prefetches(cfg(full()), setup, 72) == []
+    assert set(inert_sites(setup)) == set(SITES)
+    assert "dead code" in inert_sites(setup)["attn.qkv"]
+    # A dense model still says why moe.gate_up is inert in the first place.
+    assert inert_sites(setup)["moe.gate_up"] == "A dense model has no experts to prefetch."
+
+
+def test_full_graphs_without_npugraph_ex_drop_every_prefetch_too() -> None:
+    setup = _mode("VLLM_COMPILE", "FULL_DECODE_ONLY", npugraph_ex=False)
+    assert resolve_prefetches(cfg(full()), setup, 72) == []
+
+
+def test_the_vendor_recipe_keeps_attention_and_traces_the_mlp_out() -> None:
+    recipe = _mode("VLLM_COMPILE", "FULL_DECODE_ONLY", max_num_batched_tokens=40960)
+    assert recipe.graph.text() == "graph FULL_DECODE_ONLY (VLLM_COMPILE, npugraph_ex)"
+    assert active_sites(recipe) == ("attn.qkv", "attn.o")
+    # fuse_norm_quant decides nothing here: vllm-ascend's passes do not run under npugraph_ex.
+    assert active_sites(replace(recipe, fuse_norm_quant=False)) == ("attn.qkv", "attn.o")
+
+
+def test_graphs_captured_without_compilation_gate_the_mlp_like_eager() -> None:
+    # Compilation mode NONE: the Python branches run at each capture size (< 500 tokens).
+    captured = _mode("NONE", "FULL_DECODE_ONLY")
+    assert captured.graph.text() == (
+        "graph FULL_DECODE_ONLY (captured eagerly, compilation mode NONE)"
+    )
+    assert active_sites(captured) == active_sites(DENSE)
+    assert effective_bytes(cfg(full()), captured) == effective_bytes(cfg(full()), DENSE)
+
+
+def test_graph_fields_settle_as_0_23_does() -> None:
+    assert replace(DENSE, graph_mode=True).graph.cudagraph_mode == "FULL_DECODE_ONLY"
+    # Piecewise graphs without VLLM_COMPILE are no graphs at all (vLLM config/vllm.py).
+    eager = replace(DENSE, graph_mode=True, compile_mode="NONE", cudagraph_mode="PIECEWISE")
+    assert eager.graph_mode is False and eager.graph.text() == "eager"
+    with pytest.raises(AutotuneError, match="unknown cudagraph mode 'FULLISH'"):
+        replace(DENSE, graph_mode=True, cudagraph_mode="FULLISH")
+
+
+@pytest.mark.parametrize(
+    ("kw", "expected"),
+    [
+        ({"enforce_eager": True}, ("NONE", "NONE")),
+        ({"optimization_level": 0}, ("NONE", "NONE")),
+        ({"optimization_level": 1}, ("VLLM_COMPILE", "PIECEWISE")),
+        ({}, ("VLLM_COMPILE", "FULL_AND_PIECEWISE")),
+        (
+            {"compilation": {"cudagraph_mode": "full_decode_only"}},
+            ("VLLM_COMPILE", "FULL_DECODE_ONLY"),
+        ),
+        ({"compilation": {"mode": 0, "cudagraph_mode": "FULL"}}, ("NONE", "FULL")),
+        ({"compilation": {"mode": "VLLM_COMPILE"}, "optimization_level": 0}, ("NONE", "NONE")),
+        ({"compilation": {"mode": 2, "cudagraph_mode": "FULL"}}, ("NONE", "NONE")),
+        ({"torch_compile_disabled": True}, ("NONE", "NONE")),
+    ],
+)
+def test_resolve_graph_mode(kw: dict[str, Any], expected: tuple[str, str]) -> None:
+    args: dict[str, Any] = {
+        "enforce_eager": False,
+        "optimization_level": None,
+        "compilation": {},
+        "ascend_compilation": {},
+        **kw,
+    }
+    mode = target.resolve_graph_mode(**args)
+    assert (mode.compile_mode, mode.cudagraph_mode) == expected
+
+
+def test_a_site_seen_firing_fires_whatever_the_rules_say() -> None:
+    piecewise = _mode("VLLM_COMPILE", "FULL_AND_PIECEWISE")
+    seen = replace(piecewise, observed=("attn.qkv", "mlp.down"))
+    assert [(p.site, p.weight) for p in resolve_prefetches(cfg(full()), seen, 72)] == [
+        ("attn.qkv", "qkv_proj"),
+        ("mlp.down", "down_proj"),
+    ]
+    assert set(inert_sites(seen)) == set(SITES) - {"attn.qkv", "mlp.down"}
+    assert effective_bytes(cfg(full()), seen)["mlp.down"] == MLP_CAP_BYTES
+    # ...still only when its module is on.
+    assert resolve_prefetches(disabled_config(), seen, 72) == []
+
+
 def test_gate_up_needs_flashcomm1() -> None:
     plain = replace(DENSE, flashcomm1=False)
     got = effective_bytes(cfg(full()), plain)

@@ -7,126 +7,36 @@ per trial with FAKE_VLLM_FAULT. After each run no process naming the test's dire
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fake_vllm.fake_env import make_fake_env, make_small_model
+from fake_vllm.harness import args as _args
+from fake_vllm.harness import assert_nothing_left as _assert_nothing_left
+from fake_vllm.harness import env as _env
+from fake_vllm.harness import fake_host
+from fake_vllm.harness import finish as _finish
+from fake_vllm.harness import ok as _ok
+from fake_vllm.harness import rows as _rows
+from fake_vllm.harness import run as _run
+from fake_vllm.harness import run_with_fault as _run_with_fault
+from fake_vllm.harness import start as _start
+from fake_vllm.harness import trial as _trial
 
 from autotune.errors import AutotuneError
 from autotune.workloads.base import Workload
 from autotune.workloads.deployment import LaunchOptions
 from autotune.workloads.vllm_ascend import VllmAscendBackend
 
-RUN_TIMEOUT_S = 120
-
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(bin dir of the fake vLLM env, a 4-layer W8A8 model dir under a unique path)."""
-    root = tmp_path_factory.mktemp("fake-vllm")
-    return make_fake_env(root / "env"), make_small_model(root / "model-under-test")
-
-
-def _env(bin_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "FAKE_VLLM_FAULT"}
-    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
-    env["COLUMNS"] = "200"
-    env.update(extra)
-    return env
-
-
-def _args(model: Path, out: Path, *more: str, trials: int = 3, confirm: int = 0) -> list[str]:
-    # No confirmation rounds unless asked: these tests are about the trials themselves.
-    return [
-        "run", "--backend", "vllm-ascend", "--model", str(model), "--max-num-seqs", "8",
-        "--tp", "1", "--trials", str(trials), "--repeats", "1", "--input-len", "32",
-        "--output-len", "32", "--num-prompts", "16", "--profile-steps", "2",
-        "--confirm", str(confirm), "--out", str(out), *more,
-    ]  # fmt: skip
-
-
-def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "autotune", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def _finish(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
-    try:
-        out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"autotune hung\n{out[-2000:]}\n{err[-2000:]}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return _finish(_start(args, env))
-
-
-def _leftovers(marker: Path) -> dict[int, str]:
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        cmd = raw.replace(b"\0", b" ").decode(errors="replace")
-        if str(marker) in cmd:
-            found[int(entry.name)] = cmd
-    return found
-
-
-def _assert_nothing_left(marker: Path) -> None:
-    # Everything autotune started names the fake env or the model, both under `marker`.
-    deadline = time.monotonic() + 3
-    while _leftovers(marker) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _leftovers(marker), _leftovers(marker)
-
-
-def _rows(out: Path) -> list[dict[str, str]]:
-    with (out / "trials.csv").open() as handle:
-        return list(csv.DictReader(handle))
-
-
-def _trial(out: Path, number: int) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((out / "trials" / f"{number:03d}" / "trial.json").read_text())
-    return data
-
-
-def _ok(result: subprocess.CompletedProcess[str]) -> None:
-    assert result.returncode == 0, f"{result.returncode}\n{result.stdout[-3000:]}\n{result.stderr}"
-    assert "Traceback" not in result.stderr
-
-
-def _run_with_fault(
-    fake: tuple[Path, Path], tmp_path: Path, fault: str, *more: str
-) -> tuple[subprocess.CompletedProcess[str], Path]:
-    """`autotune run` on the fake vLLM with one injected fault; the run itself must succeed.
-    Returns the finished process and the run directory."""
-    bin_dir, model = fake
-    out = tmp_path / "run"
-    result = _run(_args(model, out, *more), _env(bin_dir, FAKE_VLLM_FAULT=fault))
-    _ok(result)
-    return result, out
+    return fake_host(tmp_path_factory, "fake-vllm")
 
 
 def test_real_trials_are_measured_profiled_and_reproducible(
@@ -148,7 +58,8 @@ def test_real_trials_are_measured_profiled_and_reproducible(
     trial_dir = out / "trials" / "002"
     command = (trial_dir / "command.sh").read_text()
     assert f"{bin_dir / 'vllm'} serve {model}" in command
-    assert "--max-num-seqs 8" in command and "--enforce-eager" in command
+    assert "--max-num-seqs 8" in command and "--enforce-eager" in command  # the user's
+    assert "--max-num-batched-tokens" not in command  # vLLM's own default
     assert "--profiler-config" in command and "torch_profiler_with_stack" in command
     assert command.count("bench serve") == 3  # warm-up, one repeat, the profiled burst
     assert "/start_profile" in command and "/stop_profile" in command
@@ -165,12 +76,20 @@ def test_real_trials_are_measured_profiled_and_reproducible(
 def test_server_that_fails_to_start_fails_only_its_trial(
     fake: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    _, out = _run_with_fault(fake, tmp_path, "start-fail@2")
+    result, out = _run_with_fault(fake, tmp_path, "start-fail@2")
     rows = _rows(out)
     assert rows[2]["state"] == "failed"
     error = rows[2]["error"]
-    assert "vllm serve exited with code 1 during start-up" in error
-    assert "fake start-up failure" in error  # the tail of its log
+    # The root cause, 90 lines above the log's end, not the wrappers that end it.
+    assert error.startswith(
+        "vllm serve exited with code 1 during start-up: AssertionError: Not enough allowed NUMA "
+        "nodes for 4 workers"
+    )
+    assert "See root cause above" not in error and "\n" not in error
+    # The log named by a path that opens from anywhere.
+    log = out / "trials" / "002" / "server.log"
+    assert error.endswith(f"(log {log})") and log.is_file()
+    assert "AssertionError: Not enough allowed NUMA nodes" in result.stdout
     assert [r["state"] for r in rows[3:]] == ["complete"]  # the study went on
     _assert_nothing_left(fake[1].parent)
 
@@ -269,8 +188,8 @@ def test_ctrl_c_mid_trial_stops_it_cleanly_and_the_run_resumes(
     bin_dir, model = fake
     out = tmp_path / "run"
     # The fault comes through --serve-env this time, as a user's server variable would.
-    more = ("--serve-args", "--dtype bfloat16", "--serve-env", "FAKE_VLLM_FAULT=slow@1")
-    proc = _start(_args(model, out, *more), _env(bin_dir))
+    more = ("--serve-env", "FAKE_VLLM_FAULT=slow@1")
+    proc = _start(_args(model, out, *more, serve="--enforce-eager --dtype bfloat16"), _env(bin_dir))
     bench_log = out / "trials" / "001" / "warmup.log"
     deadline = time.monotonic() + 60
     while not bench_log.exists() and time.monotonic() < deadline and proc.poll() is None:
@@ -284,18 +203,18 @@ def test_ctrl_c_mid_trial_stops_it_cleanly_and_the_run_resumes(
     _assert_nothing_left(model.parent)
     assert _trial(out, 1)["state"] == "failed" and _trial(out, 1)["error"] == "interrupted"
     # Resumed without the server settings: the run's own are used again.
-    resumed = _run([*_args(model, out), "--resume"], _env(bin_dir))
+    resumed = _run([*_args(model, out, serve=""), "--resume"], _env(bin_dir))
     _ok(resumed)
     rows = _rows(out)
     assert {r["role"] for r in rows if r["state"] == "complete"} == {"baseline", "default", "seed"}
     retry = next(int(r["trial"]) for r in rows[2:] if r["role"] == "default")
     command = (out / "trials" / f"{retry:03d}" / "command.sh").read_text()
     assert "export FAKE_VLLM_FAULT=slow@1" in command and "--dtype bfloat16" in command
-    refused = _run(
-        [*_args(model, out, "--serve-args", "--dtype float16"), "--resume"], _env(bin_dir)
-    )
+    refused = _run([*_args(model, out, serve="--dtype float16"), "--resume"], _env(bin_dir))
     assert refused.returncode == 2
-    assert "was started with --serve-args ('--dtype', 'bfloat16')" in refused.stderr
+    assert "was started with --serve-args ('--enforce-eager', '--dtype', 'bfloat16')" in (
+        refused.stderr
+    )
     _assert_nothing_left(model.parent)
 
 

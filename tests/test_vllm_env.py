@@ -82,4 +82,17 @@ def test_check_env_messages() -> None:
         check_env(VllmEnv(exe, py, "0.22.0", "0.22.1"))
     with pytest.raises(AutotuneError, match="not installed in the environment of /x/bin/vllm"):
         check_env(VllmEnv(exe, py, "0.23.0", None))
-    assert check_env(VllmEnv(exe, py, None, "0.23.1rc1")) == "0.23.1rc1"
+    assert check_env(VllmEnv(exe, py, "0.23.0", "0.23.1rc1")) == "0.23.1rc1"
+
+
+def test_the_vllm_version_is_checked_too() -> None:
+    # vllm-ascend 0.23 runs with the vLLM 0.23 it is built against; another vLLM only
+    # with an explicit override (before, any vLLM passed).
+    exe, py = Path("/x/bin/vllm"), Path("/x/bin/python")
+    for vllm in ("0.27.1+cpu", None):
+        with pytest.raises(AutotuneError, match=r"tested against vLLM 0\.23\.x.*--allow-any-vllm"):
+            check_env(VllmEnv(exe, py, vllm, "0.23.0"))
+    assert check_env(VllmEnv(exe, py, "0.27.1+cpu", "0.23.0"), allow_any_vllm=True) == "0.23.0"
+    # The override never lets a vllm-ascend without the feature through.
+    with pytest.raises(AutotuneError, match=r"removed after 0\.23"):
+        check_env(VllmEnv(exe, py, "0.24.0", "0.24.0"), allow_any_vllm=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from autotune.errors import AutotuneError
-from autotune.profile.tasks import TASK_COLUMNS, Profile, empty_tasks
+from autotune.profile.tasks import TASK_COLUMNS, Profile, StepSpan, empty_tasks
 
 # Every device task with its runtime task type; kernels also get their name and op type.
 _QUERY = """
@@ -79,12 +79,9 @@ def read_db(path: Path) -> Profile:
         query = _QUERY if "COMPUTE_TASK_INFO" in tables else _QUERY_NO_CTI
         try:
             rows = con.execute(query).fetchall()
-            steps = None
-            if "STEP_TIME" in tables:
-                n = con.execute("SELECT COUNT(*) FROM STEP_TIME").fetchone()[0]
-                steps = int(n) if n else None
         except sqlite3.Error as exc:
             raise AutotuneError(f"{path}: cannot read TASK ({exc})") from None
+        markers, steps, launches = _steps(con, tables, path)
     finally:
         con.close()
 
@@ -123,4 +120,71 @@ def read_db(path: Path) -> Profile:
         }
     )
     tasks = tasks[list(TASK_COLUMNS)] if len(tasks) else empty_tasks()
-    return Profile(path=path, source="db", tasks=tasks, steps=steps, warnings=warnings)
+    starts = _device_starts(markers, launches, tasks)
+    return Profile(
+        path=path,
+        source="db",
+        tasks=tasks,
+        steps=steps,
+        step_markers=markers,
+        step_starts=starts,
+        step_source="the db's CANN_API kernel launches" if starts else "",
+        warnings=warnings,
+    )
+
+
+# ENUM_API_TYPE id of node-level (kernel launch) CANN APIs, when the db has no ENUM_API_TYPE.
+_NODE_API = 10000
+
+
+def _steps(
+    con: sqlite3.Connection, tables: set[str], path: Path
+) -> tuple[list[StepSpan], int | None, list[tuple[int, int, int]]]:
+    """STEP_TIME rows (host spans), their count, and the node-level CANN API launches
+    (start, end, connectionId) when the db has them: what links a step to its device tasks."""
+    if "STEP_TIME" not in tables:
+        return [], None, []
+    try:
+        rows = con.execute("SELECT id, startNs, endNs FROM STEP_TIME").fetchall()
+        launches: list[tuple[int, int, int]] = []
+        if "CANN_API" in tables:
+            node = _NODE_API
+            if "ENUM_API_TYPE" in tables:
+                found = con.execute("SELECT id FROM ENUM_API_TYPE WHERE name = 'node'").fetchone()
+                node = _as_int(found[0], _NODE_API) if found else _NODE_API
+            raw = con.execute(
+                "SELECT startNs, endNs, connectionId FROM CANN_API WHERE type = ?", (node,)
+            ).fetchall()
+            launches = [(_as_int(a, -1), _as_int(b, -1), _as_int(c, -1)) for a, b, c in raw]
+    except sqlite3.Error as exc:
+        raise AutotuneError(f"{path}: cannot read STEP_TIME ({exc})") from None
+    markers = []
+    for number, start, end in rows:
+        n, b, e = _as_int(number, -1), _as_int(start, -1), _as_int(end, -1)
+        if n >= 0 and 0 <= b <= e:
+            markers.append(StepSpan(n, b, e))
+    markers.sort(key=lambda m: (m.start_ns, m.number))
+    return markers, (len(rows) or None), launches
+
+
+def _device_starts(
+    markers: list[StepSpan], launches: list[tuple[int, int, int]], tasks: pd.DataFrame
+) -> dict[int, int]:
+    """Per step: the first device task launched inside its host span, as torch_npu's own step
+    ranges have it (node-level APIs within the span, joined to TASK by connectionId)."""
+    if not markers or not launches or tasks.empty:
+        return {}
+    api = np.array(launches, dtype=np.int64)
+    bounds = np.array([m.start_ns for m in markers], dtype=np.int64)
+    ends = np.array([m.end_ns for m in markers], dtype=np.int64)
+    k = np.searchsorted(bounds, api[:, 0], side="right") - 1
+    inside = (k >= 0) & (api[:, 1] <= ends[np.maximum(k, 0)]) & (api[:, 2] >= 0)
+    step_of_conn = pd.Series(k[inside], index=api[inside, 2])
+    step_of_conn = step_of_conn[~step_of_conn.index.duplicated(keep="first")]
+    step = tasks["connection_id"].map(step_of_conn)
+    linked = tasks.loc[step.notna(), "start_ns"].groupby(step[step.notna()].astype(int)).min()
+    index = linked.index.to_numpy(dtype=np.int64).tolist()
+    return {
+        markers[i].number: t
+        for i, t in zip(index, linked.to_numpy(dtype=np.int64).tolist(), strict=True)
+    }

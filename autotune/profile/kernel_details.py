@@ -1,4 +1,5 @@
-"""`kernel_details.csv`: op types for trace_view tasks that lack them, and the aclnn name rule."""
+"""`kernel_details.csv`: op types for trace_view tasks that lack them, the aclnn name rule, and the
+device start of each profiled step (its `Step Id` column)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ _HEADERS: dict[str, tuple[str, ...]] = {
     "name": ("Name", "Op Name"),
     "op_type": ("Type", "OP Type", "Op Type"),
     "start": ("Start Time(us)", "Task Start Time(us)"),
+    "step": ("Step Id", "Step ID"),
 }
 _MISSING = {"", "N/A", "NA", "None"}
 
@@ -32,7 +34,8 @@ def op_type_from_name(name: str) -> str:
 
 
 def read_kernel_details(path: Path) -> pd.DataFrame:
-    """Rows (device, stream, name, op_type, start_ns) of kernel_details.csv; stream -1 if absent."""
+    """Rows (device, stream, name, op_type, start_ns, step) of kernel_details.csv; stream and step
+    -1 if absent (step: the number of the profiled step torch_npu placed the kernel in)."""
     try:
         fh = path.open(encoding="utf-8-sig", errors="replace", newline="")
     except OSError as exc:
@@ -57,7 +60,7 @@ def read_kernel_details(path: Path) -> pd.DataFrame:
                 raise AutotuneError(
                     f"{path}: no {_HEADERS[need][0]!r} column (header: {','.join(cols[:8])}...)"
                 )
-        rows: list[tuple[int, int, str, str, int]] = []
+        rows: list[tuple[int, int, str, str, int, int]] = []
         try:
             for rec in reader:
                 if len(rec) <= max(idx.values()):
@@ -68,6 +71,7 @@ def read_kernel_details(path: Path) -> pd.DataFrame:
                 dev = rec[idx["device"]].strip() if "device" in idx else ""
                 stream = rec[idx["stream"]].strip() if "stream" in idx else ""
                 op = rec[idx["op_type"]].strip()
+                step = rec[idx["step"]].strip() if "step" in idx else ""
                 rows.append(
                     (
                         int(dev) if dev.isdigit() else -1,
@@ -75,19 +79,31 @@ def read_kernel_details(path: Path) -> pd.DataFrame:
                         rec[idx["name"]],
                         "" if op in _MISSING else op,
                         start,
+                        int(step) if step.isdigit() else -1,
                     )
                 )
         except csv.Error as exc:
             raise AutotuneError(f"{path}: malformed CSV ({exc})") from None
-    return pd.DataFrame(rows, columns=["device", "stream", "name", "op_type", "start_ns"]).astype(
+    columns = ["device", "stream", "name", "op_type", "start_ns", "step"]
+    return pd.DataFrame(rows, columns=columns).astype(
         {
             "device": "int64",
             "stream": "int64",
             "start_ns": "int64",
             "name": object,
             "op_type": object,
+            "step": "int64",
         }
     )
+
+
+def step_starts(kernels: pd.DataFrame) -> dict[int, int]:
+    """Step number -> the first kernel torch_npu placed in that step (its device range starts
+    there: the first kernel launched inside the step's `ProfilerStep#N` span)."""
+    marked = kernels[kernels["step"] >= 0]
+    first = marked.groupby("step")["start_ns"].min()
+    steps = first.index.to_numpy(dtype=np.int64).tolist()
+    return dict(zip(steps, first.to_numpy(dtype=np.int64).tolist(), strict=True))
 
 
 def fill_op_types(tasks: pd.DataFrame, kernels: pd.DataFrame | None) -> pd.DataFrame:

@@ -42,6 +42,27 @@ ROLES: tuple[str, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class StepSpan:
+    """A recorded step: `ProfilerStep#N` in trace_view.json, a STEP_TIME row in the db (host
+    times, ns), or a step's device range."""
+
+    number: int  # N of ProfilerStep#N, STEP_TIME.id
+    start_ns: int
+    end_ns: int
+
+
+@dataclass(frozen=True)
+class ProfiledStep:
+    """A step the file holds device tasks of (autotune.profile.steps)."""
+
+    number: int  # the marker's step number
+    begin_ns: int  # where the step begins on the device: its tasks start at or after this
+    start_ns: int  # first device task of the step
+    end_ns: int  # end of its last device task
+    complete: bool  # False when the end of a cut-off file falls inside it
+
+
 @dataclass
 class Profile:
     """One rank's profile, read and classified."""
@@ -51,7 +72,15 @@ class Profile:
     tasks: pd.DataFrame  # TASK_COLUMNS + ROLE_COLUMN, sorted by (device, start_ns)
     rank: int | None = None
     level: str | None = None  # profiler level from profiler_info ("Level0", "Level1", ...)
-    steps: int | None = None  # number of profiled steps when step markers exist
+    # Number of profiled steps when step markers exist: the markers recorded, then (once the
+    # profile is loaded) the steps the file holds device tasks of.
+    steps: int | None = None
+    step_markers: list[StepSpan] = field(default_factory=list)  # as recorded, host times
+    # Device start of a step (by number) where the file links host and device: the db's
+    # CANN_API launches, kernel_details.csv's Step Id.
+    step_starts: dict[int, int] = field(default_factory=dict)
+    step_source: str = ""  # where step_starts came from, for messages
+    profiled_steps: list[ProfiledStep] = field(default_factory=list)  # set by load_profiles
     simulated: bool = False  # profiler_info says the simulator wrote it
     unclassified_types: dict[str, int] = field(default_factory=dict)  # task type -> count
     warnings: list[str] = field(default_factory=list)

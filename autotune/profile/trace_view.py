@@ -30,7 +30,7 @@ import pandas as pd
 
 from autotune.errors import AutotuneError
 from autotune.profile import _parallel
-from autotune.profile.tasks import TASK_COLUMNS, Profile, empty_tasks
+from autotune.profile.tasks import TASK_COLUMNS, Profile, StepSpan, empty_tasks
 
 CHUNK_BYTES = 4 << 20
 # Smallest part of a file read by its own process (see `read_trace_view`): each process adds the
@@ -238,7 +238,8 @@ class _Reader:
         self.process_labels: dict[int, str] = {}
         self.pending = _Columns()
         self.batches: list[_Batch] = []
-        self.steps: set[str] = set()
+        # Step markers: name -> (start_ns, end_ns) of its span, None when it has no usable times.
+        self.steps: dict[str, tuple[int, int] | None] = {}
         self.events = 0
         self.bad_tasks = 0
         self.strings: list[str] = []  # the names and types of `batches`, by code
@@ -254,7 +255,7 @@ class _Reader:
         if ph == "X":
             name = e.get("name")
             if isinstance(name, str) and name.startswith("ProfilerStep#"):
-                self.steps.add(name)
+                self._step(name, e)
             pid = e.get("pid")
             args = e.get("args")
             if not _is_int(pid) or not isinstance(args, dict):
@@ -276,6 +277,13 @@ class _Reader:
                 self.process_names[pid] = args["name"]
             elif kind == "process_labels" and isinstance(args.get("labels"), str):
                 self.process_labels[pid] = args["labels"]
+
+    def _step(self, name: str, e: dict[str, Any]) -> None:
+        """Record a `ProfilerStep#N` span; the same marker seen twice keeps the widest span."""
+        start = us_to_ns(e.get("ts"))
+        dur = dur_to_ns(e.get("dur", 0))
+        span = None if start is None or dur is None or dur < 0 else (start, start + dur)
+        _add_step(self.steps, name, span)
 
     def _task(self, pid: int, e: dict[str, Any], args: dict[str, Any], name: object) -> None:
         start = us_to_ns(e.get("ts"))
@@ -598,7 +606,9 @@ class _Reader:
         codes, uniques = values
         strs = [_unescape(u) if "\\" in u else u for u in uniques]
         if names:
-            self.steps.update(s for s in strs if s.startswith("ProfilerStep#"))
+            for s in strs:
+                if s.startswith("ProfilerStep#"):
+                    _add_step(self.steps, s, None)
         lut = np.fromiter(map(self._code, strs), np.int64, len(strs))
         return lut[codes] if len(codes) else np.zeros(0, np.int64)
 
@@ -620,7 +630,8 @@ class _Reader:
         # Later metadata wins, as in one sequential pass.
         self.process_names.update(part.process_names)
         self.process_labels.update(part.process_labels)
-        self.steps |= part.steps
+        for name, span in part.steps.items():
+            _add_step(self.steps, name, span)
         self.events += part.events
         self.bad_tasks += part.bad_tasks
 
@@ -690,6 +701,26 @@ _BATCH_FIELD = {
     "end_ns": "end",
     "connection_id": "conn",
 }
+
+
+def _add_step(
+    steps: dict[str, tuple[int, int] | None], name: str, span: tuple[int, int] | None
+) -> None:
+    old = steps.get(name)
+    if old is None or span is None:
+        steps[name] = span if old is None else old
+    else:
+        steps[name] = (min(old[0], span[0]), max(old[1], span[1]))
+
+
+def step_spans(steps: dict[str, tuple[int, int] | None]) -> list[StepSpan]:
+    """The `ProfilerStep#N` markers with usable spans, in step order."""
+    out = []
+    for name, span in steps.items():
+        number = name[len("ProfilerStep#") :]
+        if span is not None and number.isdigit():
+            out.append(StepSpan(int(number), span[0], span[1]))
+    return sorted(out, key=lambda s: (s.start_ns, s.number))
 
 
 def _factorize(values: list[str]) -> _Factorized:
@@ -905,6 +936,7 @@ def _profile(r: _Reader, warnings: list[str], truncated: bool) -> Profile:
         source="trace_view",
         tasks=tasks,
         steps=len(r.steps) if r.steps else None,
+        step_markers=step_spans(r.steps),
         warnings=warnings,
         truncated=truncated,
     )
@@ -932,7 +964,7 @@ class _Part:
     strings: list[str]
     process_names: dict[int, str]
     process_labels: dict[int, str]
-    steps: set[str]
+    steps: dict[str, tuple[int, int] | None]
     events: int
     bad_tasks: int
 

@@ -19,10 +19,10 @@ import pandas as pd
 from autotune.overlap import OverlapResult, SiteSummary
 from autotune.profile.tasks import ROLES, Profile
 from autotune.rundir import RunDir, RunRecord
+from autotune.streams import Streams, device_streams
 
 # Roles that run on the compute stream as real work (not record/wait bookkeeping).
 _WORK_ROLES = tuple(r for r in ROLES if r not in ("prefetch", "wait", "record"))
-_KERNEL_ROLES = ("vector:swiglu", "vector:norm", "vector:quant", "vector:gating", "cube")
 # Site order used everywhere in the report (the decoder layer's order).
 SITE_ORDER = ("attn.qkv", "attn.o", "mlp.gate_up", "mlp.down", "moe.gate_up")
 
@@ -78,7 +78,7 @@ class TimelineLayer:
     rank: int | None
     device: int
     compute_stream: int | None
-    prefetch_stream: int | None
+    prefetch_streams: tuple[int, ...]  # every prefetch stream the analysis read, drawn in one lane
     choice: LayerChoice
     duration_us: float
     tasks: list[TimelineTask] = field(default_factory=list)
@@ -98,10 +98,12 @@ class SlackSeries:
 
 @dataclass(frozen=True)
 class SlackFigure:
-    """Slack histograms of every site on shared bins (µs)."""
+    """Slack histograms of every site (or prefetch point) on shared bins (µs); slack below
+    −tolerance is late, the rule the tables use."""
 
     edges_us: list[float]
     series: list[SlackSeries]
+    tolerance_us: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -151,31 +153,18 @@ def _int_pairs(series: pd.Series) -> list[tuple[int, int]]:
     return [(int(k), int(v)) for k, v in zip(keys, vals, strict=True)]
 
 
-def _busiest(counts: pd.Series) -> int:
-    """Key with the highest count; ties go to the lowest key so the choice is deterministic."""
-    return max(_int_pairs(counts), key=lambda kv: (kv[1], -kv[0]))[0]
-
-
 def _device_tasks(profile: Profile, device: int) -> pd.DataFrame:
     t = profile.tasks
     return t[t["device"] == device]
 
 
-def _compute_stream(tasks: pd.DataFrame) -> int | None:
-    """The stream that runs the most kernels (the docs' one compute stream per device)."""
-    kernels = tasks[tasks["role"].isin(_KERNEL_ROLES)]
-    if kernels.empty:
-        return None
-    return _busiest(kernels.groupby("stream").size())
-
-
-def _prefetch_stream(tasks: pd.DataFrame) -> int | None:
-    """A stream with prefetch tasks and no kernels; the busiest one when there are several."""
-    kernel_streams = set(tasks.loc[tasks["role"].isin(_KERNEL_ROLES), "stream"].astype(int))
-    pf = tasks[(tasks["role"] == "prefetch") & ~tasks["stream"].isin(kernel_streams)]
-    if pf.empty:
-        return None
-    return _busiest(pf.groupby("stream").size())
+def _streams(result: OverlapResult | None, profile: Profile, device: int) -> Streams:
+    """The streams the analysis read on this device (the one picker, autotune.streams); picked
+    the same way when there is no analysis."""
+    found = result.streams_of(profile, device) if result is not None else None
+    if found is not None:
+        return found
+    return device_streams(_device_tasks(profile, device).reset_index(drop=True))
 
 
 def layer_spans(compute: pd.DataFrame) -> list[tuple[int, int]]:
@@ -281,8 +270,8 @@ def choose_layer(result: OverlapResult | None, profile: Profile, device: int) ->
     span of the compute stream.
     """
     tasks = _device_tasks(profile, device)
-    cs = _compute_stream(tasks)
-    spans = layer_spans(tasks[tasks["stream"] == cs]) if cs is not None else []
+    cs = _streams(result, profile, device).compute
+    spans = layer_spans(tasks[tasks["stream"] == cs]) if cs >= 0 else []
     rows = _profile_rows(result, profile, device) if result is not None else pd.DataFrame()
     if not rows.empty:
         rows = rows[rows["layer"] >= 0]
@@ -335,19 +324,19 @@ def timeline_layer(
     if choice is None:
         choice = choose_layer(result, profile, dev)
     tasks = _device_tasks(profile, dev)
-    cs = _compute_stream(tasks)
-    ps = _prefetch_stream(tasks)
+    streams = _streams(result, profile, dev)
+    cs = streams.compute
     out = TimelineLayer(
         label=label,
         source=str(profile.path),
         rank=profile.rank,
         device=dev,
-        compute_stream=cs,
-        prefetch_stream=ps,
+        compute_stream=cs if cs >= 0 else None,
+        prefetch_streams=streams.prefetch,
         choice=choice,
         duration_us=0.0,
     )
-    if cs is None:
+    if cs < 0:
         return out
     spans = layer_spans(tasks[tasks["stream"] == cs])
     if not 0 <= choice.ordinal < len(spans):
@@ -355,8 +344,7 @@ def timeline_layer(
     # Ends with its last op: the idle gap before the next layer may be a step boundary.
     t0, t1 = spans[choice.ordinal]
     lanes = {cs: "compute"}
-    if ps is not None:
-        lanes[ps] = "prefetch"
+    lanes.update(dict.fromkeys(streams.prefetch, "prefetch"))
     cut = tasks[
         tasks["stream"].isin(list(lanes)) & (tasks["end_ns"] > t0) & (tasks["start_ns"] < t1)
     ]
@@ -379,12 +367,14 @@ def timeline_layer(
     if result is not None:
         rows = _profile_rows(result, profile, dev)
         if not rows.empty:
-            rows = rows[(rows["start_ns"] >= t0) & (rows["start_ns"] < t1)]
+            # A prefetch issued just before the layer's first op still hides in this layer.
+            at = rows["window_start_ns"].where(rows["window_start_ns"] >= 0, rows["start_ns"])
+            rows = rows[(at >= t0) & (at < t1)]
             pf_rows: list[dict[Any, Any]] = rows.sort_values("start_ns").to_dict(orient="records")
             for r in pf_rows:
                 out.prefetches.append(
                     TimelineWindow(
-                        site=str(r["site"]),
+                        site=str(r["site"]) or str(r["point"]),
                         start_us=(int(r["start_ns"]) - t0) / 1000.0,
                         end_us=(int(r["end_ns"]) - t0) / 1000.0,
                         window_start_us=(int(r["window_start_ns"]) - t0) / 1000.0
@@ -408,20 +398,24 @@ def timeline_layer(
 
 
 def slack_figure(results: Sequence[tuple[str, OverlapResult]], *, bins: int = 40) -> SlackFigure:
-    """Histograms of slack per site (all layers, all steps) on one shared set of bins."""
+    """Histograms of slack per site (all layers, all steps) on one shared set of bins; a profile
+    read under another layout than vllm-ascend has one histogram per prefetch point."""
     values: list[tuple[str, str, np.ndarray[Any, np.dtype[np.float64]], int]] = []
+    tolerance = max((res.late_tolerance_us for _, res in results), default=0.0)
     for label, res in results:
         p = res.prefetches
         if p.empty:
             continue
-        p = p[p["site"] != ""]
-        for site in sorted(p["site"].unique(), key=site_sort_key):
-            sp = p[p["site"] == site]
+        key = p["site"].where(p["site"] != "", p["point"])
+        p = p[key != ""]
+        key = key[key != ""]
+        for site in sorted(key.unique(), key=site_sort_key):
+            sp = p[key == site]
             slack = sp["slack_ns"].to_numpy(dtype=np.float64) / 1000.0
             values.append((label, str(site), slack, int(sp["late"].astype(bool).sum())))
     if not values:
-        return SlackFigure(edges_us=[], series=[])
-    lo = min(0.0, *(float(v[2].min()) for v in values))
+        return SlackFigure(edges_us=[], series=[], tolerance_us=tolerance)
+    lo = min(-tolerance, *(float(v[2].min()) for v in values))
     hi = max(0.0, *(float(v[2].max()) for v in values))
     if hi - lo < 1e-9:
         lo, hi = lo - 1.0, hi + 1.0
@@ -439,7 +433,7 @@ def slack_figure(results: Sequence[tuple[str, OverlapResult]], *, bins: int = 40
             )
         )
     series.sort(key=lambda s: (site_sort_key(s.site), [v[0] for v in values].index(s.label)))
-    return SlackFigure(edges_us=[float(e) for e in edges], series=series)
+    return SlackFigure(edges_us=[float(e) for e in edges], series=series, tolerance_us=tolerance)
 
 
 # --- search -----------------------------------------------------------------------------------

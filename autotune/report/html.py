@@ -25,6 +25,7 @@ from typing import Any
 from autotune.errors import AutotuneError
 from autotune.lateness import rule_text, tolerance_ns
 from autotune.overlap import OverlapResult
+from autotune.points import PointSummary, Sizes, point_label
 from autotune.profile.tasks import Profile
 from autotune.report.figures import (
     LayerChoice,
@@ -186,9 +187,87 @@ def site_table(rows: Sequence[SiteRow], *, table_id: str, caption: str = "") -> 
     )
 
 
+def point_table(result: OverlapResult, *, table_id: str) -> str:
+    """The prefetch points of a profile read under another layout than vllm-ascend."""
+    head = (
+        "<tr><th class='t'>point (what its issue follows → first window op ⇒ consumer)</th>"
+        "<th>prefetches</th><th>hidden (median)</th><th>slack median µs</th><th>slack p90 µs</th>"
+        "<th>slack min µs</th><th>late</th><th>stall / step µs</th><th>window holds a cube op"
+        "</th><th class='t'>verdict</th></tr>"
+    )
+    body = []
+    for p in result.points:
+        consumer = "" if p.consumer_known else " (consumer not known)"
+        body.append(
+            f"<tr data-point='{esc(p.name)}'><td class='t mono'>{esc(point_label(p) + consumer)}"
+            f"</td><td data-v='{p.count}'>{fmt_num(p.count)}</td>"
+            f"<td data-v='{_dv(p.hidden_fraction_median)}'>{fmt_pct(p.hidden_fraction_median)}</td>"
+            f"<td data-v='{_dv(p.slack_us_median)}'>{fmt_num(p.slack_us_median)}</td>"
+            f"<td data-v='{_dv(p.slack_us_p90)}'>{fmt_num(p.slack_us_p90)}</td>"
+            f"<td data-v='{_dv(p.slack_us_min)}'>{fmt_num(p.slack_us_min)}</td>"
+            f"<td data-v='{p.late}'>{fmt_num(p.late)}</td>"
+            f"<td data-v='{_dv(p.stall_us_per_step)}'>{fmt_num(p.stall_us_per_step)}</td>"
+            f"<td data-v='{p.contention}'>{fmt_num(p.contention)}</td>"
+            f"<td class='t'>{_verdict(p.verdict)}</td></tr>"
+        )
+    cap = f"<caption class='note'>{esc(rule_text(result.late_tolerance_us))}</caption>"
+    return (
+        f"<table class='sites' id='{esc(table_id)}'>{cap}<thead>{head}</thead>"
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def change_table(points: Sequence[PointSummary], *, table_id: str) -> str:
+    """What to change per point: an estimate from the profile, with bytes where they are known."""
+    if not points:
+        return ""
+    head = (
+        "<tr><th class='t'>point</th><th>CMO µs</th><th>time left µs</th><th>fits</th>"
+        "<th>CMO GB/s</th><th>bytes that fit</th><th>stall / step µs</th>"
+        "<th class='t'>set</th><th class='t'>knob</th></tr>"
+    )
+    rows = []
+    for p in points:
+        c = p.change
+        rows.append(
+            f"<tr><td class='t mono'>{esc(point_label(p))}</td>"
+            f"<td data-v='{_dv(c.cmo_us)}'>{fmt_num(c.cmo_us)}</td>"
+            f"<td data-v='{_dv(c.available_us)}'>{fmt_num(c.available_us)}</td>"
+            f"<td data-v='{_dv(c.hide_share)}'>{fmt_pct(c.hide_share)}</td>"
+            f"<td data-v='{_dv(c.gbps)}'>{fmt_num(c.gbps)}</td>"
+            f"<td data-v='{_dv(c.bytes_hidden)}'>"
+            f"{fmt_num(None if c.bytes_hidden is None else c.bytes_hidden / MIB)}"
+            f"{'' if c.bytes_hidden is None else ' MiB'}</td>"
+            f"<td data-v='{_dv(c.stall_us_per_step)}'>{fmt_num(c.stall_us_per_step)}</td>"
+            f"<td class='t mono'>{esc(c.setting or '— (fixed)')}</td>"
+            f"<td class='t'>{esc(c.knob)}</td></tr>"
+        )
+    note = (
+        "An estimate from this profile, not a measurement: time left runs from the CMO's start "
+        "to its window's end; fits is the share of today's prefetch that would end in time at "
+        "this profile's CMO speed (time left ÷ CMO time); bytes and the CMO speed need the "
+        "prefetch sizes (known for a run's trials); a setting is at most the whole weight."
+    )
+    return (
+        f"<table class='sites' id='{esc(table_id)}'><caption class='note'>{esc(note)}</caption>"
+        f"<thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
 def analysis_findings(result: OverlapResult) -> list[str]:
     """Plain-text findings the analysis reported (escaped at render time)."""
     out = []
+    for p in result.points:
+        if not p.consumer_known:
+            out.append(
+                f"{point_label(p)}: consumer not known — more cube ops run before its join than "
+                "its issue has CMOs, so the one it reads its weight from is a guess"
+            )
+        if p.contention:
+            out.append(
+                f"{point_label(p)}: {p.contention:,} window(s) hold a cube op (contention: "
+                "the vendor hides prefetches behind vector ops)"
+            )
     for site, n in sorted(result.windows_without_prefetch.items()):
         if n:
             out.append(f"{site}: {n:,} window(s) without a prefetch")
@@ -213,18 +292,26 @@ def findings_list(items: Sequence[str], *, list_id: str) -> str:
 
 
 def headline(result: OverlapResult) -> str:
-    sites = [s for s in result.sites if s.verdict != "inert"]
-    late = [s.site for s in result.sites if s.verdict == "late"]
-    stall = sum(s.stall_us_per_step for s in result.sites)
-    n = int(sum(s.count for s in result.sites))
+    if result.sites or not result.points:
+        active = sum(1 for s in result.sites if s.verdict != "inert")
+        late = [s.site for s in result.sites if s.verdict == "late"]
+        stall = sum(s.stall_us_per_step for s in result.sites)
+        n = int(sum(s.count for s in result.sites))
+        what = "active sites"
+    else:
+        active = len(result.points)
+        late = [point_label(p) for p in result.points if p.verdict == "late"]
+        stall = sum(p.stall_us_per_step for p in result.points)
+        n = int(sum(p.count for p in result.points))
+        what = "prefetch points"
     kpis = [
         (
             "ok" if not late else "bad",
-            f"{len(sites) - len(late)} / {len(sites)}",
-            "active sites fully hidden" if not late else "hidden; late: " + ", ".join(late),
+            f"{active - len(late)} / {active}",
+            f"{what} fully hidden" if not late else "hidden; late: " + ", ".join(late),
         ),
         ("", fmt_num(n), f"prefetches over {result.steps} step(s)"),
-        ("", fmt_num(stall), "µs stall per step (all sites)"),
+        ("", fmt_num(stall), f"µs stall per step (all {what.split()[-1]})"),
     ]
     cells = "".join(
         f"<div class='kpi {esc(c)}'><div class='v'>{esc(v)}</div><div class='l'>"
@@ -393,15 +480,26 @@ def analyze_page(
         ("source", ", ".join(sorted({p.source for p in profiles})) or "—"),
         ("profiler level", ", ".join(sorted({p.level or "?" for p in profiles})) or "—"),
         ("profiled steps", result.steps),
+        (
+            "layout",
+            f"{result.layout} ({result.layout_reason})" if result.layout_reason else result.layout,
+        ),
         ("generated", _now()),
     ]
     info += [(k, v) for k, v in defaults if k not in known]
     page = Page(title="autotune — prefetch overlap report", simulated=simulated, meta=info)
     rows = site_rows(result)
     page.sections.append(headline(result))
+    if result.sites or not result.points:
+        table = "<h2>Per-site overlap</h2>" + site_table(
+            rows, table_id="sites", caption=rule_text(result.late_tolerance_us)
+        )
+    else:
+        table = "<h2>Prefetch points</h2>" + point_table(result, table_id="points")
     page.sections.append(
-        "<section id='sites-section'><h2>Per-site overlap</h2>"
-        + site_table(rows, table_id="sites", caption=rule_text(result.late_tolerance_us))
+        f"<section id='sites-section'>{table}"
+        + ("<h3>What to change</h3>" if result.points else "")
+        + change_table(result.points, table_id="changes")
         + "<h3>Findings</h3>"
         + findings_list(analysis_findings(result), list_id="findings")
         + "</section>"
@@ -416,7 +514,9 @@ def analyze_page(
     page.data = {
         "kind": "analyze",
         "simulated": simulated,
+        "layout": result.layout,
         "sites": [r.__dict__ for r in rows],
+        "points": [p.to_json() for p in result.points],
         "layers": _layers_data(layers),
     }
     return page
@@ -511,10 +611,32 @@ def _analyse_trial(
         return AnalysedTrial(label, trial, [], None, why or "its profile folder is missing")
     try:
         profiles = load_profiles(path)
-        result = analyze(profiles, late_tolerance_ns=tolerance_ns(tolerance_us))
+        result = analyze(
+            profiles,
+            late_tolerance_ns=tolerance_ns(tolerance_us),
+            sizes=_prefetch_sizes(record, trial),
+        )
     except AutotuneError as exc:
         return AnalysedTrial(label, trial, [], None, f"its profile could not be read: {exc}")
     return AnalysedTrial(label, trial, list(profiles), result)
+
+
+def _prefetch_sizes(record: RunRecord, trial: TrialRecord) -> Sizes | None:
+    """Bytes of each (site, weight) prefetch the trial's config makes, and of the whole weight:
+    what turns the what-to-change share into bytes and a ratio (None when the model is gone)."""
+    from dataclasses import fields
+
+    from autotune import target
+    from autotune.workloads.base import Workload, setup_of
+
+    stored = record.run.get("workload") or {}
+    known = {f.name for f in fields(Workload)}
+    try:
+        setup = setup_of(Workload(**{k: v for k, v in stored.items() if k in known}))
+        found = target.resolve_prefetches(trial.config, setup, setup.max_num_seqs)
+    except (AutotuneError, TypeError, ValueError, OSError):
+        return None
+    return {(p.site, p.weight): (p.bytes, p.weight_bytes) for p in found}
 
 
 def _trial_label(role: str, trial: TrialRecord) -> str:
@@ -672,6 +794,11 @@ def run_page(record: RunRecord) -> Page:
         tables.append(
             f"<h3>{esc(a.label)}</h3>" + site_table(site_rows(a.result), table_id=tid, caption=cap)
         )
+        if a is best_a and a.result.points:
+            tables.append(
+                f"<h3>What to change ({esc(a.label)})</h3>"
+                + change_table(a.result.points, table_id="changes")
+            )
     findings = [str(s["probe_note"])] if s.get("probe_note") else []
     findings += [f"{site}: inert — {reason}" for site, reason in s.get("inert_sites", {}).items()]
     unprofiled = [t for t in record.trials if t.state == "complete" and t.unprofiled]

@@ -117,6 +117,13 @@ def _stream_label(stream: int | None) -> str:
     return "" if stream is None else f" (stream {stream})"
 
 
+def _streams_label(streams: Sequence[int]) -> str:
+    if not streams:
+        return ""
+    many = len(streams) > 1
+    return f" (stream{'s' if many else ''} {', '.join(str(s) for s in streams)})"
+
+
 def timeline_svg(layers: Sequence[TimelineLayer]) -> str:
     """One decoder layer per config, compute and prefetch lanes, all on one time scale."""
     width, left, right = 1120, 168, 18
@@ -146,7 +153,7 @@ def timeline_svg(layers: Sequence[TimelineLayer]) -> str:
             f"<g class='lane' data-lane='prefetch' data-panel='{li}'>"
             f"<rect x='{left}' y='{y_p}' width='{plot_w}' height='{lane_h}' fill='#f6f7f9'/>"
             f"<text x='{left - 8}' y='{y_p + 17}' font-size='12' text-anchor='end'>prefetch"
-            f"{esc(_stream_label(layer.prefetch_stream))}"
+            f"{esc(_streams_label(layer.prefetch_streams))}"
             "</text></g>"
         )
         # Window bands behind the bars: where each prefetch is meant to hide, and its deadline.
@@ -235,6 +242,8 @@ def slack_svg(fig: SlackFigure) -> str:
     def x(v: float) -> float:
         return left + (v - lo) / (hi - lo) * plot_w
 
+    # Late is slack below −tolerance: the shading and the line follow the tables' rule.
+    late_at = -fig.tolerance_us if fig.tolerance_us else 0.0
     parts: list[str] = []
     y = 6
     for site in sites:
@@ -244,8 +253,8 @@ def slack_svg(fig: SlackFigure) -> str:
             f"<g class='slack-row' data-site='{esc(site)}'>"
             f"<rect x='{left}' y='{y}' width='{plot_w}' height='{row_h}' fill='#fbfbfc' "
             "stroke='#e3e6eb'/>"
-            f"<rect x='{left}' y='{y}' width='{max(x(0.0) - left, 0):.2f}' height='{row_h}' "
-            "fill='#c62828' fill-opacity='0.06'/>"
+            f"<rect class='late-zone' x='{left}' y='{y}' width='{max(x(late_at) - left, 0):.2f}' "
+            f"height='{row_h}' fill='#c62828' fill-opacity='0.06'/>"
             f"<text x='{left - 8}' y='{y + 18}' font-size='12.5' font-weight='700' "
             f"text-anchor='end'>{esc(site)}</text>"
         )
@@ -274,16 +283,23 @@ def slack_svg(fig: SlackFigure) -> str:
                 )
         parts.append("</g>")
         y += row_h + gap
-    zx = x(0.0)
+    zx = x(late_at)
     parts.append(
-        f"<line x1='{zx:.2f}' x2='{zx:.2f}' y1='2' y2='{y - gap + 4}' stroke='#c62828' "
-        "stroke-dasharray='4 2'/>"
+        f"<line class='late-line' x1='{zx:.2f}' x2='{zx:.2f}' y1='2' y2='{y - gap + 4}' "
+        "stroke='#c62828' stroke-dasharray='4 2'/>"
         f"<text x='{zx - 4:.2f}' y='{y - gap + 2}' font-size='10.5' text-anchor='end' "
         "fill='#c62828'>late ←</text>"
     )
     y -= gap - 6
     _axis_x(
-        parts, lo, hi, x, left, plot_w, y, "slack µs (window end − prefetch end); left of 0 is late"
+        parts,
+        lo,
+        hi,
+        x,
+        left,
+        plot_w,
+        y,
+        f"slack µs (window end − prefetch end); left of {late_at:g} is late",
     )
     height = y + axis_h
     return _svg("slack", "slack distribution per site", width, height, parts)

@@ -15,6 +15,7 @@ from autotune.errors import AutotuneError
 from autotune.rundir import TrialRecord
 from autotune.search.confirm import confirmation_json
 from autotune.search.context import RunContext, trials_of
+from autotune.search.observed import ATTR_ADDED
 from autotune.search.options import ATTR_ROLE, ROLE_CONFIRM
 from autotune.search.probe import PROBE_ROLES
 from autotune.search.storage import shown_url
@@ -144,6 +145,7 @@ class Ledger:
             stopped=stopped,
             rundir=ctx.rundir,
             probe_note=str(ctx.study.user_attrs.get("probe_note", "")) if ctx.study else "",
+            added=ctx.study.user_attrs.get(ATTR_ADDED, {}) if ctx.study else {},
         )
 
     # -- --resume -----------------------------------------------------------------------------

@@ -112,7 +112,7 @@ class TrialRunner:
     def __init__(self, ctx: RunContext, ledger: Ledger) -> None:
         self.ctx = ctx
         self.ledger = ledger
-        self.readout = Readout(ctx.options, ctx.setup, ctx.rundir)
+        self.readout = Readout(ctx.options, ctx.rundir)
 
     def run_next(self, study: Study, probe_config: dict[str, Any] | None = None) -> TrialRecord:
         """Take the next trial (a queued one first) and run it; with `probe_config`, run that
@@ -188,7 +188,9 @@ class TrialRunner:
                     repeats=ctx.options.repeats,
                     profile=not confirming,
                 )
-                attrs = self.readout.read(record, result, config, profiled=not confirming)
+                attrs = self.readout.read(
+                    record, result, config, ctx.setup, profiled=not confirming
+                )
                 if confirming:
                     self._as_confirmation(study, record, attrs)
             except AutotuneError as exc:

@@ -8,8 +8,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from autotune import target
 from autotune.overlap import OverlapResult
 from autotune.profile import Profile
@@ -94,35 +92,18 @@ class StepStats:
     steps: int
 
 
-def step_durations_ns(profile: Profile) -> list[float]:
-    """Begin-to-begin durations of the profile's decode steps (ns); with fewer than three steps,
-    none.
-
-    The reader gives the number of steps its markers record, not where each begins; every decode
-    step launches the same tasks, so the steps are cut at equal task counts. A cut can land a task
-    or two off a step's first task, which the robust spread in `step_stats` shrugs off.
-    """
-    n = profile.steps or 0
-    tasks = profile.tasks
-    if n < 3 or len(tasks) < 2 * n:
-        return []
-    starts = np.sort(tasks["start_ns"].to_numpy(dtype=np.int64))
-    begins = starts[(len(starts) // n) * np.arange(n)]
-    return [float(d) for d in np.diff(begins)]
-
-
 def _robust_sd(values: Sequence[float]) -> float:
     """Standard deviation from the median absolute deviation: one odd step does not set it."""
     med = statistics.median(values)
     return 1.4826 * float(statistics.median(abs(v - med) for v in values))
 
 
-def step_stats(profiles: Sequence[Profile]) -> StepStats | None:
+def step_stats(profiles: Sequence[Profile], result: OverlapResult) -> StepStats | None:
     """The profiled decode step, median over ranks: device-task span / steps (ms), and the
-    standard error of that mean from the spread of the steps (the ranks run in lockstep, so it is
-    the median rank's, not divided again by the ranks)."""
+    standard error of that mean from the spread of the complete steps the step markers record
+    (`result.step_times`; the ranks run in lockstep, so it is the median rank's, not divided
+    again by the ranks)."""
     means: list[float] = []
-    errors: list[float] = []
     counts: list[int] = []
     for prof in profiles:
         if prof.tasks.empty:
@@ -131,11 +112,13 @@ def step_stats(profiles: Sequence[Profile]) -> StepStats | None:
         span = int(prof.tasks["end_ns"].max()) - int(prof.tasks["start_ns"].min())
         means.append(span / steps / 1e6)
         counts.append(steps)
-        durations = step_durations_ns(prof)
-        if len(durations) >= 2:
-            errors.append(_robust_sd(durations) / math.sqrt(steps) / 1e6)
     if not means:
         return None
+    by_rank: dict[int, list[float]] = {}
+    for t in result.step_times:
+        if t.complete:
+            by_rank.setdefault(t.rank, []).append(float(t.end_ns - t.start_ns))
+    errors = [_robust_sd(d) / math.sqrt(len(d)) / 1e6 for d in by_rank.values() if len(d) >= 3]
     se = float(statistics.median(errors)) if errors else None
     return StepStats(float(statistics.median(means)), se, int(statistics.median(counts)))
 

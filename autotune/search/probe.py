@@ -21,9 +21,9 @@ from autotune.rundir import TrialRecord
 from autotune.search.context import RunContext, trials_of
 from autotune.search.guide import seed_bytes
 from autotune.search.heartbeat import fail_stale
-from autotune.search.measure import SiteTiming, profile_inert
+from autotune.search.measure import SiteTiming
+from autotune.search.observed import ATTR_ADDED, profile_space
 from autotune.search.options import ATTR_ROLE, ATTR_SPACE
-from autotune.search.space import SearchSpace
 from autotune.search.workers import POLL_S, is_measured
 
 PROBE_ROLES = ("baseline", "default")
@@ -124,9 +124,12 @@ def analyse_probe(ctx: RunContext, study: Study) -> None:
     timings = {
         site: SiteTiming(**data) for site, data in default.user_attrs.get("timings", {}).items()
     }
-    silent = profile_inert(timings, ctx.space)
-    sites = tuple(s for s in ctx.space.sites if s.site not in silent)
-    space = SearchSpace(sites=sites, inert={**ctx.space.inert, **silent})
+    profiled = profile_space(ctx.space, timings, ctx.setup)
+    space = profiled.space
+    if profiled.added:
+        study.set_user_attr(ATTR_ADDED, profiled.added)
+        study.set_user_attr("probe_note", "; ".join(profiled.added.values()))
+        ctx.observer.phase("note: " + "; ".join(profiled.added.values()))
     wanted, reasons = seed_bytes(
         space,
         timings,

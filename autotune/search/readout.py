@@ -13,15 +13,18 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from autotune import target
 from autotune.errors import AutotuneError
 from autotune.lateness import tolerance_ns
 from autotune.overlap import analyze, late_sites, site_segments
 from autotune.profile import load_profiles
 from autotune.rundir import RunDir, TrialRecord
 from autotune.search.measure import lateness_by_site, site_timings, step_stats
+from autotune.search.observed import observed_setup
 from autotune.search.options import SearchOptions
 from autotune.search.sampler import ATTR_LATE, ATTR_SEGMENTS
 from autotune.search.summary import site_json
+from autotune.search.workers import ATTR_EFFECTIVE
 from autotune.target import Setup
 from autotune.workloads.base import TrialResult
 
@@ -43,9 +46,8 @@ class Readout:
     """Reads finished trials of one run: its objective and lateness tolerance, its deployment
     (which weights each site moves) and its run directory (paths are kept relative to it)."""
 
-    def __init__(self, options: SearchOptions, setup: Setup, rundir: RunDir) -> None:
+    def __init__(self, options: SearchOptions, rundir: RunDir) -> None:
         self.options = options
-        self.setup = setup
         self.rundir = rundir
 
     def read(
@@ -53,6 +55,7 @@ class Readout:
         record: TrialRecord,
         result: TrialResult,
         config: Mapping[str, Any],
+        setup: Setup,
         *,
         profiled: bool = True,
     ) -> dict[str, Any]:
@@ -74,7 +77,7 @@ class Readout:
         record.logs = [self.rundir.relative(p) for p in result.logs]
         record.simulated = result.simulated
         if result.profile_dir is not None:
-            attrs.update(self._read_profile(record, result.profile_dir, config))
+            attrs.update(self._read_profile(record, result.profile_dir, config, setup))
         elif profiled:
             record.unprofiled = result.unprofiled or "the backend returned no profile"
         if record.unprofiled:
@@ -87,7 +90,7 @@ class Readout:
         return attrs
 
     def _read_profile(
-        self, record: TrialRecord, path: Path, config: Mapping[str, Any]
+        self, record: TrialRecord, path: Path, config: Mapping[str, Any], setup: Setup
     ) -> dict[str, Any]:
         """Overlap, step time and window timings from the trial's profile, into `record` and the
         returned attributes; an unreadable one leaves the trial unprofiled with the reader's
@@ -107,7 +110,7 @@ class Readout:
             record.unprofiled = f"the profile is truncated: {cut[0].warnings[0]}"
             return {}
         record.profile = self.rundir.relative(path)
-        stats = step_stats(profiles)
+        stats = step_stats(profiles, overlap)
         if stats is not None:
             record.step_ms, record.step_se_ms = stats.mean_ms, stats.se_ms
             record.profiled_steps = stats.steps
@@ -120,8 +123,13 @@ class Readout:
         record.sites = {s.site: site_json(s) for s in overlap.sites}
         record.lateness_us = lateness_by_site(overlap)
         record.late_sites = late_sites(overlap)
-        timings = site_timings(overlap, config, self.setup)
+        # A site this profile shows firing counts in the target's arithmetic, even where the rules
+        # call it inert: else a later "off" trial would look like a duplicate of this one.
+        setup = observed_setup(setup, {s.site for s in overlap.sites if s.count > 0})
+        timings = site_timings(overlap, config, setup)
+        record.effective_bytes = target.effective_bytes(config, setup)
         return {
+            ATTR_EFFECTIVE: record.effective_bytes,
             "step_ms": record.step_ms,
             ATTR_SEGMENTS: {s: [g.total_ns, g.work_ns] for s, g in segments.items()},
             "timings": {s: asdict(t) for s, t in timings.items()},

@@ -301,6 +301,7 @@ def build_summary(
     rundir: RunDir,
     probe_note: str = "",
     confirmation: Mapping[str, Any] | None = None,
+    added: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """summary.json: what the run found, against what, how sure, and where it is."""
     chosen = pick(records, options.objective, late_is_infeasible=options.constraint)
@@ -342,6 +343,7 @@ def build_summary(
         "baseline": _trial_brief(baseline),
         "vendor_default": _trial_brief(default),
         "probe_note": probe_note,
+        "sites_added_by_profile": dict(added or {}),
         "best": best_brief,
         "best_config_keys": config_keys(best.config, options.extra_notes) if best else {},
         "runner_up": _trial_brief(runner_up),

@@ -26,6 +26,7 @@ from autotune.search.confirm import run_confirmation
 from autotune.search.context import RunContext, trials_of
 from autotune.search.ledger import Ledger
 from autotune.search.lifecycle import TrialRunner
+from autotune.search.observed import space_setup
 from autotune.search.options import (
     ATTR_ROLE,
     ATTR_SPACE,
@@ -39,7 +40,7 @@ from autotune.search.sampler import GuidedSampler, make_sampler
 from autotune.search.space import SearchSpace
 from autotune.search.storage import open_study
 from autotune.search.workers import ATTR_RUN, HOST, POLL_S, join_study, study_budget
-from autotune.workloads.base import Backend, Workload
+from autotune.workloads.base import Backend, Workload, setup_of
 
 # Stop proposing after this many consecutive duplicates: the sampler has nothing new to offer.
 MAX_CONSECUTIVE_DUPLICATES = 40
@@ -260,6 +261,8 @@ class Tuner:
         data = study.user_attrs.get(ATTR_SPACE)
         if data is not None:
             self.ctx.space = SearchSpace.from_json(data)
+        # Sites the default trial's profile added fire in the target's arithmetic from now on.
+        self.ctx.setup = space_setup(setup_of(self.ctx.workload), self.ctx.space)
         if isinstance(self.ctx.sampler, GuidedSampler):
             self.ctx.sampler.space = self.ctx.space if data is not None else None
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from autotune.target import Setup
+from autotune.target import GraphMode, Setup
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class Workload:
     ep: int = 1
     hardware: str = "910B2"  # simulator only: hardware preset or TOML file
     flashcomm1: bool = True  # passed as enable_flashcomm1 in the additional-config
-    graph_mode: bool = False  # False: --enforce-eager
+    graph_mode: bool = False  # True: captured graphs (the detail below), False: eager
     input_len: int = 1024
     output_len: int = 512
     max_num_batched_tokens: int = 16384
@@ -29,6 +29,16 @@ class Workload:
     # simulator only: where mlp.gate_up is joined, "swiglu" (0.23, after vllm-ascend #4168) or
     # "norm" (right after the post-attention norm, as before #4168)
     gate_up_join: str = "swiglu"
+    # The graph mode in detail, as 0.23 settles it from the serve args ("" = from graph_mode:
+    # the vendor recipe's FULL_DECODE_ONLY with VLLM_COMPILE, or eager); see target.GraphMode.
+    compile_mode: str = ""
+    cudagraph_mode: str = ""
+    npugraph_ex: bool = True
+    fuse_norm_quant: bool = True
+
+    @property
+    def graph(self) -> GraphMode:
+        return setup_of(self).graph
 
 
 def setup_of(workload: Workload) -> Setup:
@@ -42,6 +52,10 @@ def setup_of(workload: Workload) -> Setup:
         graph_mode=workload.graph_mode,
         max_num_batched_tokens=workload.max_num_batched_tokens,
         row_op=workload.row_op,
+        compile_mode=workload.compile_mode,
+        cudagraph_mode=workload.cudagraph_mode,
+        npugraph_ex=workload.npugraph_ex,
+        fuse_norm_quant=workload.fuse_norm_quant,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -130,22 +131,39 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_result(path: Path, *, num_prompts: int, log: Path) -> dict[str, Any]:
+def read_result(
+    path: Path, *, num_prompts: int, log: Path, shown: str | None = None
+) -> dict[str, Any]:
     """The saved bench result; TrialFailure unless every request completed and none failed."""
+    name = shown or path.name
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise failure(f"vllm bench serve wrote no result file {path.name}", log) from None
+        raise failure(f"vllm bench serve wrote no result file {name}", log) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise failure(f"bench result {path.name} is unreadable: {exc}", log) from None
+        raise failure(f"bench result {name} is unreadable: {exc}", log) from None
     if not isinstance(data, dict):
-        raise failure(f"bench result {path.name} is not a JSON object", log)
+        raise failure(f"bench result {name} is not a JSON object", log)
     completed, failed = data.get("completed"), data.get("failed", 0)
     if completed != num_prompts or failed not in (0, None):
         raise failure(
-            f"bench {path.name}: {completed} of {num_prompts} requests completed, {failed} failed",
+            f"bench {name}: {completed} of {num_prompts} requests completed, {failed} failed",
             log,
         )
     if not _finite(data.get("output_throughput")) or data["output_throughput"] <= 0:
-        raise failure(f"bench {path.name} has no positive output_throughput", log)
+        raise failure(f"bench {name} has no positive output_throughput", log)
+    return data
+
+
+def partial_path(final: Path) -> Path:
+    """Where a bench saves its result before autotune checks it and gives it its final name."""
+    return final.with_name(f".{final.name}.partial")
+
+
+def keep_result(final: Path, *, num_prompts: int, log: Path) -> dict[str, Any]:
+    """Check the result the bench saved under `partial_path(final)` and rename it to `final`:
+    a result file under its final name is always whole and valid."""
+    partial = partial_path(final)
+    data = read_result(partial, num_prompts=num_prompts, log=log, shown=final.name)
+    os.replace(partial, final)
     return data

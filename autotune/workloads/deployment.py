@@ -1,52 +1,39 @@
 """The user's deployment as the trials run it: `--serve-args`, `--serve-env` and the run flags.
 
-autotune reads tensor/expert parallelism, graph mode, max-num-batched-tokens and flashcomm1 from
-what `vllm serve` will really get, so no default of its own can silently change the deployment;
-two sources that disagree are refused with one line.
+autotune reads tensor/expert parallelism, the graph mode, max-num-batched-tokens, flashcomm1 and
+the other row-parallel ops from what `vllm serve` will really get, so no default of its own can
+silently change the deployment; two sources that disagree are refused with one line.
 """
 
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from autotune import target
 from autotune.errors import AutotuneError
+from autotune.target import GraphMode
+from autotune.workloads.vllm_args import ServeArgs
 
-# The flashcomm1 switch vllm-ascend 0.23 reads from the environment (envs.py).
+# Switches vllm-ascend 0.23 reads from the environment as bool(int(value)) or int(value), on
+# every start-up, whether or not the additional-config sets the same key (envs.py:71-82,
+# ascend_config.py:354-365): anything but an integer makes `vllm serve` crash.
 FLASHCOMM1_ENV = "VLLM_ASCEND_ENABLE_FLASHCOMM1"
-DEFAULT_MAX_NUM_BATCHED_TOKENS = 16384
-
-# `vllm serve` options autotune sets itself for every trial, with the flag to use instead.
-OWNED: dict[str, str] = {
-    "--max-num-seqs": "autotune's --max-num-seqs",
-    "--port": "autotune's --port",
-    "--host": "nothing: trials listen on 127.0.0.1",
-    "--additional-config": "autotune's --additional-config (other keys) and the tuned prefetch",
-    "--profiler-config": "nothing: autotune sets the profiler for each trial",
-}
-_ALIASES = {
-    "-tp": "--tensor-parallel-size",
-    "-dp": "--data-parallel-size",
-    "-ep": "--enable-expert-parallel",
-    "-O": "--compilation-config",
-}
+MATMUL_ALLREDUCE_ENV = "VLLM_ASCEND_ENABLE_MATMUL_ALLREDUCE"
+FLASHCOMM2_ENV = "VLLM_ASCEND_FLASHCOMM2_PARALLEL_SIZE"
+MSMONITOR_ENV = "MSMONITOR_USE_DAEMON"
+INT_ENVS = (FLASHCOMM1_ENV, MATMUL_ALLREDUCE_ENV, FLASHCOMM2_ENV, MSMONITOR_ENV)
+# vLLM disables torch.compile when this is "1" (config/vllm.py:1062-1067).
+TORCH_COMPILE_DISABLE_ENV = "TORCH_COMPILE_DISABLE"
+# vLLM's own --max-num-batched-tokens on an NPU host: vllm-ascend's get_device_total_memory
+# raises, so vLLM takes its default for other hardware, 2048 for the API server
+# (vllm-ascend platform.py:275-281, vLLM engine/arg_utils.py:2305-2331).
+ASCEND_MAX_NUM_BATCHED_TOKENS = 2048
+# What the simulator models unless told otherwise.
+SIMULATED_MAX_NUM_BATCHED_TOKENS = 16384
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-@dataclass(frozen=True)
-class ServeArgs:
-    """What autotune reads from `--serve-args` (the rest is passed on untouched)."""
-
-    argv: tuple[str, ...]
-    tp: int | None = None
-    dp: int | None = None
-    expert_parallel: bool = False
-    enforce_eager: bool = False
-    max_num_batched_tokens: int | None = None
-    served_model_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,12 +48,18 @@ class LaunchOptions:
     bench_timeout_s: float = 3600.0
     stop_timeout_s: float = 60.0
     num_prompts: int | None = None  # default: 4 x max-num-seqs
+    # --max-num-batched-tokens given to autotune: passed to vllm serve (else vLLM's own default).
+    max_num_batched_tokens: int | None = None
+    analyse_timeout_s: float = 1800.0  # torch_npu's offline parse of a trial's raw profile
+    allow_any_vllm: bool = False  # run with a vLLM other than 0.23.x (recorded in run.json)
+    require_profiles: bool = False  # what would leave trials unprofiled is an error up front
 
     def check(self) -> None:
         for flag, value in (
             ("--startup-timeout", self.startup_timeout_s),
             ("--bench-timeout", self.bench_timeout_s),
             ("--stop-timeout", self.stop_timeout_s),
+            ("--analyse-timeout", self.analyse_timeout_s),
         ):
             if not value > 0:
                 raise AutotuneError(f"{flag} must be a positive number of seconds, got {value}")
@@ -85,17 +78,11 @@ class LaunchOptions:
             "bench_timeout_s": self.bench_timeout_s,
             "stop_timeout_s": self.stop_timeout_s,
             "num_prompts": self.num_prompts,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "analyse_timeout_s": self.analyse_timeout_s,
+            "allow_any_vllm": self.allow_any_vllm,
+            "require_profiles": self.require_profiles,
         }
-
-
-def split_serve_args(text: str | None) -> tuple[str, ...]:
-    """`--serve-args "…"` split as a shell would (no shell runs it)."""
-    if not text:
-        return ()
-    try:
-        return tuple(shlex.split(text))
-    except ValueError as exc:
-        raise AutotuneError(f"--serve-args cannot be split: {exc} (check the quotes)") from None
 
 
 def parse_serve_env(items: Sequence[str]) -> dict[str, str]:
@@ -111,74 +98,19 @@ def parse_serve_env(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _int(flag: str, value: str) -> int:
+def env_switch(serve_env: Mapping[str, str], name: str) -> int | None:
+    """An integer switch of 0.23 from `--serve-env` (None when not given); one line otherwise."""
+    if name not in serve_env:
+        return None
+    value = serve_env[name]
     try:
-        number = int(value)
+        return int(value)
     except ValueError:
-        raise AutotuneError(f"--serve-args: {flag} needs an integer, got {value!r}") from None
-    if number <= 0:
-        raise AutotuneError(f"--serve-args: {flag} must be positive, got {number}")
-    return number
-
-
-def _value_of(argv: Sequence[str], i: int, inline: str | None) -> str:
-    if inline is not None:
-        return inline
-    if i + 1 >= len(argv):
-        raise AutotuneError(f"--serve-args: {argv[i]} needs a value")
-    return argv[i + 1]
-
-
-_INT_FIELDS = {
-    "--tensor-parallel-size": "tp",
-    "--data-parallel-size": "dp",
-    "--max-num-batched-tokens": "max_num_batched_tokens",
-}
-_BOOL_FIELDS = {
-    "--enable-expert-parallel": ("expert_parallel", True),
-    "--no-enable-expert-parallel": ("expert_parallel", False),
-    "--enforce-eager": ("enforce_eager", True),
-    "--no-enforce-eager": ("enforce_eager", False),
-}
-
-
-def read_serve_args(argv: Sequence[str]) -> ServeArgs:
-    """The deployment facts in `--serve-args`; one line for options autotune sets itself."""
-    fields: dict[str, Any] = {}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        name, inline = arg, None
-        if arg.startswith("--") and "=" in arg:
-            name, inline = arg.split("=", 1)
-        name = _ALIASES.get(name, name)
-        # vLLM accepts --opt.key=value for JSON options; the option is the part before the dot.
-        base = name.split(".", 1)[0] if name.startswith("--") else name
-        if base in OWNED:
-            raise AutotuneError(f"--serve-args must not set {base}; use {OWNED[base]}")
-        step = 1
-        if name in _INT_FIELDS:
-            fields[_INT_FIELDS[name]] = _int(name, _value_of(argv, i, inline))
-            step = 1 if inline is not None else 2
-        elif name == "--served-model-name":
-            fields["served_model_name"] = _value_of(argv, i, inline)
-            step = 1 if inline is not None else 2
-        elif name in _BOOL_FIELDS:
-            key, value = _BOOL_FIELDS[name]
-            if inline is not None:
-                value = value == (inline.strip().lower() not in ("false", "0", "no"))
-            fields[key] = value
-        i += step
-    return ServeArgs(argv=tuple(argv), **fields)
-
-
-def _env_bool(value: str) -> bool | None:
-    low = value.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off", ""):
-        return False
-    return None
+        raise AutotuneError(
+            f"--serve-env {name}={value!r}: vllm-ascend 0.23 reads it as an integer "
+            "(bool(int(value)) in envs.py) on every start-up, so this value makes vllm serve "
+            "crash; use 1 or 0"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -187,11 +119,72 @@ class Deployment:
 
     tp: int
     ep: int
-    graph_mode: bool
+    graph: GraphMode
     max_num_batched_tokens: int
     flashcomm1: bool
+    row_op: str
     # additional-config keys autotune adds to every trial (and to best_config.json) -> why
     added: dict[str, tuple[Any, str]]
+
+    @property
+    def graph_mode(self) -> bool:
+        return self.graph.graphs
+
+
+def _eager_because(serve: ServeArgs, serve_env: Mapping[str, str]) -> str:
+    if serve.enforce_eager:
+        return "--enforce-eager"
+    if serve.optimization_level == 0:
+        return "-O0"
+    if serve_env.get(TORCH_COMPILE_DISABLE_ENV) == "1":
+        return f"{TORCH_COMPILE_DISABLE_ENV}=1"
+    return "their --compilation-config"
+
+
+def _graph(
+    *,
+    simulated: bool,
+    serve: ServeArgs,
+    serve_env: Mapping[str, str],
+    extra: Mapping[str, Any],
+    graph_mode: bool | None,
+) -> GraphMode:
+    """The graph mode the trials run in: the user's serve args say it; autotune adds none."""
+    ascend = extra.get("ascend_compilation_config") or {}
+    if not isinstance(ascend, Mapping):
+        raise AutotuneError("--additional-config: ascend_compilation_config must be a JSON object")
+    if simulated:
+        # No server: the flag picks the modelled mode (graph: the vendor recipe's).
+        return target.resolve_graph_mode(
+            enforce_eager=not graph_mode,
+            optimization_level=None,
+            compilation={"cudagraph_mode": target.RECIPE_CUDAGRAPH_MODE} if graph_mode else {},
+            ascend_compilation=ascend,
+        )
+    mode = target.resolve_graph_mode(
+        enforce_eager=serve.enforce_eager,
+        optimization_level=serve.optimization_level,
+        compilation=serve.compilation,
+        ascend_compilation=ascend,
+        torch_compile_disabled=serve_env.get(TORCH_COMPILE_DISABLE_ENV) == "1",
+    )
+    if graph_mode is True and not mode.graphs:
+        why = _eager_because(serve, serve_env)
+        if why == "--enforce-eager":
+            raise AutotuneError(
+                "--graph-mode contradicts --serve-args --enforce-eager; give one of them"
+            )
+        raise AutotuneError(
+            f"--graph-mode contradicts --serve-args, which run vllm serve eagerly ({why}); "
+            "the trials run in the mode your --serve-args give"
+        )
+    if graph_mode is False and mode.graphs:
+        raise AutotuneError(
+            f"--no-graph-mode: your --serve-args run vllm serve in graph mode "
+            f"({mode.cudagraph_mode}); autotune adds no mode of its own, so put --enforce-eager "
+            "in --serve-args to tune eager mode"
+        )
+    return mode
 
 
 def resolve(
@@ -224,9 +217,16 @@ def resolve(
         ep_v = tp_v * dp
     else:
         ep_v = ep or 1
-    if graph_mode is True and serve.enforce_eager:
-        raise AutotuneError(f"--graph-mode contradicts {where} --enforce-eager; give one of them")
-    graph = bool(graph_mode)
+        if not simulated and ep_v > 1 and ep_v != tp_v * dp:
+            raise AutotuneError(
+                f"--ep {ep_v}: vLLM's expert parallelism is always TP x DP = {tp_v * dp} here; "
+                f"pass --ep {tp_v * dp} (or --enable-expert-parallel in --serve-args), or none"
+            )
+    for name in INT_ENVS:
+        env_switch(serve_env, name)
+    graph = _graph(
+        simulated=simulated, serve=serve, serve_env=serve_env, extra=extra, graph_mode=graph_mode
+    )
     if (
         max_num_batched_tokens is not None
         and serve.max_num_batched_tokens is not None
@@ -236,7 +236,8 @@ def resolve(
             f"--max-num-batched-tokens {max_num_batched_tokens} contradicts {where} "
             f"--max-num-batched-tokens {serve.max_num_batched_tokens}; give one of them"
         )
-    mnbt = max_num_batched_tokens or serve.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS
+    default = SIMULATED_MAX_NUM_BATCHED_TOKENS if simulated else ASCEND_MAX_NUM_BATCHED_TOKENS
+    mnbt = max_num_batched_tokens or serve.max_num_batched_tokens or default
 
     sources: list[tuple[str, bool]] = []
     if "enable_flashcomm1" in extra:
@@ -244,13 +245,9 @@ def resolve(
         if not isinstance(value, bool):
             raise AutotuneError("--additional-config: enable_flashcomm1 must be true or false")
         sources.append(("--additional-config enable_flashcomm1", value))
-    if FLASHCOMM1_ENV in serve_env:
-        env_value = _env_bool(serve_env[FLASHCOMM1_ENV])
-        if env_value is None:
-            raise AutotuneError(
-                f"--serve-env {FLASHCOMM1_ENV}={serve_env[FLASHCOMM1_ENV]!r}: use 1 or 0"
-            )
-        sources.append((f"--serve-env {FLASHCOMM1_ENV}", env_value))
+    env_value = env_switch(serve_env, FLASHCOMM1_ENV)
+    if env_value is not None:
+        sources.append((f"--serve-env {FLASHCOMM1_ENV}", bool(env_value)))
     if flashcomm1 is not None:
         sources.append(("--flashcomm1" if flashcomm1 else "--no-flashcomm1", flashcomm1))
     if len({v for _, v in sources}) > 1:
@@ -275,11 +272,26 @@ def resolve(
                 "the simulator models the vendor's Qwen3-Dense recipe with flashcomm1 on; the "
                 "mlp.gate_up prefetch fires only with it",
             )
+    # The other row-parallel ops: the additional-config key wins, else its environment switch.
+    row_env = {
+        key: serve_env[name]
+        for key, name in (
+            ("enable_matmul_allreduce", MATMUL_ALLREDUCE_ENV),
+            ("enable_flashcomm2_parallel_size", FLASHCOMM2_ENV),
+        )
+        if name in serve_env
+    }
+    row_extra = dict(extra)
+    for key, text in row_env.items():
+        if key not in row_extra:
+            number = int(text)
+            row_extra[key] = bool(number) if key == "enable_matmul_allreduce" else number
     return Deployment(
         tp=tp_v,
         ep=ep_v,
-        graph_mode=graph,
+        graph=graph,
         max_num_batched_tokens=mnbt,
         flashcomm1=fc1,
+        row_op=target.row_op_of(row_extra),
         added=added,
     )

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 
 # Slack over the idle usage measured before the trial, and how long to wait for it.
 SLACK_MB = 2048
@@ -31,6 +32,28 @@ def hbm_used_mb(text: str) -> int | None:
         if pairs:
             total = (total or 0) + int(pairs[-1][0])
     return total
+
+
+@dataclass(frozen=True)
+class Device:
+    """One NPU device (chip) of `npu-smi info`, numbered as ASCEND_RT_VISIBLE_DEVICES counts."""
+
+    index: int
+    used_mb: int
+    total_mb: int
+
+
+def devices(text: str) -> list[Device]:
+    """The devices of `npu-smi info` output, in its order, with their HBM use (MB)."""
+    out: list[Device] = []
+    for line in text.splitlines():
+        if not _CHIP_ROW.search(line):
+            continue
+        pairs = _PAIR.findall(line)
+        if pairs:
+            used, total = pairs[-1]
+            out.append(Device(len(out), int(used), int(total)))
+    return out
 
 
 def read_hbm_mb() -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -144,6 +145,44 @@ def _sigint_held() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+# A Python exception line, maybe behind a log prefix: "… ValueError: message".
+_EXCEPTION = re.compile(r"\b((?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception))(?::\s*(.*))?$")
+# Exceptions that only point elsewhere ("… See root cause above", "… see stack trace").
+_WRAPPER = re.compile(r"root cause|stack trace|initialization failed|failed to start", re.I)
+# How much of a log's end to search for the root cause.
+ROOT_CAUSE_BYTES = 512 * 1024
+
+
+def root_cause(path: Path, width: int = 400) -> str:
+    """The last exception in a log that is not a wrapper pointing elsewhere, with up to two
+    indented lines that continue its message; "" when the log holds none.
+
+    A failing `vllm serve` ends with wrappers ("RuntimeError: Engine core initialization
+    failed. See root cause above."); the cause is the exception a worker raised before them.
+    """
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - ROOT_CAUSE_BYTES))
+            lines = handle.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    for i in range(len(lines) - 1, -1, -1):
+        match = _EXCEPTION.search(lines[i])
+        if match is None or _WRAPPER.search(lines[i]):
+            continue
+        # Continuation lines carry the same log prefix ("(APIServer pid=1) "), then indentation.
+        prefix = lines[i][: match.start()]
+        text = lines[i][match.start() :].strip()
+        for more in lines[i + 1 : i + 3]:
+            rest = more[len(prefix) :] if more.startswith(prefix) else ""
+            if not rest[:1].isspace() or rest.strip().startswith("File "):
+                break
+            text += " " + rest.strip()
+        return text[:width]
+    return ""
+
+
 def log_tail(path: Path, lines: int = 15, width: int = 400) -> str:
     """The last `lines` non-empty lines of a log, joined with " | " so they fit in one line."""
     try:
@@ -156,6 +195,38 @@ def log_tail(path: Path, lines: int = 15, width: int = 400) -> str:
         return ""
     kept = [line.strip()[:width] for line in text.splitlines() if line.strip()]
     return " | ".join(kept[-lines:])
+
+
+def run_captured(
+    argv: Sequence[str], *, env: Mapping[str, str], stdin: str = "", timeout_s: float
+) -> tuple[int | None, str, str]:
+    """(exit code, stdout, stderr) of a short command in its own process group; the code is
+    None when it outlived `timeout_s`, and the whole group is killed then (or on Ctrl-C)."""
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(env),
+            text=True,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise AutotuneError(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
+    try:
+        out, err = proc.communicate(stdin, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        return None, out, err
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return proc.returncode, out, err
 
 
 def free_port(host: str = "127.0.0.1") -> int:

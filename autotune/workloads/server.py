@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from autotune.errors import AutotuneError
-from autotune.workloads.process import Child, log_tail
+from autotune.workloads.process import Child, log_tail, root_cause
 
 HEALTH_POLL_S = 0.25
 HOST = "127.0.0.1"
@@ -20,9 +20,31 @@ class TrialFailure(AutotuneError):
 
 
 def failure(reason: str, log: Path | None) -> TrialFailure:
-    """`reason`, plus the tail of `log` when it has one, as one line."""
-    tail = log_tail(log, lines=8, width=240) if log is not None else ""
-    return TrialFailure(f"{reason}; log {log.name}: {tail}" if tail and log else reason)
+    """`reason` and what the log says, as one line: the root cause the log holds (the last
+    exception that is not a wrapper), else its tail; the log is named by its full path."""
+    if log is None:
+        return TrialFailure(reason)
+    cause = root_cause(log)
+    if cause:
+        return TrialFailure(f"{reason}: {cause} (log {log})")
+    tail = log_tail(log, lines=8, width=240)
+    return TrialFailure(f"{reason}; log {log}: {tail}" if tail else f"{reason}; log {log}")
+
+
+# Loopback calls go straight to the server, whatever http_proxy/https_proxy say.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def loopback_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with the loopback names in no_proxy/NO_PROXY: `vllm bench serve` honours the proxy
+    variables (aiohttp's trust_env, vLLM benchmarks/serve.py:669-671) and would send its
+    requests for 127.0.0.1 to the proxy."""
+    out = dict(env)
+    for key in ("no_proxy", "NO_PROXY"):
+        have = [h.strip() for h in out.get(key, "").split(",") if h.strip()]
+        out[key] = ",".join([*have, *(h for h in LOOPBACK if h not in have)])
+    return out
 
 
 class VllmServer:
@@ -70,7 +92,7 @@ class VllmServer:
         """POST `path`; TrialFailure naming the endpoint unless it answers 2xx."""
         request = urllib.request.Request(self.base_url + path, data=b"", method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            with _DIRECT.open(request, timeout=timeout_s) as response:
                 response.read()
         except urllib.error.HTTPError as exc:
             raise failure(f"POST {path} answered HTTP {exc.code}", self.log) from None
@@ -80,7 +102,7 @@ class VllmServer:
 
     def _get_ok(self, path: str) -> bool:
         try:
-            with urllib.request.urlopen(self.base_url + path, timeout=5) as response:
+            with _DIRECT.open(self.base_url + path, timeout=5) as response:
                 return int(response.status) == 200
         except (urllib.error.URLError, OSError, ValueError):
             return False

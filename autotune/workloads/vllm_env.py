@@ -128,8 +128,9 @@ def query_versions(executable: Path) -> VllmEnv:
     )
 
 
-def check_env(env: VllmEnv) -> str:
-    """The vllm-ascend version behind `vllm`; one-line error unless it is 0.23.x."""
+def check_env(env: VllmEnv, *, allow_any_vllm: bool = False) -> str:
+    """The vllm-ascend version behind `vllm`; one-line error unless it is 0.23.x, run with the
+    vLLM 0.23.x it is built against (another vLLM only with --allow-any-vllm)."""
     where = f"in the environment of {env.executable} ({env.python})"
     if env.ascend_version is None:
         raise AutotuneError(
@@ -137,14 +138,31 @@ def check_env(env: VllmEnv) -> str:
             f"or point --vllm at the right vllm ({SIMULATE_HINT})"
         )
     version = env.ascend_version
-    if target.feature_supported(version):
-        return version
-    if target.parse_version(version)[:2] >= (0, 24):
+    if not target.feature_supported(version):
+        if target.parse_version(version)[:2] >= (0, 24):
+            raise AutotuneError(
+                f"vllm-ascend {version} is installed {where}, but weight_prefetch_config was "
+                "removed after 0.23 (newer versions ignore it); install vllm-ascend==0.23.*"
+            )
         raise AutotuneError(
-            f"vllm-ascend {version} is installed {where}, but weight_prefetch_config was removed "
-            "after 0.23 (newer versions ignore it); install vllm-ascend==0.23.*"
+            f"vllm-ascend {version} is installed {where}; it is older than 0.23, whose "
+            "weight-prefetch behaviour this tool models; install vllm-ascend==0.23.*"
         )
-    raise AutotuneError(
-        f"vllm-ascend {version} is installed {where}; it is older than 0.23, whose "
-        "weight-prefetch behaviour this tool models; install vllm-ascend==0.23.*"
-    )
+    if not allow_any_vllm and not vllm_supported(env.vllm_version):
+        found = f"vLLM {env.vllm_version}" if env.vllm_version else "no vLLM version"
+        raise AutotuneError(
+            f"{found} is installed {where}, but vllm-ascend 0.23 is built and tested against "
+            "vLLM 0.23.x; install vllm==0.23.* there, or pass --allow-any-vllm to run with "
+            "this pair anyway (the run records it)"
+        )
+    return version
+
+
+def vllm_supported(version: str | None) -> bool:
+    """True for the vLLM versions vllm-ascend 0.23 pins (0.23.x)."""
+    if version is None:
+        return False
+    try:
+        return target.parse_version(version)[:2] == (0, 23)
+    except AutotuneError:
+        return False

@@ -116,3 +116,17 @@ def test_bad_rules_file(tmp_path: Path, text: str, match: str) -> None:
     with pytest.raises(AutotuneError, match=match) as e:
         load_rules(f)
     assert str(f) in str(e.value)
+
+
+def test_other_stacks_roles() -> None:
+    # MindIE's sparse attention is a cube op (an attention kernel); its CMO shows up as SDMA_SQE
+    # on a stream that runs no compute. SGLang's HCCL stream runs Notify Wait / SDMA / Write Value.
+    (mindie,) = load_profiles(PROFILES / "mindie_o_proj_ascend_pt")
+    roles = mindie.tasks.groupby("op_type")["role"].first().to_dict()
+    assert roles["SparseFlashAttention"] == "cube" and roles["KvRmsNormRopeCache"] == "other"
+    cmo = mindie.tasks[mindie.tasks["type"] == "SDMA_SQE"]
+    assert len(cmo) == 4 and set(cmo["role"]) == {"prefetch"}
+    (sglang,) = load_profiles(PROFILES / "sglang_qwen3_ascend_pt")
+    hccl = sglang.tasks[sglang.tasks["stream"] == 5]
+    assert set(hccl.loc[hccl["type"] != "EVENT_WAIT", "role"]) <= {"comm", "record"}
+    assert mindie.unclassified_types == {} and sglang.unclassified_types == {}

@@ -31,9 +31,13 @@ def test_parent_dir_finds_every_profile_at_any_depth() -> None:
     assert [(f.rank, f.root.relative_to(PROFILES).as_posix()) for f in found] == [
         (0, "dense_current_ascend_pt"),
         (0, "dense_db_ascend_pt"),
+        (0, "matmul_overlap_ascend_pt"),
+        (0, "mindie_o_proj_ascend_pt"),
         (0, "real_910b_level1/db/rank0_ascend_pt"),
         (0, "real_910b_level1/text/rank0_ascend_pt"),
+        (0, "sglang_qwen3_ascend_pt"),
         (0, "truncated_ascend_pt"),
+        (0, "two_streams_ascend_pt"),
         (1, "dense_legacy_ascend_pt"),
         (1, "real_910b_level1/db/rank1_ascend_pt"),
         (1, "real_910b_level1/text/rank1_ascend_pt"),

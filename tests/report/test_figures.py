@@ -55,3 +55,48 @@ def test_importance_when_every_site_varied(tmp_path: Path) -> None:
     few = points[: MIN_TRIALS_FOR_IMPORTANCE - 1]
     short = search_importance(_record(tmp_path), few, SITES)
     assert short.values == [] and f"needs at least {MIN_TRIALS_FOR_IMPORTANCE}" in short.note
+
+
+# --- figures of the overlap analysis ----------------------------------------------------------
+
+PROFILES = Path(__file__).resolve().parents[2] / "profiles"
+
+
+def test_slack_histograms_shade_what_the_tables_call_late() -> None:
+    from autotune.overlap import analyze
+    from autotune.profile import load_profiles
+    from autotune.report.figures import slack_figure
+    from autotune.report.svg import slack_svg
+
+    profiles = load_profiles(PROFILES / "dense_current_ascend_pt")
+    result = analyze(profiles, late_tolerance_ns=2000)
+    fig = slack_figure([("p", result)])
+    assert fig.tolerance_us == 2.0
+    # attn.o: slack -2.5 (o_proj, late beyond 2 µs) and -1.2 (down_proj, within it).
+    (o,) = [s for s in fig.series if s.site == "attn.o"]
+    assert o.late == 2 == next(s.late for s in result.sites if s.site == "attn.o")
+    svg = slack_svg(fig)
+    lo, hi = fig.edges_us[0], fig.edges_us[-1]
+    left, plot_w = 168, 1120 - 168 - 18
+    x_late = left + (-2.0 - lo) / (hi - lo) * plot_w
+    assert f"x1='{x_late:.2f}'" in svg.split("class='late-line'")[1].split("/>")[0]
+    assert f"width='{x_late - left:.2f}'" in svg.split("class='late-zone'")[1].split("/>")[0]
+    assert "left of -2 is late" in svg
+
+
+def test_the_timeline_draws_the_streams_the_analysis_read() -> None:
+    from autotune.overlap import analyze
+    from autotune.profile import load_profiles
+    from autotune.report.figures import timeline_layer
+    from autotune.report.svg import timeline_svg
+
+    (profile,) = load_profiles(PROFILES / "two_streams_ascend_pt")
+    result = analyze([profile], layout="auto")
+    streams = result.streams_of(profile, 0)
+    assert streams is not None and (streams.compute, streams.prefetch) == (2, (8, 9))
+    layer = timeline_layer(profile, result, label="two streams")
+    assert (layer.compute_stream, layer.prefetch_streams) == (2, (8, 9))
+    drawn = [t for t in layer.tasks if t.lane == "prefetch" and t.role == "prefetch"]
+    assert len(drawn) == 2  # the qkv CMO (stream 8) and the down CMO (stream 9) of the layer
+    assert len(layer.prefetches) == 2
+    assert "prefetch (streams 8, 9)" in timeline_svg([layer])

@@ -254,3 +254,25 @@ def test_unattributed_stall_is_a_finding() -> None:
     assert "unattributed stall: 15.0 µs per step of joins no prefetch was matched to" in found
     result.unattributed_stall_us = 0.0
     assert not any("unattributed stall" in f for f in analysis_findings(result))
+
+
+def test_analyze_report_of_another_stack_shows_its_points_and_what_to_change(
+    tmp_path: Path,
+) -> None:
+    profiles = load_profiles(
+        Path(__file__).resolve().parents[2] / "profiles" / "sglang_qwen3_ascend_pt"
+    )
+    result = analyze(profiles, layout="auto")
+    path = tmp_path / "sglang.html"
+    write_analyze_report(result, profiles, path)
+    text = path.read_text(encoding="utf-8")
+    assert "sglang (auto: prefetches come in pairs" in text
+    points = text[text.index("<table class='sites' id='points'>") :]
+    points = points[: points.index("</table>")]
+    assert points.count("<tr data-point=") == 2 and "(gate_up_proj)" in points
+    changes = text[text.index("id='changes'") :]
+    changes = changes[: changes.index("</table>")]
+    assert "— (fixed)" in changes and "PREFETCH_MAX_SIZE" in changes
+    assert "An estimate from this profile" in changes
+    assert "window(s) hold a cube op" in text  # the down CMO's window holds gate_up's matmul
+    assert "0 / 2" in text and "prefetch points fully hidden" not in text

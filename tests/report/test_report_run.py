@@ -312,7 +312,7 @@ def _real_env(bin_dir: Path, fault: str = "") -> dict[str, str]:
 def real_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(run dir, fake bin dir): `autotune run --backend vllm-ascend` on the fake vLLM, whose
     vendor-default trial (1) writes no *_ascend_pt profile; flashcomm1 from your own
-    --additional-config."""
+    --additional-config; eager, as in graph mode 0.23 keeps no site to search."""
     root = tmp_path_factory.mktemp("real-run")
     bin_dir = make_fake_env(root / "env")
     model = make_small_model(root / "model")
@@ -320,7 +320,8 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     args = ["run", "--backend", "vllm-ascend", "--model", str(model), "--max-num-seqs", "8",
             "--tp", "2", "--trials", str(REAL_TRIALS), "--repeats", "1", "--input-len", "32",
             "--output-len", "32", "--num-prompts", "16", "--profile-steps", "2",
-            "--additional-config", '{"enable_flashcomm1": true}', "--out", str(out)]  # fmt: skip
+            "--additional-config", '{"enable_flashcomm1": true}', "--out", str(out),
+            "--serve-args", "--enforce-eager"]  # fmt: skip
     succeeded(autotune(*args, env=_real_env(bin_dir, "no-profile@1")))
     return out, bin_dir
 
@@ -374,3 +375,27 @@ def test_real_run_reasons_survive_a_resume(real_run: tuple[Path, Path], tmp_path
     assert {n: trials_after[n] for n in trials_before} == trials_before
     assert before["probe_note"] in result.stdout
     assert f"enable_flashcomm1: {why}" in result.stdout
+
+
+def test_run_report_says_what_to_change_in_bytes_and_ratios(
+    run_dir: Path, record: RunRecord
+) -> None:
+    # The trial's config and the model give every prefetch's size, so the estimate has bytes, the
+    # CMO speed of the profile and a ratio per site.
+    from autotune.report.html import _analyse_trial
+
+    best = record.best_trial
+    assert best is not None
+    analysed = _analyse_trial(record, best, "best", 0.0)
+    assert analysed.result is not None and analysed.result.points
+    for p in analysed.result.points:
+        c = p.change
+        assert c.cmo_bytes is not None and c.weight_bytes is not None and c.gbps is not None
+        assert c.bytes_hidden == pytest.approx(
+            min(c.cmo_bytes * c.hide_share, c.weight_bytes), abs=1
+        )
+        assert c.setting.startswith("ratio 0.") or c.setting.startswith("ratio 1")
+    text = (run_dir / "report.html").read_text(encoding="utf-8")
+    table = text[text.index("id='changes'") :]
+    table = table[: table.index("</table>")]
+    assert "MiB" in table and "ratio 0." in table and "an estimate" in text.lower()

@@ -17,7 +17,7 @@ from autotune.profile import load_profiles
 from autotune.rundir import TrialRecord
 from autotune.search.estimate import PRIOR_BENCH_CV, Z, bench_warnings, estimate
 from autotune.search.measure import step_stats
-from autotune.search.summary import RULE_BEST, confidence, pick, pick_rule
+from autotune.search.summary import RULE_BEST, RULE_ON_TIME_BLIND, confidence, pick, pick_rule
 from autotune.workloads.base import Workload
 from autotune.workloads.simulate import NOISELESS, REALISTIC, read_config, simulate_once
 
@@ -157,6 +157,11 @@ def test_short_benches_are_flagged_and_decide_nothing() -> None:
     block = confidence(chosen, recs[1], recs[0], repeats=1, resume="autotune run --resume --out R")
     assert all("no verdict" in v for v in block["verdict"])
     assert "--confirm 1" in block["settle"] and block["warnings"] == warn
+    # When the fastest is late, the on-time trial is kept, and the rule says why: not "within the
+    # noise" (nothing was told apart), the benches are too short.
+    recs[1] = _rec(1, 397.0, None, bench_s=1.1, late=True)
+    late_pick = pick(recs, "throughput")
+    assert late_pick.ranked[0].number == 2 and late_pick.rule == RULE_ON_TIME_BLIND
 
 
 def test_tpot_margins_are_the_share_of_tpot_saved() -> None:

@@ -29,7 +29,9 @@ def test_a_tp4_graph_mode_host_with_raw_ranks_profiles_every_trial(
 ) -> None:
     bin_dir, model = fake
     out = tmp_path / "run"
-    argv = args(model, out, *FLASHCOMM1, serve=RECIPE_SERVE, tp=None)
+    # Every profile kept, to check each rank of each trial (the default keeps only those of the
+    # baseline, the default and the best).
+    argv = args(model, out, *FLASHCOMM1, "--keep-profiles", "all", serve=RECIPE_SERVE, tp=None)
     result = run(argv, env(bin_dir, FAKE_VLLM_FAULT="raw-only"))
     ok(result)
     complete = [r for r in rows(out) if r["state"] == "complete"]

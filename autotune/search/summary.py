@@ -21,6 +21,7 @@ from autotune.workloads.base import Workload
 RULE_BEST = "best estimated objective (no late site)"
 RULE_LATE_FASTER = "late but faster beyond the noise of the estimates"
 RULE_ON_TIME = "on-time trial kept: the faster late one is within the noise"
+RULE_ON_TIME_BLIND = "on-time trial kept: the benches are too short to tell the late one apart"
 RULE_STRICT = "late sites infeasible (--late-is-infeasible)"
 
 
@@ -64,7 +65,8 @@ def pick(
     rival = next((r for r in ranked if r.feasible is not False), None)
     if rival is None or est.beyond(first.number, rival.number):
         return Pick(ranked, RULE_LATE_FASTER, est)
-    return Pick([rival, *(r for r in ranked if r is not rival)], RULE_ON_TIME, est)
+    rule = RULE_ON_TIME_BLIND if est.blind else RULE_ON_TIME
+    return Pick([rival, *(r for r in ranked if r is not rival)], rule, est)
 
 
 def pick_best(

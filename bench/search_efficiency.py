@@ -29,8 +29,14 @@ presets (`autotune.hardware.hardware_family`: each estimated field varied indepe
 seed per set, each set measured against its own grid optimum; the table then also gives the
 share of runs within after 12 trials.
 
+A held-out case: `--cases` takes a local model directory as well as a preset, `--tp` the
+tensor-parallel size, `--hardware` a preset or a TOML file overriding one; `--optimum` prints each
+case's grid optimum and its gain over prefetch off.
+
 Usage: python bench/search_efficiency.py [--seeds 20] [--quick] [--jobs 2] [--methods ...]
        python bench/search_efficiency.py --hardware-family 20 --family-seed 1 [--jobs 2]
+       python bench/search_efficiency.py --cases tests/data/qwen3-8b-w8a8:96 --tp 2 \
+           --hardware bench/heldout_fixed_cost.toml --optimum
 """
 
 from __future__ import annotations
@@ -53,12 +59,13 @@ import numpy as np
 import optuna
 
 from autotune import target
+from autotune.errors import AutotuneError
 from autotune.hardware import Hardware, hardware_family
-from autotune.rundir import RunDir, TrialRecord
+from autotune.rundir import MIB, RunDir, TrialRecord
 from autotune.search import SearchOptions, Tuner
-from autotune.search.grid import grid_optimum as search_grid_optimum
-from autotune.target import Setup
-from autotune.workloads.base import Workload
+from autotune.search.grid import grid_best as search_grid_best
+from autotune.target import Setup, check_setup
+from autotune.workloads.base import Workload, setup_of
 from autotune.workloads.simulate import (
     IDEAL,
     REALISTIC,
@@ -118,21 +125,33 @@ FAMILY_CASES: tuple[tuple[str, int], ...] = (
 # Our runs write and parse a profile per trial, so they get the budget of `autotune run`; the
 # others cost microseconds a trial and get a long one.
 OURS_BUDGET = 12
+# The cases' tensor-parallel size and hardware (preset name or TOML file) unless --tp/--hardware.
+TP = 4
+HARDWARE = "910B2"
 RAW_KEYS: tuple[tuple[str, str], ...] = tuple(
     (module, key) for module, keys in target.MODULE_KEYS.items() for key in keys
 )
 
 
-def workload(model: str, mns: int) -> Workload:
+def workload(model: str, mns: int, tp: int = TP, hardware: str = HARDWARE) -> Workload:
     # The profiled steps of `autotune run` (8): their spread is the profile's noise.
     # flashcomm1 on a MoE model needs expert parallelism in 0.23 (vllm serve aborts without it),
-    # so MoE cases run with experts spread over the TP4 group, as `autotune run` requires.
-    ep = 4 if target.spec_of(Setup(model, 4, 1, mns, True, False)).has_experts else 1
-    return Workload(model=model, max_num_seqs=mns, ep=ep, profile_steps=PROFILE_STEPS)
+    # so MoE cases run with experts spread over the TP group, as `autotune run` requires.
+    ep = tp if target.spec_of(Setup(model, tp, 1, mns, True, False)).has_experts else 1
+    return Workload(
+        model=model,
+        max_num_seqs=mns,
+        tp=tp,
+        ep=ep,
+        hardware=hardware,
+        profile_steps=PROFILE_STEPS,
+    )
 
 
-# The hardware set of the running jobs (None: the workload's preset).
+# The hardware set of the running jobs (None: the workload's preset or TOML file).
 Family = tuple[int, int, int] | None  # (N, family seed, index)
+# What a grid optimum depends on: model, max-num-seqs, hardware set, TP, hardware.
+OptimumKey = tuple[str, int, Family, int, str]
 
 
 @lru_cache(maxsize=8)
@@ -145,9 +164,29 @@ def hardware_of(family: Family) -> Hardware | None:
 
 
 @lru_cache(maxsize=256)
-def grid_optimum(model: str, mns: int, family: Family = None) -> float:
-    """Best noiseless throughput over the effective-bytes ladder of every site that can matter."""
-    return search_grid_optimum(workload(model, mns), EXTRA, hardware_of(family))
+def grid_best(
+    model: str, mns: int, family: Family = None, tp: int = TP, hardware: str = HARDWARE
+) -> tuple[float, dict[str, int]]:
+    """Best noiseless throughput over the effective-bytes ladder of every site that can matter,
+    and the effective bytes per active site that reach it."""
+    return search_grid_best(workload(model, mns, tp, hardware), EXTRA, hardware_of(family))
+
+
+def parse_case(text: str) -> tuple[str, int]:
+    """MODEL:SEQS (MODEL may be a path; SEQS is after the last colon)."""
+    model, sep, seqs = text.rpartition(":")
+    if not sep or not model or not seqs.isdigit() or int(seqs) < 1:
+        raise AutotuneError(
+            f"--cases {text!r}: expected MODEL:SEQS with SEQS a positive integer, "
+            "e.g. Qwen3-32B-W8A8:72 or tests/data/qwen3-8b-w8a8:96"
+        )
+    return model, int(seqs)
+
+
+def check_case(w: Workload) -> None:
+    """AutotuneError (one line) for a model, TP or hardware no trial of the case could run."""
+    check_setup(setup_of(w))
+    SimulateBackend(w)
 
 
 def noisy(
@@ -288,15 +327,19 @@ class Job:
     noise: float
     within: float = WITHIN
     family: Family = None
+    tp: int = TP
+    hardware: str = HARDWARE
+
+    @property
+    def optimum_key(self) -> OptimumKey:
+        return (self.model, self.mns, self.family, self.tp, self.hardware)
 
 
 def run_job(job: Job) -> tuple[Job, int | None, list[bool], list[float]]:
     """(job, first trial count within the target or None, within per trial, gap % per trial)."""
-    w = workload(job.model, job.mns)
+    w = workload(job.model, job.mns, job.tp, job.hardware)
     hw = hardware_of(job.family)
-    optimum = _PRIMED.get((job.model, job.mns, job.family)) or grid_optimum(
-        job.model, job.mns, job.family
-    )
+    optimum = _PRIMED.get(job.optimum_key) or grid_best(*job.optimum_key)[0]
     incumbents = RUNNERS[job.method](w, job.seed, job.budget, job.noise, hw)
     cache: dict[str, float] = {}
     within: list[bool] = []
@@ -322,6 +365,7 @@ def half_lines(
     methods: Sequence[str],
     hits: dict[tuple[str, str, int], list[int | None]],
     budgets: dict[str, int],
+    width: int = 22,
 ) -> str:
     """Per case: autotune's median trials against the best other method's (a median past a
     method's budget counts as budget + 1, a lower bound)."""
@@ -343,7 +387,7 @@ def half_lines(
             if others[best] <= 1:
                 verdict += ", 1 trial cannot be halved"
             cells.append(f"{label}: {others[best]:g} ({best}) {verdict}")
-        lines.append(f"  {model:<22} {mns:>5}  {ours:g} vs " + "; ".join(cells))
+        lines.append(f"  {model:<{width}} {mns:>5}  {ours:g} vs " + "; ".join(cells))
     return "\n".join(lines)
 
 
@@ -361,7 +405,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--noise", type=float, default=0.01, help="bench noise (relative std)")
     parser.add_argument("--within", type=float, default=WITHIN, help="target gap (0.005 = 0.5 %%)")
     parser.add_argument(
-        "--cases", nargs="+", default=None, help="MODEL:SEQS, e.g. Qwen3-32B-W8A8:72"
+        "--cases",
+        nargs="+",
+        default=None,
+        help="MODEL:SEQS, MODEL a preset or a local model directory, e.g. Qwen3-32B-W8A8:72",
+    )
+    parser.add_argument("--tp", type=int, default=TP, help=f"tensor-parallel size ({TP})")
+    parser.add_argument(
+        "--hardware",
+        default=None,
+        metavar="NAME|TOML",
+        help=f"hardware preset or TOML file overriding one ({HARDWARE})",
+    )
+    parser.add_argument(
+        "--optimum",
+        action="store_true",
+        help="also print each case's grid optimum and its gain over prefetch off",
     )
     parser.add_argument("--methods", nargs="+", default=None, choices=METHODS)
     parser.add_argument(
@@ -381,9 +440,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     realism = IDEAL if args.ideal else REALISTIC
     family = args.hardware_family
+    if family and args.hardware is not None:
+        parser.error("--hardware and --hardware-family exclude each other")
+    hardware = args.hardware or HARDWARE
     cases = QUICK_CASES if args.quick else (FAMILY_CASES if family else CASES)
-    if args.cases:
-        cases = tuple((c.split(":")[0], int(c.split(":")[1])) for c in args.cases)
+    try:
+        if args.cases:
+            cases = tuple(parse_case(c) for c in args.cases)
+        for model, mns in cases:
+            check_case(workload(model, mns, args.tp, hardware))
+    except AutotuneError as exc:
+        print(f"search_efficiency: {exc}", file=sys.stderr)
+        return 2
     methods = args.methods or list(FAMILY_METHODS if family else DEFAULT_METHODS)
     seeds = args.seeds if args.seeds is not None else (5 if args.quick else 20)
     if family:
@@ -400,6 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.noise,
             args.within,
             fam,
+            args.tp,
+            hardware,
         )
         for model, mns in cases
         for m in methods
@@ -407,9 +477,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     start = time.perf_counter()
     # Grid optima first, once per case and hardware set, so workers do not all recompute them.
-    keys = sorted({(j.model, j.mns, j.family) for j in jobs}, key=str)
+    keys = sorted({j.optimum_key for j in jobs}, key=str)
     with multiprocessing.Pool(args.jobs) as pool:
-        optima = dict(zip(keys, pool.starmap(grid_optimum, keys), strict=True))
+        bests = dict(zip(keys, pool.starmap(grid_best, keys), strict=True))
+    optima = {key: value for key, (value, _) in bests.items()}
     with multiprocessing.Pool(args.jobs, initializer=_prime, initargs=(optima, realism)) as pool:
         results = pool.map(run_job, jobs, chunksize=1)
     hits: dict[tuple[str, str, int], list[int | None]] = {}
@@ -427,6 +498,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if family
         else f"{seeds} seeds"
     )
+    if args.tp != TP or args.hardware is not None:
+        where += f", TP {args.tp}, hardware {hardware}"
+    width = max(22, *(len(model) for model, _ in cases))
     print(
         f"median trials to within {args.within:.1%} of the grid optimum; in brackets the share of "
         f"runs whose pick after {OURS_BUDGET} trials is within ({where}, noise {args.noise:.1%}, "
@@ -436,17 +510,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         + ("ideal" if args.ideal else "realistic")
         + f" profiles of {PROFILE_STEPS} steps)"
     )
-    header = f"{'model':<22} {'seqs':>5} " + " ".join(f"{m:>12}" for m in methods)
+    header = f"{'model':<{width}} {'seqs':>5} " + " ".join(f"{m:>12}" for m in methods)
     print(header)
     for model, mns in cases:
-        row = f"{model:<22} {mns:>5} "
+        row = f"{model:<{width}} {mns:>5} "
         for m in methods:
             key = (m, model, mns)
             share = within_after(withins[key], OURS_BUDGET)
             row += f" {median_trials(hits[key], budgets[m]):>5} ({share:4.0%})"
         print(row)
     if "ours" in methods and len(methods) > 1:
-        print(half_lines(cases, methods, hits, budgets))
+        print(half_lines(cases, methods, hits, budgets, width))
     if args.gaps:
         print("mean gap (%) to the grid optimum of the pick after k trials, k = 3 4 6 8 12")
         for model, mns in cases:
@@ -456,16 +530,35 @@ def main(argv: Sequence[str] | None = None) -> int:
                     statistics.fmean(g[min(k, len(g)) - 1] for g in runs_ if g)
                     for k in (3, 4, 6, 8, 12)
                 ]
-                print(f"{model:<22} {mns:>5} {m:<12} " + " ".join(f"{c:6.2f}" for c in cells))
+                print(f"{model:<{width}} {mns:>5} {m:<12} " + " ".join(f"{c:6.2f}" for c in cells))
+    if args.optimum:
+        print(optimum_lines(bests, width))
     print(f"({time.perf_counter() - start:.0f} s)")
     return 0
 
 
+def optimum_lines(bests: dict[OptimumKey, tuple[float, dict[str, int]]], width: int) -> str:
+    """Per case and hardware set: the grid optimum's effective bytes and its modelled gain over
+    prefetch off."""
+    lines = ["grid optimum (effective MiB per active site) and its gain over prefetch off:"]
+    for key, (value, nbytes) in bests.items():
+        model, mns, family, tp, hardware = key
+        w = workload(model, mns, tp, hardware)
+        off = simulate_throughput(w, target.disabled_config(EXTRA), hardware_of(family))
+        sites = ", ".join(f"{site} {b / MIB:g}" for site, b in nbytes.items())
+        set_ = "" if family is None else f" (set {family[2]})"
+        lines.append(
+            f"  {model:<{width}} {mns:>5}{set_}  {sites}: {100 * (value / off - 1):+.2f} % "
+            f"({value:.1f} vs {off:.1f} tok/s, SIMULATED)"
+        )
+    return "\n".join(lines)
+
+
 # Grid optima computed once in the parent, handed to every worker.
-_PRIMED: dict[tuple[str, int, Family], float] = {}
+_PRIMED: dict[OptimumKey, float] = {}
 
 
-def _prime(optima: dict[tuple[str, int, Family], float], realism: Realism) -> None:
+def _prime(optima: dict[OptimumKey, float], realism: Realism) -> None:
     _PRIMED.update(optima)
     PROFILES["realism"] = realism
 

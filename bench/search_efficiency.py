@@ -59,6 +59,7 @@ from autotune.search import SearchOptions, Tuner
 from autotune.search.grid import grid_optimum as search_grid_optimum
 from autotune.target import Setup
 from autotune.workloads.base import Workload
+from autotune.workloads.deployment import SIMULATED_EAGER_MAX_NUM_BATCHED_TOKENS
 from autotune.workloads.simulate import (
     IDEAL,
     REALISTIC,
@@ -128,7 +129,15 @@ def workload(model: str, mns: int) -> Workload:
     # flashcomm1 on a MoE model needs expert parallelism in 0.23 (vllm serve aborts without it),
     # so MoE cases run with experts spread over the TP4 group, as `autotune run` requires.
     ep = 4 if target.spec_of(Setup(model, 4, 1, mns, True, False)).has_experts else 1
-    return Workload(model=model, max_num_seqs=mns, ep=ep, profile_steps=PROFILE_STEPS)
+    # Eager with 16384 batched tokens, where 0.23 fires every dense prefetch: four sites to tune.
+    return Workload(
+        model=model,
+        max_num_seqs=mns,
+        ep=ep,
+        profile_steps=PROFILE_STEPS,
+        graph_mode=False,
+        max_num_batched_tokens=SIMULATED_EAGER_MAX_NUM_BATCHED_TOKENS,
+    )
 
 
 # The hardware set of the running jobs (None: the workload's preset).

@@ -21,6 +21,7 @@ from typing import Any
 from autotune._io import read_text
 from autotune.errors import AutotuneError
 from autotune.hardware import Hardware
+from autotune.lateness import DEFAULT_LATE_TOLERANCE_US, rule_text
 from autotune.rundir import CONFIG_FILE
 from autotune.target import (
     check_setup,
@@ -261,6 +262,7 @@ def summary_lines(trial: SimTrial, result: TrialResult) -> list[str]:
             for site, r in per_site.iterrows()
         ]
         lines.append("profile    " + "; ".join(parts))
+        lines.append(f"           {rule_text(DEFAULT_LATE_TOLERANCE_US)}")
     lines.append(f"files      {', '.join(str(p) for p in result.bench_paths)}")
     if result.profile_dir is not None:
         for d in sorted(result.profile_dir.glob("*_ascend_pt")):

@@ -8,9 +8,11 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -853,3 +855,21 @@ def test_cli_simulate_bad_input(tmp_path: Path, args: list[str]) -> None:
             assert res.output.startswith(f"error: {flag} must be a positive integer")
             assert f"give {flag} 1 or more" in res.output
 
+
+def test_cli_simulate_files_follow_the_umask_and_leave_no_temporaries(tmp_path: Path) -> None:
+    out = tmp_path / "sim"
+    cmd = [sys.executable, "-m", "autotune", "simulate", "--model", "Qwen3-32B-W8A8",
+           "--max-num-seqs", "16", "--steps", "1", "--out", str(out)]  # fmt: skip
+    for _ in range(2):  # the second run replaces every file of the first
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, check=False, preexec_fn=lambda: os.umask(0o027)
+        )
+        assert done.returncode == 0, done.stderr
+    files = [p for p in out.rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert {"bench_r0.json", "trace_view.json", "kernel_details.csv", "analyse.done"} <= names
+    assert "ascend_pytorch_profiler_0.db" in names and "profiler_info_0.json" in names
+    assert not [p for p in files if p.name.endswith(".tmp")]
+    assert {p.name: p.stat().st_mode & 0o777 for p in files} == dict.fromkeys(names, 0o640)
+    dirs = [p for p in out.rglob("*") if p.is_dir()]
+    assert {p.stat().st_mode & 0o777 for p in dirs} == {0o750}

@@ -22,7 +22,7 @@ from autotune._io import read_text
 from autotune.errors import AutotuneError
 from autotune.hardware import Hardware
 from autotune.lateness import DEFAULT_LATE_TOLERANCE_US, rule_text
-from autotune.rundir import CONFIG_FILE
+from autotune.rundir import CONFIG_FILE, atomic_write_text
 from autotune.target import (
     check_setup,
     inert_sites,
@@ -146,7 +146,7 @@ class SimulateBackend:
                     trial, seed=self.seed, noise=self.noise, repeat=k, measurement=index
                 )
                 path = out_dir / f"bench_r{k}.json"
-                path.write_text(json.dumps(bench, indent=2), encoding="utf-8")
+                atomic_write_text(path, json.dumps(bench, indent=2))
                 benches.append(bench)
                 paths.append(path)
             prof_dir: Path | None = None

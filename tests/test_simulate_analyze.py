@@ -9,19 +9,14 @@ CMO task namings) and on the ideal ones.
 from __future__ import annotations
 
 import dataclasses
-import json
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from autotune.cli import app
 from autotune.hardware import load_hardware
-from autotune.lateness import rule_text
 from autotune.overlap import analyze
 from autotune.profile import load_profiles
 from autotune.workloads.base import Workload
@@ -242,30 +237,3 @@ def test_a_shared_join_is_charged_to_each_prefetch_it_waited_on(tmp_path: Path) 
     gate_up = both[both["site_t"] == "mlp.gate_up"]
     assert _shared_in_flight(both).any() and (gate_up["stall_ns_t"] > 0).mean() > 0.5
     assert (gate_up["stall_ns_a"] == gate_up["stall_ns_t"]).all()
-
-
-@pytest.mark.parametrize("ideal", [False, True])
-def test_simulate_counts_late_prefetches_as_analyze_does(tmp_path: Path, ideal: bool) -> None:
-    # The simulator's summary counts its own truth per prefetch, analyze what the profile shows;
-    # both apply autotune.lateness at the default tolerance, so the counts agree site by site.
-    config = tmp_path / "small.json"
-    config.write_text(
-        json.dumps(cfg(attn={"qkv": 0.05, "o": 0.02}, mlp={"gate_up": 0.05, "down": 1.0}))
-    )
-    out = tmp_path / "sim"
-    args = ["simulate", "--model", "Qwen3-32B-W8A8", "--max-num-seqs", "72", "--steps", "2",
-            "--no-graph-mode", "--config", str(config), "--out", str(out)]  # fmt: skip
-    res = CliRunner().invoke(app, [*args, *(["--ideal"] if ideal else [])])
-    assert res.exit_code == 0, res.output
-    line = next(x for x in res.output.splitlines() if x.startswith("profile    "))
-    printed = {m[1]: (int(m[2]), int(m[3])) for m in re.finditer(r"(\S+) (\d+)/(\d+) late", line)}
-    assert rule_text(0.0) in res.output
-    res = CliRunner().invoke(app, ["analyze", str(out), "--json"])
-    assert res.exit_code == 0, res.output
-    doc = json.loads(res.stdout)
-    assert doc["late_rule"] == rule_text(0.0)
-    analyzed = {s["site"]: (s["late"], s["count"]) for s in doc["sites"] if s["count"]}
-    assert printed == analyzed
-    # Neither all nor none late: the count is a real comparison.
-    lates = [late for late, _ in printed.values()]
-    assert any(lates) and not all(late == n for late, n in printed.values())

@@ -303,14 +303,16 @@ def run(
         typer.Option(
             "--graph-mode/--no-graph-mode",
             help="vllm-ascend: must agree with the mode --serve-args give (autotune adds none). "
-            "Simulator: model the vendor recipe's FULL_DECODE_ONLY graphs, or eager.",
+            "Simulator: models the vendor recipe's FULL_DECODE_ONLY graphs by default; "
+            "--no-graph-mode models eager.",
         ),
     ] = None,
     max_num_batched_tokens: Annotated[
         int | None,
         typer.Option(
             help="vllm --max-num-batched-tokens, passed to vllm serve when given. Default: from "
-            "--serve-args, else vLLM's own (2048 on Ascend; simulate: 16384)."
+            "--serve-args, else vLLM's own (2048 on Ascend; simulate: the recipe's 40960 in "
+            "graph mode, 16384 eager)."
         ),
     ] = None,
     input_len: Annotated[int, typer.Option(help="Bench prompt length.")] = 1024,
@@ -483,7 +485,21 @@ def simulate(
     tp: Annotated[int, typer.Option(help="Tensor-parallel size.")] = 4,
     ep: Annotated[int, typer.Option(help="Expert-parallel size.")] = 1,
     flashcomm1: Annotated[bool, typer.Option(help="enable_flashcomm1.")] = True,
-    graph_mode: Annotated[bool, typer.Option(help="Graph mode, not --enforce-eager.")] = False,
+    graph_mode: Annotated[
+        bool,
+        typer.Option(
+            "--graph-mode/--no-graph-mode",
+            help="Model the vendor recipe's FULL_DECODE_ONLY graphs (default) or, with "
+            "--no-graph-mode, eager (--enforce-eager).",
+        ),
+    ] = True,
+    max_num_batched_tokens: Annotated[
+        int | None,
+        typer.Option(
+            help="vllm --max-num-batched-tokens. Default: the recipe's 40960 in graph mode, "
+            "16384 eager."
+        ),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Output directory; default simulated/<model>-<N>.")
     ] = None,
@@ -513,7 +529,12 @@ def simulate(
     ] = "swiglu",
 ) -> None:
     """Write one SIMULATED trial (bench JSON + profiler output) from the analytic model."""
-    from autotune.workloads.base import Workload
+    from autotune.workloads.base import Workload, check_counts
+    from autotune.workloads.deployment import (
+        ascend_compilation,
+        simulated_graph,
+        simulated_max_num_batched_tokens,
+    )
     from autotune.workloads.simulate import (
         IDEAL,
         REALISTIC,
@@ -523,6 +544,21 @@ def simulate(
         summary_lines,
     )
 
+    check_counts(
+        (
+            ("--max-num-seqs", max_num_seqs),
+            ("--tp", tp),
+            ("--ep", ep),
+            ("--steps", steps),
+            *(
+                (("--max-num-batched-tokens", max_num_batched_tokens),)
+                if max_num_batched_tokens is not None
+                else ()
+            ),
+        )
+    )
+    cfg = read_config(config)
+    graph = simulated_graph(graph_mode, ascend_compilation(cfg, f"--config {config}"))
     workload = Workload(
         model=model,
         max_num_seqs=max_num_seqs,
@@ -530,11 +566,15 @@ def simulate(
         ep=ep,
         hardware=hardware,
         flashcomm1=flashcomm1,
-        graph_mode=graph_mode,
+        graph_mode=graph.graphs,
+        compile_mode=graph.compile_mode,
+        cudagraph_mode=graph.cudagraph_mode,
+        npugraph_ex=graph.npugraph_ex,
+        fuse_norm_quant=graph.fuse_norm_quant,
+        max_num_batched_tokens=max_num_batched_tokens or simulated_max_num_batched_tokens(graph),
         profile_steps=steps,
         gate_up_join=gate_up_join,
     )
-    cfg = read_config(config)
     effects = parse_realism(realism or [], base=IDEAL if ideal else REALISTIC)
     out_dir = out if out is not None else Path("simulated") / f"{Path(model).name}-{max_num_seqs}"
     trial, result = simulate_once(workload, cfg, out_dir, seed=seed, noise=noise, realism=effects)

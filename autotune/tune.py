@@ -28,7 +28,7 @@ from autotune.report.terminal_run import (
 from autotune.rundir import BEST_FILE, RunDir, TrialRecord, load_run
 from autotune.search import RunObserver, RunOutcome, SearchOptions, Tuner, static_space
 from autotune.search.study_view import study_run
-from autotune.workloads.base import Backend, Workload, setup_of
+from autotune.workloads.base import Backend, Workload, check_counts, setup_of
 from autotune.workloads.deployment import LaunchOptions, parse_serve_env, resolve
 from autotune.workloads.preflight import Preflight, preflight
 from autotune.workloads.vllm_args import read_serve_args, split_serve_args
@@ -393,15 +393,16 @@ def check_workload(workload: Workload) -> None:
         raise AutotuneError(
             f"--max-num-seqs must be a positive integer, got {workload.max_num_seqs}"
         )
-    for flag, value in (
-        ("--tp", workload.tp),
-        ("--ep", workload.ep),
-        ("--input-len", workload.input_len),
-        ("--output-len", workload.output_len),
-        ("--profile-steps", workload.profile_steps),
-    ):
-        if value <= 0:
-            raise AutotuneError(f"{flag} must be a positive integer, got {value}")
+    check_counts(
+        (
+            ("--tp", workload.tp),
+            ("--ep", workload.ep),
+            ("--input-len", workload.input_len),
+            ("--output-len", workload.output_len),
+            ("--profile-steps", workload.profile_steps),
+            ("--max-num-batched-tokens", workload.max_num_batched_tokens),
+        )
+    )
     if workload.output_len < 2:
         raise AutotuneError(
             f"--output-len must be at least 2 (a decode step needs a second token), got "

@@ -21,6 +21,7 @@ from test_overlap import Timeline, dense_layer, moe_layer
 from typer.testing import CliRunner
 
 from autotune.cli import app
+from autotune.lateness import rule_text
 from autotune.overlap import analyze
 from autotune.report.terminal import SIMULATED, print_overlap
 from autotune.rundir import load_run
@@ -313,7 +314,7 @@ def sim_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     succeeded(
         autotune(
             "run", "--backend", "simulate", "--model", str(model), "--max-num-seqs", "72",
-            "--trials", "6", "--profile-steps", "2", "--out", str(out),
+            "--no-graph-mode", "--trials", "6", "--profile-steps", "2", "--out", str(out),
         )
     )  # fmt: skip
     return out
@@ -550,9 +551,11 @@ def test_a_cmo_ending_after_its_swiglu_is_late_by_default(tmp_path: Path) -> Non
     )
 
 
-def test_simulate_and_analyze_count_the_same_late_prefetches(tmp_path: Path) -> None:
-    # attn.o at 0.2 also fires on down_proj, where half its prefetches end less than 2 µs after
-    # their quantize: the simulator's summary and analyze must count them alike.
+@pytest.mark.parametrize("ideal", [False, True])
+def test_simulate_and_analyze_count_the_same_late_prefetches(tmp_path: Path, ideal: bool) -> None:
+    # attn.o at 0.2 also fires on down_proj (eager: every dense site fires), where half its
+    # prefetches end less than 2 µs after their quantize. The simulator counts its own truth per
+    # prefetch, analyze what the profile shows, both by autotune.lateness: they count alike.
     cfg = {
         "weight_prefetch_config": {
             "enabled": True,
@@ -567,15 +570,21 @@ def test_simulate_and_analyze_count_the_same_late_prefetches(tmp_path: Path) -> 
     (tmp_path / "cfg.json").write_text(json.dumps(cfg), encoding="utf-8")
     sim = autotune(
         "simulate", "--model", "Qwen3-32B-W8A8", "--max-num-seqs", "72", "--config", "cfg.json",
-        "--steps", "1", "--out", "sim", cwd=tmp_path,
+        "--steps", "1", "--no-graph-mode", "--out", "sim", *(["--ideal"] if ideal else []),
+        cwd=tmp_path,
     )  # fmt: skip
     assert sim.returncode == 0, sim.stderr
     (line,) = [ln for ln in sim.stdout.splitlines() if ln.startswith("profile")]
-    simulated = {site: int(late) for site, late, _ in re.findall(r"(\S+) (\d+)/(\d+) late", line)}
-    assert simulated["attn.o"] > 0
+    simulated = {
+        site: (int(late), int(n)) for site, late, n in re.findall(r"(\S+) (\d+)/(\d+) late", line)
+    }
+    assert 0 < simulated["attn.o"][0] < simulated["attn.o"][1]
+    assert rule_text(0.0) in sim.stdout
     ana = autotune("analyze", "sim", "--json", cwd=tmp_path)
     assert ana.returncode == 0, ana.stderr
-    analysed = {s["site"]: s["late"] for s in json.loads(ana.stdout)["sites"]}
+    doc = json.loads(ana.stdout)
+    assert doc["late_rule"] == rule_text(0.0)
+    analysed = {s["site"]: (s["late"], s["count"]) for s in doc["sites"]}
     assert analysed == simulated
 
 

@@ -44,7 +44,10 @@ def _snapshot(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("runs") / "r"
-    result = runner.invoke(app, [*BASE, *SIM, "--trials", "12", "--out", str(out), "--seed", "1"])
+    # Eager, where 0.23 fires every dense prefetch: four sites to tune.
+    result = runner.invoke(
+        app, [*BASE, *SIM, "--no-graph-mode", "--trials", "12", "--out", str(out), "--seed", "1"]
+    )
     assert result.exit_code == 0, result.output
     return out, result.output
 
@@ -88,6 +91,34 @@ def test_run_writes_every_output(finished_run: tuple[Path, str]) -> None:
     assert (out / "study.db").is_file()
     leftovers = [p for p in out.rglob("*.tmp")]
     assert not leftovers
+
+
+def test_simulated_run_models_the_vendor_recipes_graph_mode_by_default(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    res = runner.invoke(
+        app, [*BASE, *SIM, "--trials", "3", "--profile-steps", "1", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert (
+        "flashcomm1 on, graph FULL_DECODE_ONLY (VLLM_COMPILE, npugraph_ex), 1024 in / 512 out, "
+        "1 profiled steps, max-num-batched-tokens 40960" in res.output
+    )
+    recipe = {
+        "graph_mode": True,
+        "compile_mode": "VLLM_COMPILE",
+        "cudagraph_mode": "FULL_DECODE_ONLY",
+        "max_num_batched_tokens": 40960,
+    }
+    summary = json.loads((out / "summary.json").read_text())
+    for doc in (json.loads((out / "run.json").read_text()), summary):
+        assert {k: doc["workload"][k] for k in recipe} == recipe
+    # The recipe's 40960 tokens are traced once, where 0.23's MLP gate (< 500 tokens) is shut.
+    assert summary["active_sites"] == ["attn.qkv", "attn.o"]
+    traced = summary["inert_sites"]["mlp.gate_up"]
+    assert traced == summary["inert_sites"]["mlp.down"]
+    assert traced.startswith("In graph mode (FULL_DECODE_ONLY, VLLM_COMPILE) the MLP prefetch is ")
+    assert "max_num_batched_tokens=40960 >= 500 tokens" in traced
+    assert set(summary["search_space"]) == {"attn.qkv", "attn.o"}
 
 
 def test_best_config_is_within_half_a_percent_of_the_grid_optimum(

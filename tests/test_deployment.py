@@ -78,16 +78,24 @@ def test_defaults_are_vllms_own_not_the_simulators() -> None:
         "FULL_AND_PIECEWISE",
     )
     assert dep.added == {}  # flashcomm1 off is 0.23's default: no key added
+    # The simulator models the vendor's Qwen3-Dense recipe for 0.23: TP4, flashcomm1, its
+    # FULL_DECODE_ONLY graphs and --max-num-batched-tokens 40960.
     sim = _resolve(simulated=True)
-    assert (sim.tp, sim.flashcomm1, sim.graph_mode, sim.max_num_batched_tokens) == (
-        4,
-        True,
-        False,
-        16384,
+    assert (sim.tp, sim.flashcomm1, sim.max_num_batched_tokens) == (4, True, 40960)
+    assert (sim.graph.compile_mode, sim.graph.cudagraph_mode) == (
+        "VLLM_COMPILE",
+        "FULL_DECODE_ONLY",
     )
     assert sim.added["enable_flashcomm1"][0] is True
-    graph = _resolve(simulated=True, graph_mode=True).graph
-    assert (graph.compile_mode, graph.cudagraph_mode) == ("VLLM_COMPILE", "FULL_DECODE_ONLY")
+    assert _resolve(simulated=True, graph_mode=True) == sim
+    # --no-graph-mode models eager, with the 16384 tokens the simulator models there; an explicit
+    # --max-num-batched-tokens wins in either mode.
+    eager = _resolve(simulated=True, graph_mode=False)
+    assert (eager.graph.cudagraph_mode, eager.max_num_batched_tokens) == ("NONE", 16384)
+    assert _resolve(simulated=True, max_num_batched_tokens=256).max_num_batched_tokens == 256
+    assert (
+        _resolve(simulated=True, graph_mode=False, max_num_batched_tokens=256).graph == eager.graph
+    )
 
 
 def test_parallelism_comes_from_serve_args() -> None:

@@ -17,6 +17,7 @@ from autotune.rundir import (
     RunDir,
     RunRecord,
     TrialRecord,
+    atomic_file,
     atomic_write_json,
     atomic_write_text,
     check_output_file,
@@ -58,6 +59,20 @@ def test_atomic_write_keeps_old_file_when_serialising_fails(tmp_path: Path) -> N
         atomic_write_json(path, {"a": object()})
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_atomic_file_written_by_name_replaces_only_when_the_block_ends(tmp_path: Path) -> None:
+    # The simulator's profile files (the sqlite db among them) are written by name this way.
+    path = tmp_path / "p.db"
+    path.write_text("old")
+    with pytest.raises(RuntimeError), atomic_file(path) as tmp:
+        tmp.write_text("half")
+        assert path.read_text() == "old"
+        raise RuntimeError("writer failed")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["p.db"]
+    with atomic_file(path) as tmp:
+        tmp.write_text("new")
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["p.db"]
 
 
 def test_trials_csv_has_mib_per_site_and_spread() -> None:

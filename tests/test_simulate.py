@@ -8,9 +8,11 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from typer.testing import CliRunner
 from autotune.cli import app
 from autotune.errors import AutotuneError
 from autotune.hardware import load_hardware
+from autotune.overlap import analyze
 from autotune.profile import load_profiles
 from autotune.target import MLP_CAP_BYTES
 from autotune.workloads.base import Backend, Workload
@@ -684,7 +687,7 @@ def test_cli_simulate_gate_up_joined_after_norm(tmp_path: Path) -> None:
     res = CliRunner().invoke(
         app,
         ["simulate", "--model", "Qwen3-32B-W8A8", "--max-num-seqs", "72", "--steps", "1",
-         "--gate-up-join", "norm", "--out", str(out)],
+         "--gate-up-join", "norm", "--no-graph-mode", "--out", str(out)],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "mlp.gate_up joined after its norm" in res.output
@@ -708,6 +711,56 @@ def test_cli_simulate(tmp_path: Path) -> None:
     assert res.output.startswith("SIMULATED")
     assert "estimated" in res.output and "tok/s" in res.output
     assert (out / "bench_r0.json").exists() and list((out / "prof").glob("*_ascend_pt"))
+
+
+def _simulated_sites(out: Path) -> set[str]:
+    """The sites whose CMO tasks the written profile shows."""
+    (profile,) = load_profiles(out / "prof")
+    return {s.site for s in analyze([profile]).sites if s.count}
+
+
+def test_cli_simulate_models_the_vendor_recipes_graph_mode_by_default(tmp_path: Path) -> None:
+    base = ["simulate", "--model", "Qwen3-32B-W8A8", "--max-num-seqs", "72", "--steps", "1"]
+    res = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "graph")])
+    assert res.exit_code == 0, res.output
+    assert (
+        "eager" not in res.output
+        and "graph FULL_DECODE_ONLY (VLLM_COMPILE, npugraph_ex), max-num-batched-tokens 40960"
+        in res.output
+    )
+    # The recipe's 40960 batched tokens are traced once: the MLP prefetch is traced out.
+    assert (
+        "inert      mlp.gate_up, mlp.down: In graph mode (FULL_DECODE_ONLY, VLLM_COMPILE) the "
+        "MLP prefetch is traced out: dynamo traces the profile run of "
+        "max_num_batched_tokens=40960 >= 500 tokens once" in res.output
+    )
+    assert _simulated_sites(tmp_path / "graph") == {"attn.qkv", "attn.o"}
+    # Eager, as 0.23 runs with --enforce-eager: every dense site fires.
+    res = CliRunner().invoke(app, [*base, "--no-graph-mode", "--out", str(tmp_path / "eager")])
+    assert res.exit_code == 0, res.output
+    assert ", eager, max-num-batched-tokens 16384," in res.output
+    assert "mlp.gate_up, mlp.down:" not in res.output
+    assert _simulated_sites(tmp_path / "eager") == {"attn.qkv", "attn.o", "mlp.gate_up", "mlp.down"}
+
+
+@pytest.mark.parametrize(("tokens", "mlp_fires"), [(256, True), (499, True), (500, False)])
+def test_cli_simulate_graph_mode_traces_the_mlp_gate_at_the_batched_tokens(
+    tmp_path: Path, tokens: int, mlp_fires: bool
+) -> None:
+    # Compiled, 0.23's `num_tokens < 500` MLP gate is decided once, at max-num-batched-tokens.
+    res = CliRunner().invoke(
+        app,
+        ["simulate", "--model", "Qwen3-32B-W8A8", "--max-num-seqs", "72", "--steps", "1",
+         "--max-num-batched-tokens", str(tokens), "--out", str(tmp_path / "o")],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert (
+        f"graph FULL_DECODE_ONLY (VLLM_COMPILE, npugraph_ex), max-num-batched-tokens {tokens},"
+        in res.output
+    )
+    mlp = {"mlp.gate_up", "mlp.down"}
+    assert (mlp <= _simulated_sites(tmp_path / "o")) is mlp_fires
+    assert ("traced out" in res.output) is not mlp_fires
 
 
 def test_cli_simulate_ideal_and_one_effect(tmp_path: Path) -> None:
@@ -783,6 +836,8 @@ def test_run_records_its_profile_effects_and_a_resume_keeps_them(tmp_path: Path)
         ["--model", "Qwen3-32B-W8A8", "--max-num-seqs", "8", "--tp", "1"],
         ["--model", "Qwen3-30B-A3B-W8A8", "--max-num-seqs", "8"],
         ["--model", "Qwen3-32B-W8A8", "--max-num-seqs", "8", "--gate-up-join", "quant"],
+        ["--model", "Qwen3-32B-W8A8", "--max-num-seqs", "8", "--steps", "0"],
+        ["--model", "Qwen3-32B-W8A8", "--max-num-seqs", "8", "--max-num-batched-tokens", "-1"],
     ],
 )
 def test_cli_simulate_bad_input(tmp_path: Path, args: list[str]) -> None:
@@ -794,3 +849,27 @@ def test_cli_simulate_bad_input(tmp_path: Path, args: list[str]) -> None:
     assert res.exit_code == 2, res.output
     assert res.output.startswith("error: ") and len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+    # A bad count names its flag and what to give.
+    for flag in ("--steps", "--max-num-batched-tokens", "--max-num-seqs"):
+        if flag in args and args[args.index(flag) + 1] in ("0", "-1"):
+            assert res.output.startswith(f"error: {flag} must be a positive integer")
+            assert f"give {flag} 1 or more" in res.output
+
+
+def test_cli_simulate_files_follow_the_umask_and_leave_no_temporaries(tmp_path: Path) -> None:
+    out = tmp_path / "sim"
+    cmd = [sys.executable, "-m", "autotune", "simulate", "--model", "Qwen3-32B-W8A8",
+           "--max-num-seqs", "16", "--steps", "1", "--out", str(out)]  # fmt: skip
+    for _ in range(2):  # the second run replaces every file of the first
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, check=False, preexec_fn=lambda: os.umask(0o027)
+        )
+        assert done.returncode == 0, done.stderr
+    files = [p for p in out.rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert {"bench_r0.json", "trace_view.json", "kernel_details.csv", "analyse.done"} <= names
+    assert "ascend_pytorch_profiler_0.db" in names and "profiler_info_0.json" in names
+    assert not [p for p in files if p.name.endswith(".tmp")]
+    assert {p.name: p.stat().st_mode & 0o777 for p in files} == dict.fromkeys(names, 0o640)
+    dirs = [p for p in out.rglob("*") if p.is_dir()]
+    assert {p.stat().st_mode & 0o777 for p in dirs} == {0o750}

@@ -139,7 +139,9 @@ def test_sigint_reports_and_resume_continues_to_the_budget(tmp_path: Path) -> No
     # The workload, then the run directory, come before the first trial.
     lines = out.splitlines()
     assert lines[0].startswith("workload   Qwen3-32B-W8A8 TP4 EP1, max-num-seqs 72, flashcomm1 on")
-    assert "eager, 1024 in / 512 out" in lines[0]
+    # The simulator's default: the vendor recipe's graph mode and batched tokens.
+    assert "graph FULL_DECODE_ONLY (VLLM_COMPILE, npugraph_ex), 1024 in / 512 out" in lines[0]
+    assert lines[0].endswith("max-num-batched-tokens 40960")
     assert lines[1].startswith("backend    simulate (SIMULATED), hardware 910B2")
     assert lines[2].startswith("profiles   realistic: ")
     assert lines[3] == f"run directory: {rel}"
@@ -148,7 +150,8 @@ def test_sigint_reports_and_resume_continues_to_the_budget(tmp_path: Path) -> No
     finished = [t for t in load_run(run).trials if t.state != "failed"]
     assert len(trial_lines) == len(finished) >= 4
     first = trial_lines[0]
-    assert first.startswith("SIMULATED trial 0 baseline: MiB qkv/o/gate_up/down 0/0/0/0; ")
+    # In the recipe's graph mode only the attention sites are searched.
+    assert first.startswith("SIMULATED trial 0 baseline: MiB qkv/o 0/0; ")
     assert (
         "throughput " in first and "late sites: none" in first and "best so far: trial 0" in first
     )
@@ -246,7 +249,7 @@ def test_resume_measures_with_the_recorded_simulator_noise(tmp_path: Path) -> No
     again = autotune("run", "--resume", "--out", str(run), "--trials", "4")
     assert again.returncode == 0, again.stderr
     trial = json.loads((run / "trials" / "003" / "trial.json").read_text())
-    w = Workload(model="Qwen3-32B-W8A8", max_num_seqs=72, profile_steps=1)
+    w = Workload(**json.loads((run / "run.json").read_text())["workload"])
     assert trial["throughput"] == pytest.approx(simulate_throughput(w, trial["config"]), rel=1e-9)
 
 

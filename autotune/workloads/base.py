@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from autotune.errors import AutotuneError
 from autotune.target import GraphMode, Setup
 
 
@@ -39,6 +41,15 @@ class Workload:
     @property
     def graph(self) -> GraphMode:
         return setup_of(self).graph
+
+
+def check_counts(flags: Iterable[tuple[str, int]]) -> None:
+    """One line for the first (flag, value) that is not a positive integer, naming the flag."""
+    for flag, value in flags:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise AutotuneError(
+                f"{flag} must be a positive integer, got {value!r}; give {flag} 1 or more"
+            )
 
 
 def setup_of(workload: Workload) -> Setup:

@@ -31,8 +31,12 @@ TORCH_COMPILE_DISABLE_ENV = "TORCH_COMPILE_DISABLE"
 # raises, so vLLM takes its default for other hardware, 2048 for the API server
 # (vllm-ascend platform.py:275-281, vLLM engine/arg_utils.py:2305-2331).
 ASCEND_MAX_NUM_BATCHED_TOKENS = 2048
-# What the simulator models unless told otherwise.
-SIMULATED_MAX_NUM_BATCHED_TOKENS = 16384
+# What the simulator models unless told otherwise: the vendor's Qwen3-Dense recipe for 0.23
+# (vllm-ascend v0.23.0 docs/source/tutorials/models/Qwen3-Dense.md: FULL_DECODE_ONLY graphs,
+# --max-num-batched-tokens 40960). Modelled eager (--no-graph-mode), it keeps the 16384 tokens
+# it always modelled, so eager results stay comparable with earlier runs.
+RECIPE_MAX_NUM_BATCHED_TOKENS = 40960
+SIMULATED_EAGER_MAX_NUM_BATCHED_TOKENS = 16384
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -141,6 +145,31 @@ def _eager_because(serve: ServeArgs, serve_env: Mapping[str, str]) -> str:
     return "their --compilation-config"
 
 
+def ascend_compilation(extra: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    """The additional-config's ascend_compilation_config (graph options), {} when not given."""
+    ascend = extra.get("ascend_compilation_config") or {}
+    if not isinstance(ascend, Mapping):
+        raise AutotuneError(f"{where}: ascend_compilation_config must be a JSON object")
+    return ascend
+
+
+def simulated_graph(graph_mode: bool | None, ascend: Mapping[str, Any]) -> GraphMode:
+    """The mode the simulator models: the vendor recipe's FULL_DECODE_ONLY graphs unless
+    `graph_mode` is False (eager); there is no server whose mode it could read."""
+    eager = graph_mode is False
+    return target.resolve_graph_mode(
+        enforce_eager=eager,
+        optimization_level=None,
+        compilation={} if eager else {"cudagraph_mode": target.RECIPE_CUDAGRAPH_MODE},
+        ascend_compilation=ascend,
+    )
+
+
+def simulated_max_num_batched_tokens(graph: GraphMode) -> int:
+    """The simulator's --max-num-batched-tokens when none is given: the recipe's in graph mode."""
+    return RECIPE_MAX_NUM_BATCHED_TOKENS if graph.graphs else SIMULATED_EAGER_MAX_NUM_BATCHED_TOKENS
+
+
 def _graph(
     *,
     simulated: bool,
@@ -150,17 +179,9 @@ def _graph(
     graph_mode: bool | None,
 ) -> GraphMode:
     """The graph mode the trials run in: the user's serve args say it; autotune adds none."""
-    ascend = extra.get("ascend_compilation_config") or {}
-    if not isinstance(ascend, Mapping):
-        raise AutotuneError("--additional-config: ascend_compilation_config must be a JSON object")
+    ascend = ascend_compilation(extra, "--additional-config")
     if simulated:
-        # No server: the flag picks the modelled mode (graph: the vendor recipe's).
-        return target.resolve_graph_mode(
-            enforce_eager=not graph_mode,
-            optimization_level=None,
-            compilation={"cudagraph_mode": target.RECIPE_CUDAGRAPH_MODE} if graph_mode else {},
-            ascend_compilation=ascend,
-        )
+        return simulated_graph(graph_mode, ascend)
     mode = target.resolve_graph_mode(
         enforce_eager=serve.enforce_eager,
         optimization_level=serve.optimization_level,
@@ -236,8 +257,13 @@ def resolve(
             f"--max-num-batched-tokens {max_num_batched_tokens} contradicts {where} "
             f"--max-num-batched-tokens {serve.max_num_batched_tokens}; give one of them"
         )
-    default = SIMULATED_MAX_NUM_BATCHED_TOKENS if simulated else ASCEND_MAX_NUM_BATCHED_TOKENS
-    mnbt = max_num_batched_tokens or serve.max_num_batched_tokens or default
+    default = (
+        simulated_max_num_batched_tokens(graph) if simulated else ASCEND_MAX_NUM_BATCHED_TOKENS
+    )
+    mnbt = next(
+        (n for n in (max_num_batched_tokens, serve.max_num_batched_tokens) if n is not None),
+        default,
+    )
 
     sources: list[tuple[str, bool]] = []
     if "enable_flashcomm1" in extra:

@@ -21,8 +21,15 @@ from typing import Any
 from autotune._io import read_text
 from autotune.errors import AutotuneError
 from autotune.hardware import Hardware
-from autotune.rundir import CONFIG_FILE
-from autotune.target import check_setup, row_op_of, validate_config, vendor_default_config
+from autotune.lateness import DEFAULT_LATE_TOLERANCE_US, rule_text
+from autotune.rundir import CONFIG_FILE, atomic_write_text
+from autotune.target import (
+    check_setup,
+    inert_sites,
+    row_op_of,
+    validate_config,
+    vendor_default_config,
+)
 from autotune.workloads.base import TrialResult, Workload, setup_of
 from autotune.workloads.sim.bench import BASE_NS, bench_result
 from autotune.workloads.sim.realism import IDEAL, NOISELESS, REALISTIC, Realism, parse_realism
@@ -139,7 +146,7 @@ class SimulateBackend:
                     trial, seed=self.seed, noise=self.noise, repeat=k, measurement=index
                 )
                 path = out_dir / f"bench_r{k}.json"
-                path.write_text(json.dumps(bench, indent=2), encoding="utf-8")
+                atomic_write_text(path, json.dumps(bench, indent=2))
                 benches.append(bench)
                 paths.append(path)
             prof_dir: Path | None = None
@@ -218,7 +225,6 @@ def simulate_once(
 def summary_lines(trial: SimTrial, result: TrialResult) -> list[str]:
     """Plain-text summary of a simulated trial; the first line says it is simulated."""
     w = trial.workload
-    mode = "graph" if w.graph_mode else "eager"
     fc1 = "on" if w.flashcomm1 else "off"
     lines = [
         "SIMULATED trial: modelled by autotune's analytic decode-step model, "
@@ -226,13 +232,19 @@ def summary_lines(trial: SimTrial, result: TrialResult) -> list[str]:
         f"hardware   {trial.hardware.summary()}",
         f"effects    {trial.realism.summary()}, seed {trial.seed}",
         f"workload   {w.model} TP{w.tp} EP{w.ep}, max-num-seqs {w.max_num_seqs}, flashcomm1 {fc1}, "
-        f"{mode}, {w.input_len} in / {w.output_len} out"
+        f"{w.graph.text()}, max-num-batched-tokens {w.max_num_batched_tokens}, "
+        f"{w.input_len} in / {w.output_len} out"
         + (", mlp.gate_up joined after its norm" if w.gate_up_join == "norm" else ""),
     ]
     fired = ", ".join(
         f"{p.site}({p.weight}) {p.bytes / 2**20:.2f} MiB" for p in trial.prefetches_per_layer
     )
     lines.append(f"prefetch   per layer: {fired or 'none'}")
+    by_reason: dict[str, list[str]] = {}
+    for site, reason in inert_sites(setup_of(w)).items():
+        by_reason.setdefault(reason, []).append(site)
+    for reason, sites in by_reason.items():
+        lines.append(f"inert      {', '.join(sites)}: {reason}")
     bench = result.benches[0]
     lines.append(
         f"result     output throughput {bench['output_throughput']:.1f} tok/s "
@@ -250,6 +262,7 @@ def summary_lines(trial: SimTrial, result: TrialResult) -> list[str]:
             for site, r in per_site.iterrows()
         ]
         lines.append("profile    " + "; ".join(parts))
+        lines.append(f"           {rule_text(DEFAULT_LATE_TOLERANCE_US)}")
     lines.append(f"files      {', '.join(str(p) for p in result.bench_paths)}")
     if result.profile_dir is not None:
         for d in sorted(result.profile_dir.glob("*_ascend_pt")):

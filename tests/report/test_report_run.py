@@ -53,6 +53,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "Qwen3-32B-W8A8",
         "--max-num-seqs",
         "72",
+        # Eager, where 0.23 fires every dense prefetch: the best trial prefetches.
+        "--no-graph-mode",
         "--trials",
         str(TRIALS),
         "--out",

@@ -23,6 +23,7 @@ import pandas as pd
 
 from autotune.errors import AutotuneError
 from autotune.hardware import Hardware, load_hardware
+from autotune.lateness import DEFAULT_LATE_TOLERANCE_US, prefetch_late, tolerance_ns
 from autotune.models import ModelSpec
 from autotune.target import ResolvedPrefetch, Setup, resolve_prefetches, spec_of
 from autotune.workloads.base import Workload, setup_of
@@ -739,7 +740,9 @@ def _collectives_frame(groups: list[Op], tasks: list[Task]) -> pd.DataFrame:
 
 
 def _truth_frame(cmos: list[Cmo]) -> pd.DataFrame:
-    """Per prefetch, what the schedule made of it (ns, relative to the profile start)."""
+    """Per prefetch, what the schedule made of it (ns, relative to the profile start); late by
+    the rule `autotune analyze` applies, at its default tolerance."""
+    tol_ns = tolerance_ns(DEFAULT_LATE_TOLERANCE_US)
     rows = []
     for c in cmos:
         start, end, wend = round(c.start), round(c.end), round(c.window_end)
@@ -748,7 +751,8 @@ def _truth_frame(cmos: list[Cmo]) -> pd.DataFrame:
         # Rounded at both ends, so the stalls of one join add up to its duration.
         stall = 0 if c.stall_span is None else round(c.stall_span[1]) - round(c.stall_span[0])
         rows.append((c.site, c.weight, int(c.nbytes), c.layer, c.step, start, end,
-                     round(c.window_start), wend, slack, js, je, stall, slack < 0))  # fmt: skip
+                     round(c.window_start), wend, slack, js, je, stall,
+                     prefetch_late(slack, tol_ns)))  # fmt: skip
     df = pd.DataFrame(rows, columns=list(GROUND_TRUTH_COLUMNS))
     for col in GROUND_TRUTH_COLUMNS:
         if col not in ("site", "weight", "late"):

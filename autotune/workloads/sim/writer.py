@@ -13,10 +13,12 @@ import io
 import json
 import sqlite3
 from collections.abc import Callable
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from autotune.rundir import atomic_file, atomic_write_text
 from autotune.workloads.sim.steps import SimTrial
 
 _UINT32_MAX = 4294967295
@@ -142,7 +144,7 @@ def write_profile(trial: SimTrial, parent: Path, *, base_ns: int, pid: int, rank
     _write_trace(trial, out / "trace_view.json", pid, rows, coll, steps)
     _write_kernel_details(trial, out / "kernel_details.csv", rows, coll, steps)
     _write_db(trial, out / f"ascend_pytorch_profiler_{rank}.db", pid, rank, rows, coll, steps)
-    (out / "analyse.done").write_text("", encoding="utf-8")
+    atomic_write_text(out / "analyse.done", "")
     return root
 
 
@@ -220,7 +222,8 @@ def _write_info(
 
 
 def _dump(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def _meta(kind: str, pid: int, tid: int, key: str, value: Any) -> dict[str, Any]:
@@ -278,7 +281,8 @@ def _write_trace(
             f'"Task Type":"{r.type}","Physic Stream Id":{r.stream},"Task Id":{r.task_id},'
             f'"Batch Id":0,"Subtask Id":{_UINT32_MAX},"connection_id":{r.conn}}}}}'
         )
-    path.write_text("[" + ",".join(parts) + "]", encoding="utf-8")
+    with atomic_file(path) as tmp:
+        tmp.write_text("[" + ",".join(parts) + "]", encoding="utf-8")
 
 
 def _element_counts(trial: SimTrial) -> dict[int, int]:
@@ -420,7 +424,7 @@ def _write_kernel_details(
             f"{step},{r.device},{model_id},{r.task_id},{r.stream},{mid},{timing},{post},"
             + ",".join(map(str, pmu))
         )
-    with path.open("w", encoding="utf-8", newline="") as fh:
+    with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as fh:
         fh.write("\r\n".join(lines) + "\r\n")
 
 
@@ -434,7 +438,6 @@ def _write_db(
     steps: list[tuple[int, int, int]],
 ) -> None:
     """The msprof/torch_npu db tables this tool and msprof-analyze read; same tasks as the trace."""
-    path.unlink(missing_ok=True)
     strings: dict[str, int] = {}
 
     def sid(value: str) -> int:
@@ -490,8 +493,7 @@ def _write_db(
                  (50004, "mstx")]  # fmt: skip
     first = steps[0][1] if steps else 0
     last = steps[-1][2] if steps else 0
-    con = sqlite3.connect(path)
-    try:
+    with atomic_file(path) as tmp, closing(sqlite3.connect(tmp)) as con:
         cur = con.cursor()
         # Written once and never updated: skip the journal and fsyncs.
         cur.execute("PRAGMA journal_mode = OFF")
@@ -510,8 +512,6 @@ def _write_db(
         cur.execute("INSERT INTO NPU_INFO VALUES (?,?)", (_device(rows), "Ascend910B"))
         cur.execute("INSERT INTO HOST_INFO VALUES (?,?)", (str(pid), "simulated"))
         con.commit()
-    finally:
-        con.close()
 
 
 # How the HCCL planes name the tasks the Ascend Hardware rows call "Write Value", ... (the real

@@ -116,7 +116,7 @@ def test_two_cmos_from_one_issue_go_with_the_first_and_second_matmul() -> None:
     assert (gate_up["consumer_start_ns"], down["consumer_start_ns"]) == (a + 6 * US, a + 40 * US)
     assert gate_up["consumer_known"] and down["consumer_known"]
     assert (gate_up["contention"], down["contention"]) == (False, True)
-    # One join after the MLP, charged to the CMO that ends last.
+    # One join after the MLP: gate_up's CMO ended before it began, down's is charged all of it.
     assert gate_up["join_start_ns"] == down["join_start_ns"] == a + 55 * US
     assert gate_up["stall_ns"] == 0 and down["stall_ns"] > 0
     assert gate_up["point"] == "AllReduce → AddRmsNorm ⇒ MatMulV2 [1/2]"

@@ -473,8 +473,9 @@ def _vllm_device(
             )
 
     # Join: the first join starting at/after the window's end (the one that cut the window, if
-    # any). One join's stall is charged once, to the prefetch that ends last among those it
-    # joins (autotune.points.settle); a join no prefetch chose is unattributed stall.
+    # any). One join's wait is shared among the prefetches it joins, each charged the stretch
+    # until its CMO ends (autotune.points.charge_stalls); a join no prefetch chose is
+    # unattributed stall.
     win_e = np.where(ok, w_end[wi] if n_win else 0, -1)
     j = np.searchsorted(join_start, win_e, side="left").astype(np.int64)
     has_join = ok & (j < len(joins))

@@ -284,17 +284,24 @@ def hidden_fraction(ps: I64, pe: I64, overlap: I64, inside: Bools) -> npt.NDArra
 def charge_stalls(
     joined: Bools, j: I64, ps: I64, pe: I64, join_s: I64, join_e: I64, n_joins: int
 ) -> tuple[I64, Bools]:
-    """One join's wait is charged once, to the prefetch that ends last among those it joins."""
+    """Each join's wait is shared among the prefetches it joins, in CMO end order: each gets the
+    stretch from the previous one's end (or the join's start) until its own end, clipped to the
+    join; the one that ends last also the sync after it. A join's stalls add up to its duration."""
     stall = np.zeros(len(ps), dtype=np.int64)
     charged_join = np.zeros(n_joins, dtype=bool)
     rows = np.flatnonzero(joined)
     if len(rows):
         order = rows[np.lexsort((ps[rows], pe[rows], j[rows]))]
         js = j[order]
+        first_of_join = np.concatenate(([True], js[1:] != js[:-1]))
         last_of_join = np.concatenate((js[1:] != js[:-1], [True]))
-        charged = order[last_of_join]
-        stall[charged] = join_e[charged] - join_s[charged]
-        charged_join[j[charged]] = True
+        # Sorted by end within a join, so the clipped ends rise: the stretches tile the wait.
+        upto = np.where(
+            last_of_join, join_e[order], np.clip(pe[order], join_s[order], join_e[order])
+        )
+        since = np.where(first_of_join, join_s[order], np.roll(upto, 1))
+        stall[order] = upto - since
+        charged_join[js] = True
     return stall, charged_join
 
 
@@ -403,9 +410,10 @@ def settle(
     dt: DeviceTimeline, tolerance_ns: int, tied: Tied, names: npt.NDArray[np.object_]
 ) -> tuple[dict[str, Any], Bools]:
     """The metrics of one device's prefetches once tied (both matchers end here): window times,
-    hidden fraction, slack, lateness, the stall of each join charged once (to the prefetch that
-    ends last), consumer and contention. Returns PREFETCH_COLUMNS as arrays (rank, step, layer
-    and the vllm-ascend labels left to the caller) and which joins were charged."""
+    hidden fraction, slack, lateness, the stall of each join shared among the prefetches it
+    waited on (charge_stalls), consumer and contention. Returns PREFETCH_COLUMNS as arrays
+    (rank, step, layer and the vllm-ascend labels left to the caller) and which joins were
+    charged."""
     pf = dt.pf
     n_pf = len(pf)
     ps, pe = dt.start[pf], dt.end[pf]

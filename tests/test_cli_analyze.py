@@ -166,9 +166,11 @@ def test_json_output_through_the_reader(tmp_path: Path) -> None:
     assert by_site["attn.o"]["count"] == 4 and by_site["attn.o"]["late"] == 0
     assert by_site["attn.o"]["slack_us_min"] == -7.0
     assert by_site["attn.o"]["stall_us_per_step"] == 9 + 1
-    # The shared join after SwiGlu is charged to mlp.down: 24 µs per layer, one layer per step.
-    assert by_site["mlp.down"]["stall_us_per_step"] == 24
-    assert by_site["mlp.gate_up"]["stall_us_total"] == 0
+    # The 24 µs join after SwiGlu, one layer per step: gate_up's CMO ends 16 µs into it, down's
+    # bytes and the sync take the other 8.
+    assert by_site["mlp.gate_up"]["stall_us_per_step"] == 16
+    assert by_site["mlp.down"]["stall_us_per_step"] == 8
+    assert by_site["mlp.gate_up"]["stall_us_total"] == 2 * 16
     assert by_site["mlp.down"]["verdict"] == "late" and by_site["attn.qkv"]["verdict"] == "hidden"
 
 

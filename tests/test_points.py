@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_overlap import US, Timeline, dense_layer, moe_layer
+from test_overlap import REC, US, WAIT, Timeline, dense_layer, moe_layer
 
 from autotune.overlap import analyze
 from autotune.points import point_label
@@ -116,13 +116,38 @@ def test_two_cmos_from_one_issue_go_with_the_first_and_second_matmul() -> None:
     assert (gate_up["consumer_start_ns"], down["consumer_start_ns"]) == (a + 6 * US, a + 40 * US)
     assert gate_up["consumer_known"] and down["consumer_known"]
     assert (gate_up["contention"], down["contention"]) == (False, True)
-    # One join after the MLP, charged to the CMO that ends last.
+    # One join after the MLP: gate_up's CMO ended before it began, down's is charged all of it.
     assert gate_up["join_start_ns"] == down["join_start_ns"] == a + 55 * US
     assert gate_up["stall_ns"] == 0 and down["stall_ns"] > 0
     assert gate_up["point"] == "AllReduce → AddRmsNorm ⇒ MatMulV2 [1/2]"
     assert down["point"] == "AllReduce → AddRmsNorm ⇒ MatMulV2 [2/2]"
     assert gate_up["slack_ns"] == (6 - 40) * US and down["slack_ns"] == (40 - 60) * US
     assert analyze([tl.profile()], layout="auto").layout == "sglang"
+
+
+@pytest.mark.parametrize(
+    ("gate_up", "gate_up_stall"),
+    [(70, 70 - 55), (40, 0)],
+    ids=["ends-inside-the-join", "ends-before-the-join"],
+)
+def test_a_shared_join_is_charged_in_cmo_end_order(gate_up: int, gate_up_stall: int) -> None:
+    # The MLP's ops after the issue take 55 µs, so the join begins at a+55; the down CMO runs
+    # after gate_up's on the same stream and ends at a+gate_up+20, its record 1 µs later and the
+    # wait's own 1 µs after that.
+    tl = Timeline()
+    _pair_layer(tl, gate_up=gate_up, down=20)
+    result = analyze([tl.profile()], layout="generic")
+    g, d = result.prefetches.to_dict("records")
+    a = g["issue_ns"]
+    assert g["end_ns"] == a + gate_up * US and d["end_ns"] == a + (gate_up + 20) * US
+    assert g["join_start_ns"] == d["join_start_ns"] == a + 55 * US
+    assert g["join_end_ns"] == d["join_end_ns"] == a + (gate_up + 20 + REC + WAIT) * US
+    # gate_up: the wait until its CMO ends; down: the rest, its bytes and the sync after them.
+    assert g["stall_ns"] == gate_up_stall * US
+    assert d["stall_ns"] == (gate_up + 20 + REC + WAIT - 55 - gate_up_stall) * US
+    assert g["stall_ns"] + d["stall_ns"] == d["join_end_ns"] - d["join_start_ns"]
+    charged = sum(p.stall_us_total for p in result.points) + result.unattributed_stall_us
+    assert charged == pytest.approx(result.join_us_total)
 
 
 def test_attention_is_no_consumer_and_a_far_join_leaves_it_unknown() -> None:

@@ -99,18 +99,12 @@ def _shared_in_flight(both: pd.DataFrame) -> pd.Series:
 
 def assert_recovers_schedule(trial: SimTrial, found: pd.DataFrame) -> None:
     """The analysis matches the schedule per prefetch: site, layer, step, window, slack,
-    lateness, join and stall; where one join waited on several CMOs still running, its stall
-    is compared as the join's total (the analysis charges a shared join to one of them)."""
+    lateness, join and stall (a join waited on several CMOs still running included)."""
     both = _side_by_side(trial, found)
     for col in ("site", "layer", "step", "end_ns", "window_start_ns", "window_end_ns",
-                "slack_ns", "late", "join_start_ns", "join_end_ns"):  # fmt: skip
+                "slack_ns", "late", "join_start_ns", "join_end_ns", "stall_ns"):  # fmt: skip
         bad = both[both[f"{col}_t"] != both[f"{col}_a"]]
         assert bad.empty, (col, bad[[f"{col}_t", f"{col}_a", "site_t", "layer_t"]].head())
-    shared = _shared_in_flight(both)
-    own = both[~shared]
-    assert (own["stall_ns_t"] == own["stall_ns_a"]).all()
-    joins = both[shared].groupby("join_start_ns_t")[["stall_ns_t", "stall_ns_a"]].sum()
-    assert (joins["stall_ns_t"] == joins["stall_ns_a"]).all()
 
 
 @pytest.mark.parametrize(("label", "workload", "config"), CASES, ids=[c[0] for c in CASES])
@@ -221,11 +215,6 @@ def test_gate_up_join_placement(tmp_path: Path, join: str, verdict: str) -> None
     assert charged == pytest.approx(result.join_us_total)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the analysis charges a shared join's whole wait to the prefetch that ends last "
-    "(docs/analysis.md), while the compute stream also waited on the other's bytes",
-)
 def test_a_shared_join_is_charged_to_each_prefetch_it_waited_on(tmp_path: Path) -> None:
     # CMOs at 200 GB/s: the 18 MiB gate_up prefetch is still running when the SwiGLU join (it
     # shares with mlp.down) begins, so the compute stream waits on both in turn.

@@ -250,6 +250,44 @@ def test_a_seed_that_would_switch_every_site_off_measures_the_best_subset() -> N
     assert reasons == {"attn.qkv": "off", "mlp.gate_up": "subset"}
 
 
+def test_a_module_whose_on_sites_do_not_pay_for_their_near_off_siblings_is_seeded_off() -> None:
+    # 0.23 turns attn off only as a whole: with qkv on, an "off" attn.o is written near-off and
+    # still fires, on o_proj and on down_proj (twice the prefetches of qkv in the profile), each
+    # paying its record and join. attn.qkv: the default's 8 MiB saved 3 µs of work for a 1.5 µs
+    # fixed cost, a 1.5 µs gain. attn.o: 0.5 µs saved for 1.5 µs fixed, off on its own segment;
+    # near-off it costs 2 × 1.5 µs = 3 µs, more than qkv saves: the whole module stays off.
+    space = SearchSpace(
+        sites=(
+            SiteSpace("attn.qkv", tuple(k * MIB for k in range(9))),
+            SiteSpace("attn.o", tuple(k * MIB for k in range(9))),
+        ),
+        inert={},
+    )
+    timings = {
+        "attn.qkv": SiteTiming("attn.qkv", 64, 2000.0, 1000.0, 6 * MIB),
+        "attn.o": SiteTiming("attn.o", 128, 2000.0, 1000.0, 4 * MIB),
+    }
+
+    def seed(qkv_on: tuple[float, float]) -> tuple[dict[str, int], dict[str, str]]:
+        baseline, default = _probe_attrs(
+            {
+                "attn.qkv": ((11_000.0, 10_000.0), qkv_on),
+                "attn.o": ((8_000.0, 7_000.0), (9_000.0, 6_500.0)),
+            },
+            {"attn.qkv": 8 * MIB, "attn.o": 8 * MIB},
+            {},
+        )
+        return seed_bytes(space, timings, baseline, default)
+
+    wanted, reasons = seed((9_500.0, 7_000.0))
+    assert wanted == {"attn.qkv": 0, "attn.o": 0}
+    assert reasons == {"attn.qkv": "module", "attn.o": "off"}
+    # When qkv's default saves 5.5 µs of work (a 4 µs gain), it pays for attn.o near-off.
+    wanted, reasons = seed((7_000.0, 4_500.0))
+    assert wanted == {"attn.qkv": 8 * MIB, "attn.o": 0}
+    assert reasons == {"attn.qkv": "default", "attn.o": "off"}
+
+
 def test_seed_keeps_the_default_bytes_when_their_late_bytes_pay() -> None:
     # The default's 8 MiB are late by 2 µs yet save 6 µs of work: its segment is the shortest.
     off, on = Segment(11_000.0, 10_000.0), Segment(8_500.0, 4_000.0)

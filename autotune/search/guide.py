@@ -6,7 +6,8 @@ with (mlp.down's also depends on attn.o, whose ratio fires on down_proj too). Th
 per site, prefetch off (baseline), the vendor default, and the smallest ladder level that fills
 the window; each candidate after it moves every site at once to its next level to measure (the
 window-filling level, then one ladder step from its best), then combines each site's best
-measured level.
+measured level. A module whose sites on do not pay for its sites off (near-off, as 0.23 writes
+them) is seeded off as a whole.
 Nothing here assumes hardware figures: the work per byte, the fixed cost and the stall all come
 from the profiles.
 """
@@ -46,7 +47,7 @@ class Observation:
 
 @dataclass(frozen=True)
 class SeedChoice:
-    """The seed's bytes for one site and why (off | fill | default | subset)."""
+    """The seed's bytes for one site and why (off | fill | default | subset | module)."""
 
     nbytes: int
     reason: str
@@ -240,6 +241,17 @@ def seed_bytes(
         own_choices[site] = seed_site(*args, allow_default=allow)
     if choices and all(c.nbytes == 0 for c in choices.values()):
         choices.update(best_subset(own_choices))
+    fires = _fires_per_layer(timings)
+    near_off = {
+        site: fires.get(site, 1)
+        * (
+            fixed_cost(off[site], on[site], late_ns.get(site, 0.0))
+            if site not in PARTNERS and site in off and site in on
+            else shared or 0.0
+        )
+        for site in space.names
+    }
+    choices.update(module_off(choices, near_off))
     return (
         {site: c.nbytes for site, c in choices.items()},
         {site: c.reason for site, c in choices.items()},
@@ -277,4 +289,52 @@ def best_subset(own: Mapping[str, SeedChoice]) -> dict[str, SeedChoice]:
         c = own[site]
         option = scored[site][1]
         out[site] = SeedChoice(c.option_bytes[option], "subset", c.predicted_ns, c.option_bytes)
+    return out
+
+
+def _module(site: str) -> str:
+    return site.split(".", 1)[0]
+
+
+def _fires_per_layer(timings: Mapping[str, SiteTiming]) -> dict[str, int]:
+    """How many prefetches each site issued per layer in the default trial's profile (attn.o
+    fires on o_proj and down_proj): its count over the fewest any site issued."""
+    counts = {site: t.prefetches for site, t in timings.items() if t.prefetches > 0}
+    fewest = min(counts.values(), default=0)
+    return {site: max(1, round(n / fewest)) for site, n in counts.items()} if fewest else {}
+
+
+def _gain(c: SeedChoice) -> float:
+    """What the chosen bytes save on the site's segment against off (inf when not predicted)."""
+    off = c.predicted_ns.get("off")
+    chosen = [k for k, b in c.option_bytes.items() if b == c.nbytes and k != "off"]
+    if off is None or not chosen:
+        return float("inf")
+    return off - min(c.predicted_ns[k] for k in chosen)
+
+
+def module_off(
+    choices: Mapping[str, SeedChoice], near_off_ns: Mapping[str, float]
+) -> dict[str, SeedChoice]:
+    """Modules whose prefetching sites do not pay for their siblings' near-off prefetches, all off.
+
+    0.23 switches a module off only as a whole (every ratio 0); a site of a module left on is
+    written with the near-off ratio, one short CMO per firing that still pays the record and join
+    (`target.near_off_ratio`). So a module with some sites on costs, besides their own segments,
+    each off sibling's fixed cost per firing (`near_off_ns`); when that is more than the on sites
+    save, the whole module is cheaper off (reason "module").
+    """
+    by_module: dict[str, list[str]] = {}
+    for site in choices:
+        by_module.setdefault(_module(site), []).append(site)
+    out: dict[str, SeedChoice] = {}
+    for sites in by_module.values():
+        on = [s for s in sites if choices[s].nbytes > 0]
+        off = [s for s in sites if choices[s].nbytes == 0]
+        if not on or not off:
+            continue
+        if sum(_gain(choices[s]) for s in on) <= sum(near_off_ns.get(s, 0.0) for s in off):
+            for s in on:
+                c = choices[s]
+                out[s] = SeedChoice(0, "module", c.predicted_ns, c.option_bytes)
     return out

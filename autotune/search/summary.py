@@ -274,8 +274,8 @@ def confidence(
         rounds = done + math.ceil(more / max(1, repeats))
         if rounds - done <= MAX_SETTLE_ROUNDS:
             out["settle"] = (
-                f"about {more} more bench runs of each would settle it: {resume} --confirm "
-                f"{rounds} (or more --repeats in a new run)"
+                f"about {more} more bench run{'' if more == 1 else 's'} of each would settle it: "
+                f"{resume} --confirm {rounds} (or more --repeats in a new run)"
             )
         else:
             out["settle"] = (

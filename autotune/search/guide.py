@@ -217,12 +217,12 @@ def seed_bytes(
     late_ns = {s: float(v) * 1e3 for s, v in lateness.items()}
     # A segment shared with a partner's prefetch (mlp.down with attn.o's down_proj firing) holds
     # the partner's record and join too: its sites take the fixed cost the others measured.
-    own = [
-        fixed_cost(off[s], on[s], late_ns.get(s, 0.0))
+    own = {
+        s: fixed_cost(off[s], on[s], late_ns.get(s, 0.0))
         for s in space.names
         if s not in PARTNERS and s in off and s in on
-    ]
-    shared = statistics.median(own) if own else None
+    }
+    shared = statistics.median(own.values()) if own else None
     choices: dict[str, SeedChoice] = {}
     own_choices: dict[str, SeedChoice] = {}
     for site in space.names:
@@ -242,15 +242,7 @@ def seed_bytes(
     if choices and all(c.nbytes == 0 for c in choices.values()):
         choices.update(best_subset(own_choices))
     fires = _fires_per_layer(timings)
-    near_off = {
-        site: fires.get(site, 1)
-        * (
-            fixed_cost(off[site], on[site], late_ns.get(site, 0.0))
-            if site not in PARTNERS and site in off and site in on
-            else shared or 0.0
-        )
-        for site in space.names
-    }
+    near_off = {site: fires.get(site, 1) * own.get(site, shared or 0.0) for site in space.names}
     choices.update(module_off(choices, near_off))
     return (
         {site: c.nbytes for site, c in choices.items()},
